@@ -1,0 +1,470 @@
+use std::collections::BTreeMap;
+use std::fmt;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Everything, including tokens and other teams' objects.
+    Admin,
+    /// A team: owns its events and streams.
+    Member,
+    /// Read-only access to everything, including the audit trail.
+    Auditor,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Admin => "admin",
+            Role::Member => "member",
+            Role::Auditor => "auditor",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Role> {
+        [Role::Admin, Role::Member, Role::Auditor]
+            .into_iter()
+            .find(|role| role.as_str() == s)
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Classification {
+    Public,
+    Internal,
+    /// Personal data: grants must expire within 365 days.
+    Pii,
+    /// Grants must expire within 365 days.
+    Restricted,
+}
+
+impl Classification {
+    pub const ALL: [Classification; 4] = [
+        Classification::Public,
+        Classification::Internal,
+        Classification::Pii,
+        Classification::Restricted,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Classification::Public => "public",
+            Classification::Internal => "internal",
+            Classification::Pii => "pii",
+            Classification::Restricted => "restricted",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Classification> {
+        Classification::ALL.into_iter().find(|c| c.as_str() == s)
+    }
+
+    /// Grants on such events must carry an expiry.
+    pub fn requires_expiry(self) -> bool {
+        matches!(self, Classification::Pii | Classification::Restricted)
+    }
+}
+
+impl fmt::Display for Classification {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Principal {
+    pub name: String,
+    pub role: Role,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateToken {
+    /// Created with `role` (default `member`) if it does not exist yet.
+    pub principal: String,
+    pub role: Option<Role>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct TokenCreated {
+    pub principal: String,
+    pub role: Role,
+    /// Shown once; the server keeps only its hash.
+    pub token: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct WhoAmI {
+    pub principal: String,
+    pub role: Role,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Event {
+    pub name: String,
+    pub owner: String,
+    pub classification: Classification,
+    pub description: String,
+    pub revision: i64,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateEvent {
+    pub name: String,
+    pub classification: Classification,
+    #[serde(default)]
+    pub description: String,
+    /// Admins may register an event on behalf of its producing team; others own what they create.
+    pub owner: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateEvent {
+    pub classification: Classification,
+    #[serde(default)]
+    pub description: String,
+    /// When set, the update applies only if the event is still at this revision (else 409).
+    pub revision: Option<i64>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum GrantStatus {
+    Active,
+    Expired,
+    Revoked,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Grant {
+    pub id: String,
+    pub event: String,
+    pub grantee: String,
+    pub reason: String,
+    pub granted_by: String,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub revoked_at: Option<DateTime<Utc>>,
+    pub revoked_by: Option<String>,
+    /// As of the moment the response was made.
+    pub status: GrantStatus,
+    pub revision: i64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateGrant {
+    pub event: String,
+    pub grantee: String,
+    pub reason: String,
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateGrant {
+    pub reason: String,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub revision: Option<i64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Stream {
+    pub name: String,
+    pub owner: String,
+    pub shard_count: u32,
+    pub retention_hours: u32,
+    pub tags: BTreeMap<String, String>,
+    /// `active` once the backing stream exists and accepts writes.
+    pub status: String,
+    /// The backend's identifier of the backing stream (an ARN on Kinesis).
+    pub backing_id: String,
+    pub revision: i64,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateStream {
+    pub name: String,
+    pub shard_count: Option<u32>,
+    pub retention_hours: Option<u32>,
+    #[serde(default)]
+    pub tags: BTreeMap<String, String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateStream {
+    pub shard_count: u32,
+    pub retention_hours: u32,
+    #[serde(default)]
+    pub tags: BTreeMap<String, String>,
+    pub revision: Option<i64>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum SubscriptionStatus {
+    Active,
+    /// The data plane cannot deliver to the stream (e.g. its backing stream was deleted).
+    Failed,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Subscription {
+    pub id: String,
+    pub stream: String,
+    /// The stream's owner: access is checked for this principal.
+    pub owner: String,
+    /// Sorted, without duplicates.
+    pub events: Vec<String>,
+    pub status: SubscriptionStatus,
+    pub status_reason: Option<String>,
+    pub revision: i64,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateSubscription {
+    pub stream: String,
+    pub events: Vec<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateSubscription {
+    pub events: Vec<String>,
+    pub revision: Option<i64>,
+}
+
+/// A dry run of a subscription: would its owner be allowed to receive these events now?
+/// When `stream` does not exist yet (it is created in the same `terraform apply`), the caller is
+/// taken as its future owner.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CheckSubscription {
+    pub stream: String,
+    pub events: Vec<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum DenialReason {
+    /// No such event in the catalog.
+    Unknown,
+    /// The owner neither owns the event nor holds a grant on it.
+    NotGranted,
+    /// The owner's grants on the event have all expired.
+    GrantExpired,
+}
+
+impl DenialReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DenialReason::Unknown => "unknown",
+            DenialReason::NotGranted => "not granted",
+            DenialReason::GrantExpired => "grant expired",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct AccessProblem {
+    pub event: String,
+    pub reason: DenialReason,
+    pub message: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct AccessVerdict {
+    pub allowed: bool,
+    /// The principal whose access was checked.
+    pub owner: String,
+    /// One entry per event the owner may not read, in event-name order.
+    pub problems: Vec<AccessProblem>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct AccessSubscription {
+    pub subscription_id: String,
+    pub stream: String,
+    pub owner: String,
+    /// Whether the data plane delivers the event to this stream now.
+    pub delivering: bool,
+}
+
+/// Who can read an event, since when, granted by whom, and why.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct AccessView {
+    pub event: Event,
+    /// Every grant ever made on the event, including expired and revoked ones.
+    pub grants: Vec<Grant>,
+    pub subscriptions: Vec<AccessSubscription>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct AuditEntry {
+    pub seq: i64,
+    pub time: DateTime<Utc>,
+    pub request_id: String,
+    pub actor: String,
+    /// e.g. `grant.create`, `subscription.delete`.
+    pub action: String,
+    pub object_kind: String,
+    pub object_id: String,
+    /// `ok`, or `denied` / `invalid` / `conflict` for a refused attempt.
+    pub outcome: String,
+    /// Why an attempt was refused.
+    pub detail: Option<String>,
+    #[schema(value_type = Option<Object>)]
+    pub before: Option<serde_json::Value>,
+    #[schema(value_type = Option<Object>)]
+    pub after: Option<serde_json::Value>,
+    /// Hex SHA-256 of the previous entry (64 zeros for the first).
+    pub prev_hash: String,
+    /// Hex SHA-256 over this entry's fields and `prev_hash`.
+    pub hash: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct AuditPage {
+    pub entries: Vec<AuditEntry>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct AuditVerification {
+    pub ok: bool,
+    pub entries_checked: i64,
+    /// The first entry whose stored hash or link does not match what it should be.
+    pub first_mismatch: Option<i64>,
+    pub message: String,
+}
+
+/// Where one event goes: a stream whose owner may read it, through one subscription.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct RouteTarget {
+    pub subscription_id: String,
+    pub stream: String,
+    pub backing_id: String,
+    pub owner: String,
+    /// Delivery must stop at this instant (the grant's expiry); `None` for the owner's own events.
+    pub access_expires_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Route {
+    pub event: String,
+    pub targets: Vec<RouteTarget>,
+}
+
+/// The compiled route table: subscriptions intersected with grants. Events not listed go nowhere.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct RouteTable {
+    pub revision: i64,
+    pub generated_at: DateTime<Utc>,
+    /// Every event in the catalog, so the data plane can tell an unknown event from an unrouted one.
+    pub known_events: Vec<String>,
+    pub routes: Vec<Route>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ErrorDetail {
+    /// Machine-readable: `bad_request`, `unauthorized`, `forbidden`, `not_found`, `conflict`,
+    /// `payload_too_large`, `access_denied`, `unavailable`, `internal`.
+    pub code: String,
+    pub message: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub problems: Vec<AccessProblem>,
+    pub request_id: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PublishEvent {
+    pub event: String,
+    /// A JSON payload (stored as `application/json`).
+    #[schema(value_type = Option<Object>)]
+    pub payload: Option<serde_json::Value>,
+    /// A binary payload, standard base64; exclusive with `payload`.
+    pub payload_base64: Option<String>,
+    pub content_type: Option<String>,
+    pub event_id: Option<String>,
+    /// Defaults to the time of publishing.
+    pub event_time: Option<DateTime<Utc>>,
+    pub user_id: Option<String>,
+    pub device_id: Option<String>,
+    pub trace_id: Option<String>,
+    #[serde(default)]
+    pub attributes: BTreeMap<String, String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PublishRequest {
+    pub events: Vec<PublishEvent>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct PublishResponse {
+    pub accepted: usize,
+    pub event_ids: Vec<String>,
+}
+
+/// One envelope as a consumer sees it, decoded for people.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct EnvelopeView {
+    pub event_id: String,
+    pub event_name: String,
+    pub event_time: Option<DateTime<Utc>>,
+    pub ingest_time: Option<DateTime<Utc>>,
+    pub producer: String,
+    pub trace_id: String,
+    pub user_id: String,
+    pub device_id: String,
+    pub attributes: BTreeMap<String, String>,
+    pub content_type: String,
+    /// The payload as JSON when it parses as JSON.
+    #[schema(value_type = Option<Object>)]
+    pub payload: Option<serde_json::Value>,
+    /// Otherwise the payload, standard base64.
+    pub payload_base64: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct TailRecord {
+    pub shard: String,
+    pub sequence: String,
+    pub envelope: EnvelopeView,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct TailPage {
+    pub records: Vec<TailRecord>,
+    /// Pass back as `cursor` to continue after the last record.
+    pub cursor: String,
+}

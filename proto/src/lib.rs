@@ -1,0 +1,19 @@
+//! Wire types shared by every Fanner component: the [`Envelope`] that wraps each event on the
+//! global event stream, and the event-catalog option that marks protobuf messages as events.
+
+#[allow(clippy::all, clippy::pedantic, missing_docs)]
+mod generated {
+    include!(concat!(env!("OUT_DIR"), "/fanner.v1.rs"));
+}
+
+pub use generated::{Classification, Envelope, EventOptions};
+pub use prost::Message;
+pub use prost_types::Timestamp;
+
+/// Field number of the `(fanner.v1.event)` extension on `google.protobuf.MessageOptions`.
+pub const EVENT_OPTION_FIELD: u32 = 51234;
+
+/// The `catalog.proto` source, for users who import it into their own protos.
+pub const CATALOG_PROTO: &str = include_str!("../proto/fanner/v1/catalog.proto");
+/// The `envelope.proto` source.
+pub const ENVELOPE_PROTO: &str = include_str!("../proto/fanner/v1/envelope.proto");
