@@ -1,0 +1,235 @@
+//! Stream backends: where the global event stream (GES) and the consumer streams live.
+//!
+//! [`StreamBackend`] is the one interface the control plane (provisioning), the fan-out engine
+//! (read the GES, write consumer streams) and the persister (read the GES) use. [`Coordinator`]
+//! is the shard-lease and checkpoint contract the engine and the persister share; the control
+//! plane's store implements it.
+
+use std::cmp::Ordering;
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StreamSpec {
+    pub name: String,
+    pub shard_count: u32,
+    pub retention_hours: u32,
+    pub tags: BTreeMap<String, String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StreamDescription {
+    pub name: String,
+    /// The backend's identifier (an ARN on Kinesis).
+    pub backing_id: String,
+    pub active: bool,
+    /// Open shards.
+    pub shard_count: u32,
+    pub retention_hours: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Shard {
+    pub id: String,
+    /// Shards this one was split or merged from; read them to their end first.
+    pub parents: Vec<String>,
+    /// A closed shard takes no more writes; once read to its end it is finished.
+    pub closed: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StartPosition {
+    TrimHorizon,
+    Latest,
+    AfterSequence(String),
+    AtSequence(String),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Record {
+    pub sequence: String,
+    pub partition_key: String,
+    pub data: Bytes,
+    pub arrival_time: Option<DateTime<Utc>>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ReadBatch {
+    pub records: Vec<Record>,
+    /// How far behind the shard's tip the reader is after this batch, when the backend knows.
+    pub millis_behind: Option<i64>,
+    /// The shard is closed and every record in it has been returned.
+    pub shard_end: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PutRecord {
+    pub partition_key: String,
+    pub data: Bytes,
+}
+
+/// Why one entry of a batch put was not written. The caller retries just those entries.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PutFailure {
+    pub code: String,
+    pub message: String,
+}
+
+impl PutFailure {
+    pub fn is_throttle(&self) -> bool {
+        self.code == "ProvisionedThroughputExceededException"
+    }
+}
+
+/// Per entry, in order: the sequence number it was written at, or why it was not.
+pub type PutOutcome = Vec<Result<String, PutFailure>>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StreamError {
+    #[error("stream {0:?} does not exist")]
+    NotFound(String),
+    #[error("stream {0:?} already exists with different settings")]
+    AlreadyExists(String),
+    #[error("shard {shard:?} of stream {stream:?} does not exist")]
+    ShardNotFound { stream: String, shard: String },
+    #[error("throttled by the backend: {0}")]
+    Throttled(String),
+    #[error("invalid request: {0}")]
+    Invalid(String),
+    #[error("timed out waiting for stream {0:?} to become active")]
+    NotActive(String),
+    #[error("stream backend error: {0}")]
+    Backend(String),
+}
+
+impl StreamError {
+    /// Whether trying again later may succeed.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            StreamError::Throttled(_) | StreamError::Backend(_) | StreamError::NotActive(_)
+        )
+    }
+}
+
+pub type Result<T, E = StreamError> = std::result::Result<T, E>;
+
+/// Reads one shard in order. Keeps whatever position state the backend needs (a Kinesis iterator).
+#[async_trait]
+pub trait ShardReader: Send {
+    /// Up to `limit` records after the last one returned. An empty batch means nothing new yet.
+    async fn next_batch(&mut self, limit: usize) -> Result<ReadBatch>;
+}
+
+#[async_trait]
+pub trait StreamBackend: Send + Sync + 'static {
+    /// Short name for logs and metrics: `embedded`, `kinesis`.
+    fn kind(&self) -> &'static str;
+
+    /// Creates the stream and waits until it is active. Creating a stream that already exists
+    /// with the same shard count and retention succeeds (so a retried create is harmless).
+    async fn create_stream(&self, spec: &StreamSpec) -> Result<StreamDescription>;
+
+    /// Changes shard count, retention and tags in place and waits until the stream is active.
+    async fn update_stream(&self, spec: &StreamSpec) -> Result<StreamDescription>;
+
+    /// Deletes the stream and its records. Deleting a missing stream succeeds.
+    async fn delete_stream(&self, name: &str) -> Result<()>;
+
+    async fn describe_stream(&self, name: &str) -> Result<Option<StreamDescription>>;
+
+    /// Every shard, open and closed, that still holds records.
+    async fn list_shards(&self, stream: &str) -> Result<Vec<Shard>>;
+
+    async fn open_reader(
+        &self,
+        stream: &str,
+        shard: &str,
+        from: StartPosition,
+    ) -> Result<Box<dyn ShardReader>>;
+
+    /// Writes a batch (at most [`MAX_PUT_RECORDS`] records, [`MAX_PUT_BYTES`] bytes).
+    /// A whole-call failure is `Err`; per-entry failures are in the outcome.
+    async fn put_records(&self, stream: &str, records: &[PutRecord]) -> Result<PutOutcome>;
+}
+
+pub const MAX_PUT_RECORDS: usize = 500;
+pub const MAX_PUT_BYTES: usize = 5 * 1024 * 1024;
+/// The largest record (data plus partition key) a stream accepts.
+pub const MAX_RECORD_BYTES: usize = 1024 * 1024;
+
+/// Orders sequence numbers, which are decimal strings that may exceed `u128` (Kinesis uses 56
+/// digits): a shorter number is smaller; equal lengths compare as text.
+pub fn cmp_sequence(a: &str, b: &str) -> Ordering {
+    a.len().cmp(&b.len()).then_with(|| a.cmp(b))
+}
+
+/// A shard held by one process of a group (`fanner`, `persister`) until `expires_at`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Lease {
+    pub group: String,
+    /// `<stream>/<shard id>`.
+    pub key: String,
+    pub owner: String,
+    /// Bumped on every acquisition: a write carrying an older token is refused (fencing).
+    pub token: i64,
+    pub expires_at: DateTime<Utc>,
+    /// The holder's last checkpoint: opaque to the coordinator (a sequence number, or JSON).
+    pub checkpoint: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CoordinatorError {
+    #[error("lease {key:?} of group {group:?} is no longer held by {owner:?}")]
+    LeaseLost {
+        group: String,
+        key: String,
+        owner: String,
+    },
+    #[error("coordination store error: {0}")]
+    Store(String),
+}
+
+/// Shard leases with expiry and handoff, and checkpoints fenced by the lease.
+#[async_trait]
+pub trait Coordinator: Send + Sync + 'static {
+    /// Takes the lease if it is free or expired (or already ours), for `ttl`.
+    async fn try_acquire(
+        &self,
+        group: &str,
+        key: &str,
+        owner: &str,
+        ttl: Duration,
+    ) -> Result<Option<Lease>, CoordinatorError>;
+
+    /// Extends a held lease; `LeaseLost` if another process took it.
+    async fn renew(&self, lease: &Lease, ttl: Duration) -> Result<Lease, CoordinatorError>;
+
+    /// Records progress; `LeaseLost` (and nothing written) if the lease was taken over.
+    async fn checkpoint(&self, lease: &Lease, checkpoint: &str) -> Result<(), CoordinatorError>;
+
+    /// Gives the lease up at once (graceful shutdown), keeping its checkpoint.
+    async fn release(&self, lease: &Lease) -> Result<(), CoordinatorError>;
+
+    /// Every lease of the group, held or not, for status and lag reporting.
+    async fn leases(&self, group: &str) -> Result<Vec<Lease>, CoordinatorError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sequences_order_by_length_then_text() {
+        assert_eq!(cmp_sequence("2", "10"), Ordering::Less);
+        assert_eq!(cmp_sequence("10", "10"), Ordering::Equal);
+        let kinesis_a = "49590338271490256608559692538361571095921575989136588898";
+        let kinesis_b = "49590338271490256608559692540925702759324208523137515618";
+        assert_eq!(cmp_sequence(kinesis_a, kinesis_b), Ordering::Less);
+        assert_eq!(cmp_sequence(kinesis_b, "9"), Ordering::Greater);
+    }
+}
