@@ -88,19 +88,28 @@ struct Wakers(Arc<Mutex<HashMap<String, watch::Sender<u64>>>>);
 
 impl Wakers {
     fn subscribe(&self, stream: &str) -> watch::Receiver<u64> {
-        let mut map = self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut map = self
+            .0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         map.entry(stream.to_owned())
             .or_insert_with(|| watch::channel(0).0)
             .subscribe()
     }
 
     fn wake(&self, stream: &str) {
-        let map = self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let map = self
+            .0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         if let Some(sender) = map.get(stream) {
             sender.send_modify(|version| *version = version.wrapping_add(1));
         }
     }
 }
+
+/// One queued put: the stream, its records, where the outcome goes.
+type QueuedPut = (String, Vec<PutRecord>, oneshot::Sender<Result<PutOutcome>>);
 
 enum Job {
     Put {
@@ -214,7 +223,11 @@ fn decode_record(sequence: u64, value: &[u8]) -> Result<Record> {
     let bad = || StreamError::Backend(format!("embedded store: record {sequence} is malformed"));
     let arrival = arrival_of(value).ok_or_else(bad)?;
     let key_len = usize::from(u16::from_le_bytes(
-        value.get(8..10).ok_or_else(bad)?.try_into().map_err(|_| bad())?,
+        value
+            .get(8..10)
+            .ok_or_else(bad)?
+            .try_into()
+            .map_err(|_| bad())?,
     ));
     let key = value.get(10..10 + key_len).ok_or_else(bad)?;
     let data = value.get(10 + key_len..).ok_or_else(bad)?;
@@ -251,9 +264,7 @@ fn next_uids(txn: &WriteTransaction, count: u64) -> Result<u64> {
         .get(NEXT_UID)
         .map_err(storage)?
         .map_or(1, |value| value.value());
-    counters
-        .insert(NEXT_UID, first + count)
-        .map_err(storage)?;
+    counters.insert(NEXT_UID, first + count).map_err(storage)?;
     Ok(first)
 }
 
@@ -459,7 +470,7 @@ impl Writer {
         }
     }
 
-    fn commit_puts(&self, puts: Vec<(String, Vec<PutRecord>, oneshot::Sender<Result<PutOutcome>>)>) {
+    fn commit_puts(&self, puts: Vec<QueuedPut>) {
         if puts.is_empty() {
             return;
         }
@@ -486,10 +497,7 @@ impl Writer {
     }
 
     /// Writes every put in one transaction; the outer `Err` means nothing was committed.
-    fn write_puts(
-        &self,
-        puts: &[(String, Vec<PutRecord>, oneshot::Sender<Result<PutOutcome>>)],
-    ) -> Result<Vec<Result<PutOutcome>>> {
+    fn write_puts(&self, puts: &[QueuedPut]) -> Result<Vec<Result<PutOutcome>>> {
         let txn = self.db.begin_write().map_err(storage)?;
         let mut results = Vec::with_capacity(puts.len());
         {
@@ -531,7 +539,10 @@ impl Writer {
                     // first record it keeps even if the wall clock steps back.
                     let arrival = now.max(head.1);
                     records_table
-                        .insert((shard.uid, sequence), encode_record(arrival, record).as_slice())
+                        .insert(
+                            (shard.uid, sequence),
+                            encode_record(arrival, record).as_slice(),
+                        )
                         .map_err(storage)?;
                     *head = (sequence + 1, arrival);
                     outcome.push(Ok(sequence.to_string()));
@@ -596,7 +607,9 @@ impl Writer {
                     }
                     meta.shards.retain(|shard| !emptied.contains(&shard.uid));
                     let bytes = serde_json::to_vec(&meta).map_err(storage)?;
-                    streams.insert(name.as_str(), bytes.as_slice()).map_err(storage)?;
+                    streams
+                        .insert(name.as_str(), bytes.as_slice())
+                        .map_err(storage)?;
                     touched.push(name);
                 }
             }
@@ -917,8 +930,12 @@ impl ShardReader for EmbeddedReader {
         // Marked seen before reading: an append that lands after the read wakes the next wait.
         self.wake.borrow_and_update();
         let inner = self.inner.clone();
-        let (stream, stream_uid, shard_uid, after) =
-            (self.stream.clone(), self.stream_uid, self.shard_uid, self.after);
+        let (stream, stream_uid, shard_uid, after) = (
+            self.stream.clone(),
+            self.stream_uid,
+            self.shard_uid,
+            self.after,
+        );
         let limit = limit.max(1);
         let page = tokio::task::spawn_blocking(move || {
             Self::read_page(&inner, &stream, stream_uid, shard_uid, after, limit)

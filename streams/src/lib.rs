@@ -104,6 +104,9 @@ pub enum StreamError {
     Throttled(String),
     #[error("invalid request: {0}")]
     Invalid(String),
+    /// The backend refused the caller's credentials or key: retrying will not help.
+    #[error("access denied by the backend: {0}")]
+    Denied(String),
     #[error("timed out waiting for stream {0:?} to become active")]
     NotActive(String),
     #[error("stream backend error: {0}")]
