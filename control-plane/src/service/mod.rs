@@ -13,17 +13,17 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use ::streams::StreamBackend;
 use api::RouteTable;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::{Any, AnyConnection, Transaction};
-use ::streams::StreamBackend;
 use tokio::sync::watch;
 
 use crate::auth::Ctx;
 use crate::error::ApiError;
-use crate::store::audit::{self, Head, NewEntry};
 use crate::store::Store;
+use crate::store::audit::{self, Head, NewEntry};
 
 /// The time source of every rule that involves expiry. Tests move it forward instead of sleeping.
 #[derive(Clone, Debug, Default)]
@@ -207,7 +207,8 @@ impl ControlPlane {
         result: Result<T, ApiError>,
     ) -> Result<T, ApiError> {
         if let Err(error) = &result {
-            self.record_refusal(ctx, action, object_kind, object_id, error).await?;
+            self.record_refusal(ctx, action, object_kind, object_id, error)
+                .await?;
         }
         result
     }
@@ -234,7 +235,10 @@ impl ControlPlane {
         {
             return Ok(table.clone());
         }
-        let table = Arc::new(views::compile_route_table(&mut conn, revision, now, |name| self.backing_name(name)).await?);
+        let table = Arc::new(
+            views::compile_route_table(&mut conn, revision, now, |name| self.backing_name(name))
+                .await?,
+        );
         if let Ok(mut cache) = self.inner.route_cache.lock() {
             *cache = Some(table.clone());
         }
@@ -277,7 +281,11 @@ pub(crate) struct Change<T> {
 }
 
 impl<T> Change<T> {
-    fn new(before: Option<serde_json::Value>, after: Option<serde_json::Value>, output: T) -> Change<T> {
+    fn new(
+        before: Option<serde_json::Value>,
+        after: Option<serde_json::Value>,
+        output: T,
+    ) -> Change<T> {
         Change {
             object_id: None,
             before,
@@ -331,13 +339,20 @@ impl Mutation<'_> {
                 audit::append(&mut self.tx, &self.head, &entry, true).await?;
                 self.tx.commit().await?;
                 self.cp.routes_changed(self.head.routes_revision + 1);
-                metrics::counter!("fanner_api_mutations_total", "action" => self.action).increment(1);
+                metrics::counter!("fanner_api_mutations_total", "action" => self.action)
+                    .increment(1);
                 Ok(change.output)
             }
             Err(error) => {
                 self.tx.rollback().await?;
                 self.cp
-                    .record_refusal(self.ctx, self.action, self.object_kind, &self.object_id, &error)
+                    .record_refusal(
+                        self.ctx,
+                        self.action,
+                        self.object_kind,
+                        &self.object_id,
+                        &error,
+                    )
                     .await?;
                 Err(error)
             }
@@ -346,7 +361,12 @@ impl Mutation<'_> {
 }
 
 /// `Err(Conflict)` unless `expected` is absent or equals `actual`.
-fn check_revision(kind: &str, id: &str, expected: Option<i64>, actual: i64) -> Result<(), ApiError> {
+fn check_revision(
+    kind: &str,
+    id: &str,
+    expected: Option<i64>,
+    actual: i64,
+) -> Result<(), ApiError> {
     match expected {
         Some(expected) if expected != actual => Err(ApiError::Conflict(format!(
             "{kind} {id:?} is at revision {actual}, not {expected}: it changed since you read it; read it again and retry"
