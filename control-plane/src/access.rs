@@ -350,7 +350,8 @@ mod tests {
             now,
             |name| format!("fanner-{name}"),
         );
-        let summary: Vec<(String, Vec<(String, Option<DateTime<Utc>>)>)> = routes
+        type Targets = Vec<(String, Option<DateTime<Utc>>)>;
+        let summary: Vec<(String, Targets)> = routes
             .into_iter()
             .map(|r| {
                 (

@@ -100,6 +100,7 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 
 /// The whole HTTP application. Tests drive it in-process or over a socket alike.
 pub fn app(control_plane: ControlPlane) -> Router {
+    metrics_handle();
     let (api, openapi) = api_router();
     let openapi_json = openapi.to_pretty_json().unwrap_or_default();
     api.route(

@@ -1,6 +1,6 @@
 use api::{CreateGrant, Grant, GrantStatus, UpdateGrant, rules};
 
-use super::{Change, ControlPlane, bad_request, check_revision, snapshot};
+use super::{Change, ControlPlane, bad_request, check_revision, snapshot, to_stored_precision};
 use crate::auth::{Caller, Ctx};
 use crate::error::ApiError;
 use crate::store::{catalog, grants, principals};
@@ -51,7 +51,8 @@ impl ControlPlane {
         }
     }
 
-    pub async fn create_grant(&self, ctx: &Ctx, req: CreateGrant) -> Result<Grant, ApiError> {
+    pub async fn create_grant(&self, ctx: &Ctx, mut req: CreateGrant) -> Result<Grant, ApiError> {
+        req.expires_at = req.expires_at.map(to_stored_precision);
         let attempted = format!("{}/{}", req.event, req.grantee);
         let mut m = self.begin(ctx, "grant.create", "grant", attempted).await?;
         let now = m.now;

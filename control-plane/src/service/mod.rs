@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use ::streams::StreamBackend;
 use api::RouteTable;
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, DurationRound, Utc};
 use serde::Serialize;
 use sqlx::{Any, AnyConnection, Transaction};
 use tokio::sync::watch;
@@ -32,14 +32,23 @@ pub struct Clock {
 }
 
 impl Clock {
+    /// Now, to the millisecond: the store's precision, so what a response shows is what was stored.
     pub fn now(&self) -> DateTime<Utc> {
-        Utc::now() + chrono::Duration::milliseconds(self.offset_ms.load(Ordering::Relaxed))
+        to_stored_precision(
+            Utc::now() + chrono::Duration::milliseconds(self.offset_ms.load(Ordering::Relaxed)),
+        )
     }
 
     pub fn advance(&self, by: Duration) {
         let ms = i64::try_from(by.as_millis()).unwrap_or(i64::MAX / 4);
         self.offset_ms.fetch_add(ms, Ordering::Relaxed);
     }
+}
+
+/// `at` truncated to the millisecond, as the store keeps instants.
+pub fn to_stored_precision(at: DateTime<Utc>) -> DateTime<Utc> {
+    at.duration_trunc(chrono::Duration::milliseconds(1))
+        .unwrap_or(at)
 }
 
 /// How often a replica looks for route changes written by other replicas.
