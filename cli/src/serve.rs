@@ -190,6 +190,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         })?;
     let settings = Settings {
         backing_prefix: config.streams.backing_prefix.clone(),
+        ges: config.streams.ges.clone(),
     };
     let control_plane = ControlPlane::new(store, backend, settings, Clock::default()).await?;
 
