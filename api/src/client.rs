@@ -307,6 +307,18 @@ impl Client {
             .await
     }
 
+    /// Marks a subscription failed (with why) or active again; the data plane's report (admins).
+    pub async fn set_subscription_status(
+        &self,
+        id: &str,
+        status: SubscriptionStatus,
+        reason: Option<&str>,
+    ) -> Result<Subscription, ClientError> {
+        let body = serde_json::json!({ "status": status, "reason": reason });
+        self.put(&format!("/v1/subscriptions/{}/status", segment(id)), &body)
+            .await
+    }
+
     /// The verdict a create or update would get, without writing anything.
     pub async fn check_subscription(
         &self,
