@@ -70,7 +70,7 @@ impl Engine {
         self.config.validate().map_err(EngineError::Config)?;
         let mut shutdown = std::pin::pin!(shutdown);
         let routes = tokio::select! {
-            routes = LiveRoutes::start(self.routes.clone()) => routes,
+            routes = LiveRoutes::start(self.routes.clone(), self.status.clone()) => routes,
             () = &mut shutdown => return Ok(()),
         };
         // Dropping the set aborts these with the engine.

@@ -10,6 +10,7 @@ use tokio::sync::{Mutex, watch};
 
 use crate::link::{LinkError, RouteSource};
 use crate::router::RouteIndex;
+use crate::status::StatusBoard;
 
 /// How long one long poll for a new table waits; a table is re-read at least this often.
 const POLL_WAIT: Duration = Duration::from_secs(30);
@@ -21,13 +22,14 @@ pub struct LiveRoutes {
     index: ArcSwap<RouteIndex>,
     source: Arc<dyn RouteSource>,
     revision: watch::Sender<i64>,
+    status: StatusBoard,
     /// Serialises forced refreshes so a burst of unknown events costs one fetch.
     refreshing: Mutex<()>,
 }
 
 impl LiveRoutes {
     /// Fetches the first table, retrying until it succeeds: without one nothing may be delivered.
-    pub async fn start(source: Arc<dyn RouteSource>) -> Arc<LiveRoutes> {
+    pub async fn start(source: Arc<dyn RouteSource>, status: StatusBoard) -> Arc<LiveRoutes> {
         let mut backoff = FIRST_BACKOFF;
         let table = loop {
             match source.current().await {
@@ -44,6 +46,7 @@ impl LiveRoutes {
             index: ArcSwap::from_pointee(RouteIndex::compile(&table)),
             source,
             revision,
+            status,
             refreshing: Mutex::new(()),
         });
         routes.record(&table);
@@ -115,6 +118,7 @@ impl LiveRoutes {
             routes = table.routes.len(),
             "Route table loaded."
         );
+        self.status.set_routes_revision(table.revision);
         self.revision.send_if_modified(|current| {
             let changed = *current != table.revision;
             *current = table.revision;

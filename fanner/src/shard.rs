@@ -245,8 +245,9 @@ struct Main {
     millis_behind: Option<i64>,
     /// Records routed since the worker started.
     count: u64,
-    /// (last sequence of a batch, `count` after it), oldest first: lag in records.
-    marks: VecDeque<(Arc<str>, u64)>,
+    /// (position after a batch, `count` there), oldest first, starting with where the worker
+    /// started: lag in records, to a read batch.
+    marks: VecDeque<(Pos, u64)>,
 }
 
 pub(crate) struct Worker {
@@ -316,13 +317,13 @@ impl Worker {
             renewing: false,
             main: Main {
                 reader: Reader::Closed,
-                read: main_read,
+                read: main_read.clone(),
                 end: false,
                 idle: false,
                 retry_at: None,
                 millis_behind: None,
                 count: 0,
-                marks: VecDeque::new(),
+                marks: VecDeque::from([(main_read.clone(), 0)]),
             },
             targets,
             io: FuturesUnordered::new(),
@@ -481,9 +482,10 @@ impl Worker {
                 .filter(|t| matches!(&t.mode, Mode::Behind { reader, .. } if reader.holds_slot()))
                 .count(),
         );
-        let room = self.shared.config.read_batch.min(MAX_PUT_RECORDS * 2);
+        let room = self.catch_up_room();
         let mut reads = Vec::new();
         for target in self.targets.values_mut() {
+            let owed = target.owed();
             let Mode::Behind {
                 reader,
                 position,
@@ -494,7 +496,7 @@ impl Worker {
                 continue;
             };
             if matches!(reader, Reader::Busy)
-                || target.queue.len() >= room
+                || owed >= room
                 || target.retry_at.is_some_and(|at| now < at)
             {
                 continue;
@@ -666,40 +668,49 @@ impl Worker {
         }
     }
 
-    /// A stream that cannot keep up falls behind: it stops holding back the main cursor and
-    /// continues from its own position with its own reader.
+    /// A stream that cannot keep up falls behind: the main cursor stops feeding it (so it no
+    /// longer holds back the checkpoint), and it continues with its own reader from the last
+    /// record the main cursor gave it, while what is already queued keeps being written.
+    /// A stream behind is attached again once its reader reached the main cursor and its queue
+    /// is down to the catch-up room.
     fn stall_check(&mut self, now: Instant) {
         let max_backlog = self.shared.config.max_backlog;
         let max_stall = self.shared.config.max_stall;
-        let main_read = self.main.read.clone();
-        let stalled: Vec<Arc<str>> = self
-            .targets
-            .values()
-            .filter(|t| {
-                t.is_attached()
-                    && (t.owed() > max_backlog
-                        || t.failing_since
-                            .is_some_and(|since| now >= since + max_stall))
-            })
-            .map(|t| t.name.clone())
-            .collect();
-        for name in stalled {
-            if let Some(target) = self.targets.get_mut(&name) {
-                let position = target.coverage(&main_read);
-                tracing::info!(shard = %self.key, stream = %name, owed = target.owed(), "Stream fell behind; it continues from its own position.");
-                metrics::counter!("fanner_engine_fell_behind_total", "stream" => target.stream.to_string()).increment(1);
-                target.generation += 1;
-                target.queue.clear();
-                target.in_flight = None;
-                target.failing_since = None;
-                target.mode = Mode::Behind {
-                    reader: Reader::Closed,
-                    position,
-                    idle: false,
-                    millis_behind: None,
-                };
+        let room = self.catch_up_room();
+        for target in self.targets.values_mut() {
+            match &target.mode {
+                Mode::Attached => {
+                    let stalled = target.owed() > max_backlog
+                        || target
+                            .failing_since
+                            .is_some_and(|since| now >= since + max_stall);
+                    if stalled {
+                        tracing::info!(shard = %self.key, stream = %target.name, owed = target.owed(), "Stream fell behind; it continues from its own position.");
+                        metrics::counter!("fanner_engine_fell_behind_total", "stream" => target.stream.to_string()).increment(1);
+                        target.mode = Mode::Behind {
+                            reader: Reader::Closed,
+                            position: self.main.read.clone(),
+                            idle: false,
+                            millis_behind: None,
+                        };
+                    }
+                }
+                Mode::Behind { position, .. } => {
+                    let caught_up = cmp_pos(position, &self.main.read) != Ordering::Less;
+                    let healthy = target.failing_since.is_none();
+                    if caught_up && healthy && target.owed() <= room {
+                        tracing::info!(shard = %self.key, stream = %target.name, "Stream caught up with the main cursor.");
+                        target.mode = Mode::Attached;
+                    }
+                }
+                Mode::Broken { .. } => {}
             }
         }
+    }
+
+    /// Deliveries a stream behind may have queued before its reader reads on.
+    fn catch_up_room(&self) -> usize {
+        (self.shared.config.max_backlog / 2).max(1)
     }
 
     /// Whether a drain in progress is over; if so, the last checkpoint is written and the
@@ -869,7 +880,9 @@ impl Worker {
         if let Some(last) = &self.main.read
             && !batch.records.is_empty()
         {
-            self.main.marks.push_back((last.clone(), self.main.count));
+            self.main
+                .marks
+                .push_back((Some(last.clone()), self.main.count));
             if self.main.marks.len() > MAX_MARKS {
                 self.main.marks.pop_front();
             }
@@ -1080,21 +1093,29 @@ impl Worker {
             }
         }
         tally.flush();
-        let Some(target) = self.targets.get_mut(name) else {
+        let main_read = self.main.read.clone();
+        let Some(Target {
+            mode: Mode::Behind {
+                reader, position, ..
+            },
+            ..
+        }) = self.targets.get_mut(name)
+        else {
             return;
         };
-        let Mode::Behind { position, .. } = &target.mode else {
-            return;
-        };
-        let caught_up = reached
-            || batch.shard_end
-            || cmp_pos(position, &self.main.read) != Ordering::Less
-            // Nothing left to read although the main cursor is further: the records between
-            // were trimmed by retention.
-            || (batch.records.is_empty() && batch.millis_behind == Some(0));
-        if caught_up {
-            tracing::info!(shard = %self.key, stream = %name, "Stream caught up with the main cursor.");
-            target.mode = Mode::Attached;
+        if reached {
+            // The reader went past records this stream did not take; the main cursor feeds
+            // them once it is attached, or a new reader reads them.
+            *reader = Reader::Closed;
+        } else if batch.shard_end
+            || (batch.records.is_empty()
+                && batch.millis_behind == Some(0)
+                && cmp_pos(position, &main_read) == Ordering::Less)
+        {
+            // Nothing left to read although the main cursor is further on: the records in
+            // between were trimmed by retention.
+            *position = main_read;
+            *reader = Reader::Closed;
         }
     }
 
@@ -1309,14 +1330,16 @@ impl Worker {
         }
     }
 
+    /// GES records the main cursor read after `pos`, to a read batch; `None` when `pos` is
+    /// older than this worker's memory.
     fn records_after(&self, pos: &Pos) -> Option<u64> {
         if cmp_pos(pos, &self.main.read) != Ordering::Less {
             return Some(0);
         }
-        let pos = pos.as_ref()?;
-        let index = self.main.marks.partition_point(|(sequence, _)| {
-            streams::cmp_sequence(sequence, pos) != Ordering::Greater
-        });
+        let index = self
+            .main
+            .marks
+            .partition_point(|(mark, _)| cmp_pos(mark, pos) != Ordering::Greater);
         let (_, count) = self.main.marks.get(index.checked_sub(1)?)?;
         Some(self.main.count.saturating_sub(*count))
     }

@@ -2,6 +2,7 @@
 //! streams that cannot take deliveries.
 
 use std::collections::{BTreeMap, HashSet};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
@@ -54,12 +55,31 @@ pub enum TargetMode {
 }
 
 /// A handle on the engine's live status; cheap to clone.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct StatusBoard {
     shards: Arc<Mutex<BTreeMap<String, ShardStatus>>>,
+    revision: Arc<AtomicI64>,
+}
+
+impl Default for StatusBoard {
+    fn default() -> Self {
+        StatusBoard {
+            shards: Arc::default(),
+            revision: Arc::new(AtomicI64::new(-1)),
+        }
+    }
 }
 
 impl StatusBoard {
+    /// The revision of the route table in use; -1 until the first one is loaded.
+    pub fn routes_revision(&self) -> i64 {
+        self.revision.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn set_routes_revision(&self, revision: i64) {
+        self.revision.store(revision, Ordering::Release);
+    }
+
     /// Every shard this process holds now.
     pub fn shards(&self) -> Vec<ShardStatus> {
         self.lock().values().cloned().collect()
