@@ -873,7 +873,7 @@ impl Worker {
             }
             let verdict = judge(record, &table, now);
             let seq: Arc<str> = Arc::from(record.sequence.as_str());
-            let prev = std::mem::replace(&mut self.main.read, Some(seq.clone()));
+            let prev = self.main.read.replace(seq.clone());
             self.main.count += 1;
             self.deliver(record, seq, prev, verdict, &table, None, &mut tally);
         }

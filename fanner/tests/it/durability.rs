@@ -77,36 +77,39 @@ async fn a_killed_engine_loses_nothing(kind: Kind) {
     h.faults.delay_puts(Some(Duration::from_millis(20)));
     let engine = h.engine(config.clone());
 
-    let first = ids("first", 600);
-    for chunk in first.chunks(100) {
-        h.publish(&events("signup", chunk)).await;
-    }
-    eventually(
-        Duration::from_secs(30),
-        "part of the events are delivered",
-        || async { (h.records(&stream).await.len() >= 200).then_some(()) },
-    )
-    .await;
-    engine.kill().await;
-    let delivered = settled_count(&h, &stream).await;
-    let covered = covered_by_checkpoints(&h).await;
-    assert!(
-        covered <= delivered,
-        "a checkpoint never passes an undelivered record"
-    );
-
-    let second = ids("second", 400);
-    h.publish(&events("signup", &second)).await;
-    h.faults.delay_puts(None);
-    // The same owner takes its leases back at once (the crashed holder is fenced off).
-    let engine = h.engine(config);
-    let mut all = first.clone();
-    all.extend(second.iter().cloned());
+    // Events keep coming before, during and after the crash.
+    let all = ids("event", 1000);
+    let publisher = async {
+        for chunk in all.chunks(20) {
+            h.publish(&events("signup", chunk)).await;
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    };
+    let crash_and_restart = async {
+        eventually(
+            Duration::from_secs(30),
+            "part of the events are delivered",
+            || async { (h.records(&stream).await.len() >= 200).then_some(()) },
+        )
+        .await;
+        engine.kill().await;
+        let delivered = settled_count(&h, &stream).await;
+        let covered = covered_by_checkpoints(&h).await;
+        assert!(
+            covered <= delivered,
+            "a checkpoint never passes an undelivered record"
+        );
+        h.faults.delay_puts(None);
+        // The same owner takes its leases back at once (the crashed holder is fenced off).
+        (h.engine(config), delivered, covered)
+    };
+    let ((), (engine, delivered, covered)) = tokio::join!(publisher, crash_and_restart);
     let got = h.wait_for_ids(&stream, &all).await;
     let duplicates = got.len() - all.len();
     eprintln!(
         "killed after {delivered} deliveries, {covered} checkpointed: {duplicates} duplicates"
     );
+    assert!(delivered < all.len(), "the crash happened mid-stream");
     assert!(
         duplicates <= delivered - covered,
         "only records delivered after the last checkpoint are delivered again \
