@@ -20,6 +20,8 @@ pub struct Setup {
     pub ges: String,
     pub consumer: String,
     stop: Option<oneshot::Sender<()>>,
+    /// Holds the engine back until [`Setup::resume`].
+    go: Option<oneshot::Sender<()>>,
     engine: tokio::task::JoinHandle<Result<(), fanner::EngineError>>,
     _dir: tempfile::TempDir,
 }
@@ -36,6 +38,17 @@ fn ctx(principal: &str, role: Role) -> Ctx {
 
 impl Setup {
     pub async fn start(backend: Arc<dyn StreamBackend>, shards: u32, idle_wait: Duration) -> Setup {
+        let mut setup = Setup::start_paused(backend, shards, idle_wait).await;
+        setup.resume();
+        setup
+    }
+
+    /// Everything set up, the engine not started until [`Setup::resume`].
+    pub async fn start_paused(
+        backend: Arc<dyn StreamBackend>,
+        shards: u32,
+        idle_wait: Duration,
+    ) -> Setup {
         let dir = tempfile::tempdir().expect("temp dir");
         let ges = testkit::unique_name("ges");
         backend
@@ -112,23 +125,38 @@ impl Setup {
         let link = Arc::new(InProcess::new(cp.clone()));
         let coordinator: Arc<dyn Coordinator> = Arc::new(store);
         let (stop, stopped) = oneshot::channel::<()>();
-        let engine = tokio::spawn(fanner::run(
-            config,
-            backend.clone(),
-            coordinator,
-            link.clone(),
-            link,
-            async move {
-                let _ = stopped.await;
-            },
-        ));
+        let (go, resumed) = oneshot::channel::<()>();
+        let engine_backend = backend.clone();
+        let engine = tokio::spawn(async move {
+            if resumed.await.is_err() {
+                return Ok(());
+            }
+            fanner::run(
+                config,
+                engine_backend,
+                coordinator,
+                link.clone(),
+                link,
+                async move {
+                    let _ = stopped.await;
+                },
+            )
+            .await
+        });
         Setup {
             backend,
             ges,
             consumer,
             stop: Some(stop),
+            go: Some(go),
             engine,
             _dir: dir,
+        }
+    }
+
+    pub fn resume(&mut self) {
+        if let Some(go) = self.go.take() {
+            let _ = go.send(());
         }
     }
 
