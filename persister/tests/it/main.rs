@@ -1,4 +1,5 @@
 //! Integration tests of the persister: one binary, one module per concern.
 
+mod crash;
 mod lake;
 mod support;

@@ -222,15 +222,55 @@ impl StreamBackend for MemStreams {
     }
 }
 
-/// An in-memory lease store with fencing tokens. `freeze_after_checkpoint(n)` makes the n-th
-/// checkpoint write (counting from now) land and then never return, so a test can kill the
-/// persister at exactly that point.
+/// A simulated process death shared by the lease store and the sink: once halted, no write
+/// of either lands any more (calls never return), exactly as after `kill -9`.
+#[derive(Default)]
+pub struct Halt {
+    halted: std::sync::atomic::AtomicBool,
+    /// Where and when to halt: the n-th write of a kind.
+    plan: Mutex<Option<(Write, usize, Freeze)>>,
+    pub reached: Notify,
+}
+
+impl Halt {
+    pub fn new() -> Arc<Halt> {
+        Arc::new(Halt::default())
+    }
+
+    pub fn plan(&self, plan: Option<(Write, usize, Freeze)>) {
+        *lock(&self.plan) = plan;
+        self.halted.store(false, Ordering::SeqCst);
+    }
+
+    fn halt(&self) {
+        self.halted.store(true, Ordering::SeqCst);
+        self.reached.notify_one();
+    }
+
+    /// Called around each write; `n` is the write's number, `landed` whether it is done.
+    async fn check(&self, write: Write, n: usize, landed: bool) {
+        let plan = *lock(&self.plan);
+        let due = match plan {
+            Some((w, at, Freeze::BeforePut)) => w == write && !landed && n == at,
+            Some((w, at, Freeze::AfterPut)) => w == write && landed && n == at,
+            None => false,
+        };
+        if due {
+            self.halt();
+        }
+        if self.halted.load(Ordering::SeqCst) {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+/// An in-memory lease store with fencing tokens. With a [`Halt`] planned on checkpoint writes
+/// it dies right before or right after the n-th one lands.
 #[derive(Default)]
 pub struct MemCoordinator {
     leases: Mutex<HashMap<(String, String), Lease>>,
     checkpoints: AtomicUsize,
-    freeze_at: AtomicUsize,
-    pub frozen: Notify,
+    pub halt: Arc<Halt>,
 }
 
 impl MemCoordinator {
@@ -242,14 +282,10 @@ impl MemCoordinator {
         self.checkpoints.load(Ordering::SeqCst)
     }
 
-    /// Freezes the `n`-th checkpoint write from now (0 turns freezing off).
-    pub fn freeze_after_checkpoint(&self, n: usize) {
-        let target = if n == 0 {
-            0
-        } else {
-            self.checkpoint_writes() + n
-        };
-        self.freeze_at.store(target, Ordering::SeqCst);
+    /// Halts at the `n`-th checkpoint write from now.
+    pub fn halt_at_checkpoint(&self, n: usize, at: Freeze) {
+        self.halt
+            .plan(Some((Write::Checkpoint, self.checkpoint_writes() + n, at)));
     }
 
     pub fn checkpoint_of(&self, group: &str, key: &str) -> Option<String> {
@@ -311,6 +347,8 @@ impl Coordinator for MemCoordinator {
     }
 
     async fn checkpoint(&self, lease: &Lease, checkpoint: &str) -> Result<(), CoordinatorError> {
+        let n = self.checkpoints.load(Ordering::SeqCst) + 1;
+        self.halt.check(Write::Checkpoint, n, false).await;
         {
             let mut leases = lock(&self.leases);
             let current = leases
@@ -320,10 +358,7 @@ impl Coordinator for MemCoordinator {
             current.checkpoint = Some(checkpoint.to_owned());
         }
         let n = self.checkpoints.fetch_add(1, Ordering::SeqCst) + 1;
-        if n == self.freeze_at.load(Ordering::SeqCst) {
-            self.frozen.notify_one();
-            std::future::pending::<()>().await;
-        }
+        self.halt.check(Write::Checkpoint, n, true).await;
         Ok(())
     }
 
@@ -347,45 +382,50 @@ impl Coordinator for MemCoordinator {
     }
 }
 
-/// Where a [`FaultySink`] stops for good.
+/// Which writes a [`Halt`] counts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Write {
+    Checkpoint,
+    Object,
+}
+
+/// Where a [`Halt`] stops a write: before or after it lands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Freeze {
     BeforePut,
     AfterPut,
 }
 
-/// Passes puts through to a real sink; can freeze (never return) before or after the n-th put,
-/// fail puts, and records the largest number of puts in flight.
+/// Passes puts through to a real sink, records their keys, and dies with its [`Halt`].
 pub struct FaultySink {
     inner: Arc<dyn ObjectSink>,
     puts: AtomicUsize,
-    freeze: Mutex<Option<(usize, Freeze)>>,
-    fail_next: AtomicUsize,
-    pub frozen: Notify,
+    keys: Mutex<Vec<String>>,
+    pub halt: Arc<Halt>,
 }
 
 impl FaultySink {
-    pub fn new(inner: Arc<dyn ObjectSink>) -> Arc<FaultySink> {
+    pub fn new(inner: Arc<dyn ObjectSink>, halt: Arc<Halt>) -> Arc<FaultySink> {
         Arc::new(FaultySink {
             inner,
             puts: AtomicUsize::new(0),
-            freeze: Mutex::new(None),
-            fail_next: AtomicUsize::new(0),
-            frozen: Notify::new(),
+            keys: Mutex::new(Vec::new()),
+            halt,
         })
     }
 
-    pub fn puts(&self) -> usize {
-        self.puts.load(Ordering::SeqCst)
+    /// Halts at the `n`-th put from now.
+    pub fn halt_at_put(&self, n: usize, at: Freeze) {
+        self.halt.plan(Some((
+            Write::Object,
+            self.puts.load(Ordering::SeqCst) + n,
+            at,
+        )));
     }
 
-    /// Freezes the `n`-th put from now.
-    pub fn freeze(&self, n: usize, at: Freeze) {
-        *lock(&self.freeze) = Some((self.puts() + n, at));
-    }
-
-    pub fn fail_next(&self, n: usize) {
-        self.fail_next.store(n, Ordering::SeqCst);
+    /// The key of every put that completed, in order.
+    pub fn keys(&self) -> Vec<String> {
+        lock(&self.keys).clone()
     }
 }
 
@@ -396,29 +436,11 @@ impl ObjectSink for FaultySink {
     }
 
     async fn put(&self, key: &str, body: Bytes) -> Result<(), SinkError> {
-        if self
-            .fail_next
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-            .is_ok()
-        {
-            return Err(SinkError::Io {
-                path: key.to_owned(),
-                source: std::io::Error::other("injected failure"),
-            });
-        }
         let n = self.puts.fetch_add(1, Ordering::SeqCst) + 1;
-        let freeze = *lock(&self.freeze);
-        let hang = || async {
-            self.frozen.notify_one();
-            std::future::pending::<()>().await
-        };
-        if freeze == Some((n, Freeze::BeforePut)) {
-            hang().await;
-        }
+        self.halt.check(Write::Object, n, false).await;
         self.inner.put(key, body).await?;
-        if freeze == Some((n, Freeze::AfterPut)) {
-            hang().await;
-        }
+        lock(&self.keys).push(key.to_owned());
+        self.halt.check(Write::Object, n, true).await;
         Ok(())
     }
 
