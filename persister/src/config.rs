@@ -2,13 +2,13 @@
 
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::encode::{DEFAULT_GZIP_LEVEL, Encoding, ObjectFormat, ParquetCompression};
 use crate::partition::MAX_BASE_PREFIX;
 
 /// Where a shard without a checkpoint starts reading.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum InitialPosition {
     /// The oldest record the stream still holds: the lake gets everything.
@@ -18,7 +18,7 @@ pub enum InitialPosition {
     Latest,
 }
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// The global event stream to read.
@@ -46,7 +46,8 @@ pub struct Config {
     pub max_checkpoint_cuts: usize,
     /// Records per read.
     pub read_batch: usize,
-    /// Wait between reads when a shard has nothing new.
+    /// The longest wait for new records when a shard has nothing new (backends that can tell
+    /// when records land end it early).
     pub poll_interval_ms: u64,
     pub lease_ttl_ms: u64,
     /// How often the stream's shards and the group's leases are looked at.
@@ -63,7 +64,7 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Config {
-            stream: "ges".into(),
+            stream: "global-events".into(),
             base_prefix: "events".into(),
             format: ObjectFormat::NdjsonGzip,
             gzip_level: DEFAULT_GZIP_LEVEL,

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use chrono::Utc;
-use streams::{CoordinatorError, Lease, Record, StartPosition, StreamError};
+use streams::{CoordinatorError, Lease, Record, ShardReader, StartPosition, StreamError};
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 
@@ -183,7 +183,7 @@ impl Worker {
             if self.puts.len() >= 4 * self.shared.settings.max_puts_in_flight
                 || (self.over_bytes() && !self.puts.is_empty())
             {
-                self.wait(None).await?;
+                self.wait(None, None).await?;
                 continue;
             }
             let batch = match reader.next_batch(self.shared.settings.read_batch).await {
@@ -197,7 +197,7 @@ impl Worker {
                     metrics::counter!("fanner_persister_errors_total", "reason" => "read")
                         .increment(1);
                     let backoff = Duration::from_millis(100 * 2u64.pow(read_errors.min(6)));
-                    self.wait(Some(backoff)).await?;
+                    self.wait(None, Some(backoff)).await?;
                     continue;
                 }
                 Err(e) => return Err(e.into()),
@@ -215,7 +215,9 @@ impl Worker {
                 return self.drain(true).await;
             }
             if read == 0 {
-                self.wait(Some(self.shared.settings.poll_interval)).await?;
+                let until_tick = self.next_tick.saturating_duration_since(Instant::now());
+                let idle = self.shared.settings.poll_interval.min(until_tick);
+                self.wait(Some(reader.as_mut()), Some(idle)).await?;
             }
         }
     }
@@ -427,8 +429,19 @@ impl Worker {
     }
 
     /// Waits for a write to finish, `timeout` to pass (when given), or shutdown / lease loss.
-    async fn wait(&mut self, timeout: Option<Duration>) -> Result<(), WorkerError> {
-        let sleep = tokio::time::sleep(timeout.unwrap_or(Duration::MAX / 4));
+    /// With a reader, new records on the shard end the wait too.
+    async fn wait(
+        &mut self,
+        reader: Option<&mut dyn ShardReader>,
+        timeout: Option<Duration>,
+    ) -> Result<(), WorkerError> {
+        let timeout = timeout.unwrap_or(Duration::from_secs(3600));
+        let sleep = async {
+            match reader {
+                Some(reader) => reader.wait_for_records(timeout).await,
+                None => tokio::time::sleep(timeout).await,
+            }
+        };
         let put = async {
             if self.puts.is_empty() {
                 std::future::pending().await

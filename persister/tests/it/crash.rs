@@ -13,26 +13,25 @@ use chrono::Utc;
 use persister::{Config, LocalFsSink, ObjectSink, Persister};
 
 use crate::support::{
-    FaultySink, Freeze, Halt, Line, MemBackend, MemCoordinator, MemStreams, Running, encoded,
-    envelope, eventually, read_lake,
+    FaultySink, Freeze, Halt, HaltingCoordinator, Lab, Line, Running, encoded, envelope,
+    eventually, read_lake,
 };
 
 /// Publishes a varied mix: several names, event times over three hours, late events, garbage
 /// and absurd times, payloads of different sizes. Returns the identity of each record as it
 /// appears in the lake.
-struct Publisher {
-    backend: Arc<MemBackend>,
-    shards: Vec<String>,
+struct Publisher<'a> {
+    lab: &'a Lab,
     published: Vec<String>,
 }
 
-impl Publisher {
-    fn publish(&mut self, n: usize) {
+impl Publisher<'_> {
+    async fn publish(&mut self, n: usize) -> Result<()> {
         let names = ["orders.created", "orders.paid", "user.signup"];
         let base = Utc::now();
+        let mut batch = Vec::with_capacity(n);
         for _ in 0..n {
             let i = self.published.len();
-            let shard = &self.shards[i % self.shards.len()];
             let (data, identity) = if i % 23 == 5 {
                 let garbage = format!("\u{7f}garbage-{i}");
                 (
@@ -62,9 +61,10 @@ impl Publisher {
                 );
                 (encoded(&env), id)
             };
-            self.backend.append("ges", shard, data, Utc::now());
+            batch.push(data);
             self.published.push(identity);
         }
+        self.lab.publish(batch).await
     }
 }
 
@@ -86,7 +86,6 @@ fn identity(line: &Line) -> Result<String> {
 
 fn config() -> Config {
     Config {
-        stream: "ges".into(),
         base_prefix: "lake".into(),
         // Small objects, short ages and few open partitions: many cuts, evictions and
         // partitions written at different times.
@@ -106,18 +105,17 @@ fn config() -> Config {
 async fn crash_at_many_points_then_every_event_is_in_the_lake_once() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let lake: Arc<dyn ObjectSink> = Arc::new(LocalFsSink::new(dir.path())?);
-    let backend = MemBackend::with_stream("ges", 2);
-    let coordinator = MemCoordinator::new();
+    let lab = Lab::new(2).await?;
+    let coordinator = HaltingCoordinator::new(lab.coordinator());
     // Every put of every run goes through one recorder.
     let recorder = FaultySink::new(lake.clone(), Halt::new());
     let mut publisher = Publisher {
-        shards: backend.shard_ids("ges"),
-        backend: backend.clone(),
+        lab: &lab,
         published: Vec::new(),
     };
     let mut frozen = 0;
     for round in 0..60usize {
-        publisher.publish(40);
+        publisher.publish(40).await?;
         // The sink and the lease store die together, as one process would.
         let sink = FaultySink::new(recorder.clone(), coordinator.halt.clone());
         let k = 1 + (round * 7) % 13;
@@ -130,14 +128,14 @@ async fn crash_at_many_points_then_every_event_is_in_the_lake_once() -> Result<(
         }
         let running = Running::start(Persister::new(
             &config(),
-            Arc::new(MemStreams(backend.clone())),
+            lab.streams(),
             coordinator.clone(),
             sink.clone(),
         )?);
         // Trickle while it runs, so partitions are cut by age in small pieces that a replay,
         // reading everything at once, would not cut the same way.
         for _ in 0..3 {
-            publisher.publish(5);
+            publisher.publish(5).await?;
             tokio::time::sleep(Duration::from_millis(7)).await;
         }
         if round % 5 == 4 {
@@ -156,7 +154,7 @@ async fn crash_at_many_points_then_every_event_is_in_the_lake_once() -> Result<(
 
     let running = Running::start(Persister::new(
         &config(),
-        Arc::new(MemStreams(backend.clone())),
+        lab.streams(),
         coordinator.clone(),
         recorder.clone(),
     )?);

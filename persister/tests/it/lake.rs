@@ -9,128 +9,109 @@ use std::time::Duration;
 use anyhow::{Context, Result, ensure};
 use base64::Engine;
 use bytes::Bytes;
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, DurationRound, TimeDelta, Utc};
 use persister::{Config, LocalFsSink, ObjectSink, Persister, S3Sink};
 
-use crate::support::{
-    MemBackend, MemCoordinator, MemStreams, Moto, Running, at, encoded, envelope, eventually,
-    read_lake,
-};
+use crate::support::{Lab, Running, encoded, envelope, eventually, moto_bucket, read_lake};
 
-const ARRIVAL: &str = "2024-05-01T12:00:00Z";
+const BASE: &str = "lake/env=test";
 
-/// One record put on the stream and where it must end up.
+/// One record put on the stream and the directory (under the base prefix) it must land in.
 struct Case {
     id: String,
     data: Bytes,
-    /// The directory under the base prefix.
     dir: String,
     envelope: Option<proto::Envelope>,
 }
 
-fn case(id: &str, name: &str, time: Option<&str>, dir: &str) -> Case {
-    let env = envelope(
-        id,
-        name,
-        time.map(at),
-        format!(r#"{{"n":"{id}"}}"#).as_bytes(),
-    );
-    Case {
-        id: id.to_owned(),
-        data: encoded(&env),
-        dir: dir.to_owned(),
-        envelope: Some(env),
-    }
+fn hour_dir(name_segment: &str, time: DateTime<Utc>) -> String {
+    format!("{name_segment}/{}", time.format("%Y-%m-%d:%H"))
 }
 
-fn cases() -> Vec<Case> {
+fn cases(now: DateTime<Utc>) -> Vec<Case> {
+    let case = |id: &str, name: &str, time: Option<DateTime<Utc>>, dir: String| {
+        let env = envelope(id, name, time, format!(r#"{{"n":"{id}"}}"#).as_bytes());
+        Case {
+            id: id.to_owned(),
+            data: encoded(&env),
+            dir,
+            envelope: Some(env),
+        }
+    };
+    // An hour boundary two hours back: events on either side of it land in different hours.
+    let boundary = now.duration_trunc(TimeDelta::hours(1)).unwrap_or(now) - TimeDelta::hours(2);
+    let before = boundary - TimeDelta::milliseconds(1);
+    let late = now - TimeDelta::days(3);
+    let skewed = now + TimeDelta::hours(23);
+    let future = now + TimeDelta::hours(25);
     let mut cases = vec![
         case(
             "a1",
             "orders.created",
-            Some("2024-05-01T11:59:59.999Z"),
-            "orders.created/2024-05-01:11",
+            Some(before),
+            hour_dir("orders.created", before),
         ),
         case(
             "a2",
             "orders.created",
-            Some("2024-05-01T12:00:00Z"),
-            "orders.created/2024-05-01:12",
+            Some(boundary),
+            hour_dir("orders.created", boundary),
         ),
         case(
             "a3",
             "orders.created",
-            Some("2024-05-01T11:15:00Z"),
-            "orders.created/2024-05-01:11",
+            Some(boundary + TimeDelta::minutes(59)),
+            hour_dir("orders.created", boundary),
         ),
         // Late by days: its own hour, not the arrival hour.
         case(
             "a4",
             "orders.created",
-            Some("2024-04-28T03:04:05Z"),
-            "orders.created/2024-04-28:03",
+            Some(late),
+            hour_dir("orders.created", late),
         ),
-        case(
-            "a5",
-            "user.signup",
-            Some("2024-05-01T12:30:00Z"),
-            "user.signup/2024-05-01:12",
-        ),
+        case("a5", "user.signup", Some(now), hour_dir("user.signup", now)),
         // Clock skew within a day is kept.
         case(
             "a6",
             "user.signup",
-            Some("2024-05-02T11:59:00Z"),
-            "user.signup/2024-05-02:11",
+            Some(skewed),
+            hour_dir("user.signup", skewed),
         ),
         case(
             "e1",
             "user.signup",
-            Some("2024-05-02T12:00:01Z"),
-            "_errors/future_event_time",
-        ),
-        case("e2", "user.signup", None, "_errors/missing_event_time"),
-        case(
-            "e3",
-            "",
-            Some("2024-05-01T12:00:00Z"),
-            "_errors/missing_event_name",
+            Some(future),
+            "_errors/future_event_time".into(),
         ),
         case(
-            "h1",
-            "my table",
-            Some("2024-05-01T12:00:00Z"),
-            "my%20table/2024-05-01:12",
+            "e2",
+            "user.signup",
+            None,
+            "_errors/missing_event_time".into(),
         ),
+        case("e3", "", Some(now), "_errors/missing_event_name".into()),
+        case("h1", "my table", Some(now), hour_dir("my%20table", now)),
         case(
             "h2",
             "你好/😊",
-            Some("2024-05-01T12:00:00Z"),
-            "%E4%BD%A0%E5%A5%BD%2F%F0%9F%98%8A/2024-05-01:12",
+            Some(now),
+            hour_dir("%E4%BD%A0%E5%A5%BD%2F%F0%9F%98%8A", now),
         ),
-        case(
-            "h3",
-            "../",
-            Some("2024-05-01T12:00:00Z"),
-            "%2E.%2F/2024-05-01:12",
-        ),
+        case("h3", "../", Some(now), hour_dir("%2E.%2F", now)),
         case(
             "h4",
             "../../../etc/passwd",
-            Some("2024-05-01T12:00:00Z"),
-            "%2E.%2F..%2F..%2Fetc%2Fpasswd/2024-05-01:12",
+            Some(now),
+            hour_dir("%2E.%2F..%2F..%2Fetc%2Fpasswd", now),
         ),
+        case("h5", "_errors", Some(now), hour_dir("%5Ferrors", now)),
+        case("h6", "..", Some(now), hour_dir("%2E.", now)),
         case(
-            "h5",
-            "_errors",
-            Some("2024-05-01T12:00:00Z"),
-            "%5Ferrors/2024-05-01:12",
-        ),
-        case(
-            "h6",
-            &"n".repeat(1024 * 1024),
-            Some("2024-05-01T12:00:00Z"),
-            "_errors/event_name_too_long",
+            "h7",
+            &"n".repeat(1024 * 1024 - 1024),
+            Some(now),
+            "_errors/event_name_too_long".into(),
         ),
     ];
     for (i, garbage) in [
@@ -151,50 +132,65 @@ fn cases() -> Vec<Case> {
     cases
 }
 
-fn config(stream: &str) -> Config {
+fn config() -> Config {
     Config {
-        stream: stream.into(),
-        base_prefix: "lake/env=test".into(),
+        base_prefix: BASE.into(),
         max_object_age_ms: 50,
-        poll_interval_ms: 10,
+        poll_interval_ms: 20,
         discovery_interval_ms: 50,
         owner: Some("p1".into()),
         ..Config::default()
     }
 }
 
-/// Puts every case on a two-shard stream, runs the persister to completion and checks the
-/// lake, through `sink`.
-async fn scenario(sink: Arc<dyn ObjectSink>) -> Result<()> {
-    let backend = MemBackend::with_stream("ges", 2);
-    let shards = backend.shard_ids("ges");
-    let cases = cases();
-    let arrival: DateTime<Utc> = at(ARRIVAL);
-    // Which records each shard got, for checking object names against their contents.
-    let mut all_records: BTreeMap<String, Vec<(String, usize)>> = BTreeMap::new();
-    for (i, c) in cases.iter().enumerate() {
-        let shard = &shards[i % shards.len()];
-        let seq = backend.append("ges", shard, c.data.clone(), arrival);
-        all_records.entry(shard.clone()).or_default().push((seq, i));
+/// The identity a lake line stands for: the event id, or the raw bytes of garbage.
+fn identity(line: &serde_json::Value) -> Result<String> {
+    if let Some(id) = line["event_id"]
+        .as_str()
+        .or(line["envelope"]["event_id"].as_str())
+    {
+        return Ok(id.to_owned());
     }
-    let coordinator = MemCoordinator::new();
-    let persister = Persister::new(
-        &config("ges"),
-        Arc::new(MemStreams(backend.clone())),
-        coordinator.clone(),
-        sink.clone(),
+    let raw = base64::engine::general_purpose::STANDARD.decode(
+        line["data_base64"]
+            .as_str()
+            .context("line without identity")?,
     )?;
+    Ok(format!("raw:{}", hex(&raw)))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn case_identity(case: &Case) -> String {
+    match case.envelope {
+        Some(_) => case.id.clone(),
+        None => format!("raw:{}", hex(&case.data)),
+    }
+}
+
+/// Puts every case on a two-shard GES, runs the persister to completion and checks the lake
+/// through `sink`.
+async fn scenario(sink: Arc<dyn ObjectSink>) -> Result<()> {
+    let lab = Lab::new(2).await?;
+    let cases = cases(Utc::now());
+    lab.publish(cases.iter().map(|c| c.data.clone()).collect())
+        .await?;
+    let persister = Persister::new(&config(), lab.streams(), lab.coordinator(), sink.clone())?;
     let running = Running::start(persister);
-    let base = "lake/env=test/";
+    let prefix = format!("{BASE}/");
     let expected = cases.len();
-    eventually(Duration::from_secs(20), "every case in the lake", || {
-        let sink = sink.clone();
-        async move { Ok(read_lake(sink.as_ref(), base).await?.len() >= expected) }
+    eventually(Duration::from_secs(30), "every case in the lake", || {
+        let (sink, prefix) = (sink.clone(), prefix.clone());
+        async move { Ok(read_lake(sink.as_ref(), &prefix).await?.len() >= expected) }
     })
     .await?;
     running.stop().await?;
 
-    let lines = read_lake(sink.as_ref(), base).await?;
+    let by_identity: BTreeMap<String, &Case> =
+        cases.iter().map(|c| (case_identity(c), c)).collect();
+    let lines = read_lake(sink.as_ref(), &prefix).await?;
     ensure!(
         lines.len() == cases.len(),
         "{} lines for {} cases",
@@ -204,11 +200,11 @@ async fn scenario(sink: Arc<dyn ObjectSink>) -> Result<()> {
     let mut seen = BTreeSet::new();
     for line in &lines {
         ensure!(
-            line.key.starts_with(base),
+            line.key.starts_with(&prefix),
             "key {} escapes the base prefix",
             line.key
         );
-        let rest = &line.key[base.len()..];
+        let rest = &line.key[prefix.len()..];
         ensure!(
             !rest
                 .split('/')
@@ -216,39 +212,30 @@ async fn scenario(sink: Arc<dyn ObjectSink>) -> Result<()> {
             "unsafe segment in {}",
             line.key
         );
-        let id = if line.key.contains("/_errors/undecodable/") {
-            let raw = base64::engine::general_purpose::STANDARD
-                .decode(line.json["data_base64"].as_str().context("data_base64")?)?;
-            let case = cases
-                .iter()
-                .find(|c| c.envelope.is_none() && c.data.as_ref() == raw.as_slice())
-                .context("undecodable record that was never published")?;
-            ensure!(line.json["reason"] == "undecodable");
-            case.id.clone()
-        } else if line.key.contains("/_errors/") {
-            line.json["envelope"]["event_id"]
-                .as_str()
-                .context("error line without envelope")?
-                .to_owned()
-        } else {
-            line.json["event_id"]
-                .as_str()
-                .context("event_id")?
-                .to_owned()
-        };
+        let id = identity(&line.json)?;
         ensure!(seen.insert(id.clone()), "{id} is in the lake twice");
-        let case = cases.iter().find(|c| c.id == id).context("unknown id")?;
+        let case = by_identity
+            .get(&id)
+            .context("a record that was never published")?;
         let dir = line
             .key
             .rsplit_once('/')
             .map(|(d, _)| d)
             .unwrap_or_default();
         ensure!(
-            dir == format!("lake/env=test/{}", case.dir),
+            dir == format!("{BASE}/{}", case.dir),
             "{id} landed in {dir}, expected {}",
             case.dir
         );
-        if let (Some(env), false) = (&case.envelope, line.key.contains("/_errors/")) {
+        if line.key.contains("/_errors/") {
+            ensure!(dir.ends_with(line.json["reason"].as_str().context("reason")?));
+            let raw = base64::engine::general_purpose::STANDARD
+                .decode(line.json["data_base64"].as_str().context("data_base64")?)?;
+            ensure!(
+                raw == case.data.as_ref(),
+                "{id}: the raw record is kept for repair"
+            );
+        } else if let Some(env) = &case.envelope {
             // The line is an `api::EnvelopeView`, as `fanner tail` prints it.
             let view: api::EnvelopeView = serde_json::from_value(line.json.clone())?;
             ensure!(view.event_name == env.event_name && view.producer == env.producer);
@@ -262,23 +249,18 @@ async fn scenario(sink: Arc<dyn ObjectSink>) -> Result<()> {
             ensure!(view.event_time.map(|t| t.timestamp()) == Some(time.seconds));
         }
     }
+    ensure!(seen.len() == cases.len());
 
-    // An object's name says which records it holds: `<shard>-<first>-<last>`, and it holds
-    // exactly the records of its shard and directory in that range.
+    // An object's name says which records it holds, `<shard>-<first>-<last>`: exactly the
+    // records of that shard and directory in that range.
     let mut by_key: BTreeMap<&str, BTreeSet<String>> = BTreeMap::new();
     for line in &lines {
-        let id = line.json["event_id"]
-            .as_str()
-            .or(line.json["envelope"]["event_id"].as_str())
-            .map(str::to_owned)
-            .unwrap_or_else(|| {
-                line.json["sequence"]
-                    .as_str()
-                    .map(|s| format!("seq:{s}"))
-                    .unwrap_or_default()
-            });
-        by_key.entry(&line.key).or_default().insert(id);
+        by_key
+            .entry(&line.key)
+            .or_default()
+            .insert(identity(&line.json)?);
     }
+    let stream = lab.records().await?;
     for (key, ids) in by_key {
         let (dir, name) = key.rsplit_once('/').context("key")?;
         let stem = name.split_once('.').map(|(s, _)| s).context("extension")?;
@@ -288,29 +270,23 @@ async fn scenario(sink: Arc<dyn ObjectSink>) -> Result<()> {
             parts.next().context("first")?,
             parts.next().context("shard")?,
         );
-        let expected: BTreeSet<String> = all_records[shard]
-            .iter()
-            .filter(|(seq, _)| {
-                streams::cmp_sequence(seq, first).is_ge()
-                    && streams::cmp_sequence(seq, last).is_le()
-            })
-            .filter_map(|(seq, i)| {
-                let c = &cases[*i];
-                (format!("lake/env=test/{}", c.dir) == dir).then(|| {
-                    if c.envelope.is_some() {
-                        c.id.clone()
-                    } else {
-                        format!("seq:{seq}")
-                    }
-                })
-            })
-            .collect();
+        let mut expected = BTreeSet::new();
+        for record in stream.get(shard).context("no such shard")? {
+            let in_range = streams::cmp_sequence(&record.sequence, first).is_ge()
+                && streams::cmp_sequence(&record.sequence, last).is_le();
+            let case = cases
+                .iter()
+                .find(|c| c.data == record.data)
+                .context("unknown record")?;
+            if in_range && format!("{BASE}/{}", case.dir) == dir {
+                expected.insert(case_identity(case));
+            }
+        }
         ensure!(
             ids == expected,
             "{key} holds {ids:?}, its name says {expected:?}"
         );
     }
-    ensure!(seen.len() == cases.len());
     Ok(())
 }
 
@@ -333,13 +309,15 @@ async fn local_lake_partitions_confines_and_names_by_content() -> Result<()> {
 
 #[tokio::test]
 async fn s3_lake_partitions_confines_and_names_by_content() -> Result<()> {
-    let Some(moto) = Moto::start().await? else {
+    let Some(moto) = testkit::moto::shared("s3_lake_partitions_confines_and_names_by_content")
+    else {
         return Ok(());
     };
-    moto.create_bucket("lake").await?;
-    scenario(Arc::new(S3Sink::new(moto.s3("lake")?))).await?;
+    let bucket = testkit::unique_name("lake");
+    let sink = S3Sink::new(moto_bucket(moto, &bucket).await?);
+    scenario(Arc::new(sink.clone())).await?;
     // Every object in the bucket is under the base prefix.
-    let all = S3Sink::new(moto.s3("lake")?).list("").await?;
+    let all = sink.list("").await?;
     ensure!(!all.is_empty());
     ensure!(
         all.iter().all(|k| k.starts_with("lake/env=test/")),

@@ -1,222 +1,110 @@
-//! Test doubles for the GES and the lease store (until the embedded backend and the control
-//! plane's coordinator are available), lake readers, and fault injection.
+//! The real GES and lease store (embedded backend, SQLite store) in a temporary directory,
+//! fault injection around them and around sinks, and lake readers.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::future::Future;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, bail, ensure};
 use async_trait::async_trait;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
+use control_plane::Store;
+use object_store::aws::{AmazonS3, AmazonS3Builder};
 use persister::{ObjectSink, SinkError};
 use proto::Message;
+use streams::embedded::EmbeddedBackend;
 use streams::{
-    Coordinator, CoordinatorError, Lease, PutOutcome, PutRecord, ReadBatch, Record, Shard,
-    ShardReader, StartPosition, StreamBackend, StreamDescription, StreamError, StreamSpec,
-    cmp_sequence,
+    Coordinator, CoordinatorError, Lease, PutRecord, Record, StartPosition, StreamBackend,
+    StreamSpec,
 };
+use testkit::moto::MotoServer;
 use tokio::sync::Notify;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-#[derive(Default)]
-struct ShardLog {
-    records: Vec<Record>,
-    closed: bool,
+/// A real GES (the embedded backend in a temporary directory) and a real lease store (the
+/// control plane's SQLite store), as `fanner serve` runs them.
+pub struct Lab {
+    /// Holds the files for as long as the lab lives.
+    _dir: tempfile::TempDir,
+    pub backend: EmbeddedBackend,
+    pub store: Store,
+    pub stream: String,
 }
 
-/// An in-memory stream backend: shards are vectors, sequence numbers decimal strings that grow
-/// in length (so ordering by text alone would be wrong).
-#[derive(Default)]
-pub struct MemBackend {
-    streams: Mutex<BTreeMap<String, BTreeMap<String, ShardLog>>>,
-    next_seq: AtomicUsize,
-}
-
-impl MemBackend {
-    pub fn with_stream(name: &str, shards: usize) -> Arc<MemBackend> {
-        let backend = MemBackend {
-            next_seq: AtomicUsize::new(7),
-            ..Default::default()
-        };
-        let logs = (0..shards)
-            .map(|i| (format!("shard-{i:04}"), ShardLog::default()))
-            .collect();
-        lock(&backend.streams).insert(name.to_owned(), logs);
-        Arc::new(backend)
-    }
-
-    pub fn shard_ids(&self, stream: &str) -> Vec<String> {
-        lock(&self.streams)
-            .get(stream)
-            .map(|s| s.keys().cloned().collect())
-            .unwrap_or_default()
-    }
-
-    /// Appends one record to a shard, arriving at `arrival`; returns its sequence number.
-    pub fn append(&self, stream: &str, shard: &str, data: Bytes, arrival: DateTime<Utc>) -> String {
-        let seq = self.next_seq.fetch_add(1, Ordering::Relaxed).to_string();
-        let mut streams = lock(&self.streams);
-        let log = streams
-            .get_mut(stream)
-            .and_then(|s| s.get_mut(shard))
-            .unwrap_or_else(|| panic!("no shard {stream}/{shard}"));
-        log.records.push(Record {
-            sequence: seq.clone(),
-            partition_key: "k".into(),
-            data,
-            arrival_time: Some(arrival),
-        });
-        seq
-    }
-
-    pub fn close(&self, stream: &str, shard: &str) {
-        if let Some(log) = lock(&self.streams)
-            .get_mut(stream)
-            .and_then(|s| s.get_mut(shard))
-        {
-            log.closed = true;
-        }
-    }
-
-    pub fn record_count(&self, stream: &str) -> usize {
-        lock(&self.streams)
-            .get(stream)
-            .map(|s| s.values().map(|l| l.records.len()).sum())
-            .unwrap_or(0)
-    }
-}
-
-struct MemReader {
-    backend: Arc<MemBackend>,
-    stream: String,
-    shard: String,
-    next: usize,
-}
-
-#[async_trait]
-impl ShardReader for MemReader {
-    async fn next_batch(&mut self, limit: usize) -> streams::Result<ReadBatch> {
-        let streams = lock(&self.backend.streams);
-        let log = streams
-            .get(&self.stream)
-            .and_then(|s| s.get(&self.shard))
-            .ok_or_else(|| StreamError::ShardNotFound {
-                stream: self.stream.clone(),
-                shard: self.shard.clone(),
-            })?;
-        let end = (self.next + limit).min(log.records.len());
-        let records = log.records[self.next..end].to_vec();
-        self.next = end;
-        Ok(ReadBatch {
-            records,
-            millis_behind: Some(0),
-            shard_end: log.closed && end == log.records.len(),
+impl Lab {
+    pub async fn new(shards: u32) -> Result<Lab> {
+        let dir = tempfile::tempdir()?;
+        let backend = EmbeddedBackend::open(dir.path().join("streams.redb"))?;
+        let store = Store::open_sqlite(&dir.path().join("fanner.db")).await?;
+        let stream = "global-events".to_owned();
+        backend
+            .create_stream(&StreamSpec {
+                name: stream.clone(),
+                shard_count: shards,
+                retention_hours: 24,
+                tags: Default::default(),
+            })
+            .await?;
+        Ok(Lab {
+            _dir: dir,
+            backend,
+            store,
+            stream,
         })
     }
-}
 
-/// Wraps the backend in an `Arc` the reader can hold.
-pub struct MemStreams(pub Arc<MemBackend>);
-
-#[async_trait]
-impl StreamBackend for MemStreams {
-    fn kind(&self) -> &'static str {
-        "memory"
+    pub fn streams(&self) -> Arc<dyn StreamBackend> {
+        Arc::new(self.backend.clone())
     }
 
-    async fn create_stream(&self, spec: &StreamSpec) -> streams::Result<StreamDescription> {
-        Err(StreamError::Invalid(format!(
-            "not supported: {}",
-            spec.name
-        )))
+    pub fn coordinator(&self) -> Arc<dyn Coordinator> {
+        Arc::new(self.store.clone())
     }
 
-    async fn update_stream(&self, spec: &StreamSpec) -> streams::Result<StreamDescription> {
-        Err(StreamError::Invalid(format!(
-            "not supported: {}",
-            spec.name
-        )))
-    }
-
-    async fn delete_stream(&self, _name: &str) -> streams::Result<()> {
+    /// Publishes records, each with its own partition key so they spread over the shards.
+    pub async fn publish(&self, records: Vec<Bytes>) -> Result<()> {
+        let records: Vec<PutRecord> = records
+            .into_iter()
+            .enumerate()
+            .map(|(i, data)| PutRecord {
+                partition_key: format!("k{i}-{}", rand::random::<u32>()),
+                data,
+            })
+            .collect();
+        let outcome = streams::put_all(
+            &self.backend,
+            &self.stream,
+            &records,
+            &streams::RetryPolicy::default(),
+        )
+        .await?;
+        ensure!(outcome.all_written(), "some records were not written");
         Ok(())
     }
 
-    async fn describe_stream(&self, _name: &str) -> streams::Result<Option<StreamDescription>> {
-        Ok(None)
-    }
-
-    async fn list_shards(&self, stream: &str) -> streams::Result<Vec<Shard>> {
-        let streams = lock(&self.0.streams);
-        let shards = streams
-            .get(stream)
-            .ok_or_else(|| StreamError::NotFound(stream.to_owned()))?;
-        Ok(shards
-            .iter()
-            .map(|(id, log)| Shard {
-                id: id.clone(),
-                parents: Vec::new(),
-                closed: log.closed,
-            })
-            .collect())
-    }
-
-    async fn open_reader(
-        &self,
-        stream: &str,
-        shard: &str,
-        from: StartPosition,
-    ) -> streams::Result<Box<dyn ShardReader>> {
-        let streams = lock(&self.0.streams);
-        let log = streams
-            .get(stream)
-            .and_then(|s| s.get(shard))
-            .ok_or_else(|| StreamError::ShardNotFound {
-                stream: stream.to_owned(),
-                shard: shard.to_owned(),
-            })?;
-        let position = |seq: &str, inclusive: bool| {
-            log.records
-                .iter()
-                .position(|r| {
-                    let ord = cmp_sequence(&r.sequence, seq);
-                    ord.is_gt() || (inclusive && ord.is_eq())
-                })
-                .unwrap_or(log.records.len())
-        };
-        let next = match &from {
-            StartPosition::TrimHorizon => 0,
-            StartPosition::Latest => log.records.len(),
-            StartPosition::AfterSequence(seq) => position(seq, false),
-            StartPosition::AtSequence(seq) => position(seq, true),
-        };
-        Ok(Box::new(MemReader {
-            backend: self.0.clone(),
-            stream: stream.to_owned(),
-            shard: shard.to_owned(),
-            next,
-        }))
-    }
-
-    async fn put_records(
-        &self,
-        stream: &str,
-        records: &[PutRecord],
-    ) -> streams::Result<PutOutcome> {
-        let shards = self.0.shard_ids(stream);
-        let mut out = Vec::new();
-        for r in records {
-            let i = r.partition_key.bytes().map(usize::from).sum::<usize>() % shards.len();
-            self.0
-                .append(stream, &shards[i], r.data.clone(), Utc::now());
-            out.push(Ok(String::new()));
+    /// Every record on the stream, by shard, in order.
+    pub async fn records(&self) -> Result<BTreeMap<String, Vec<Record>>> {
+        let mut out = BTreeMap::new();
+        for shard in self.backend.list_shards(&self.stream).await? {
+            let mut reader = self
+                .backend
+                .open_reader(&self.stream, &shard.id, StartPosition::TrimHorizon)
+                .await?;
+            let mut records = Vec::new();
+            loop {
+                let batch = reader.next_batch(1000).await?;
+                if batch.records.is_empty() {
+                    break;
+                }
+                records.extend(batch.records);
+            }
+            out.insert(shard.id, records);
         }
         Ok(out)
     }
@@ -264,47 +152,32 @@ impl Halt {
     }
 }
 
-/// An in-memory lease store with fencing tokens. With a [`Halt`] planned on checkpoint writes
-/// it dies right before or right after the n-th one lands.
-#[derive(Default)]
-pub struct MemCoordinator {
-    leases: Mutex<HashMap<(String, String), Lease>>,
+/// The real lease store, dying with its [`Halt`] right before or right after the n-th
+/// checkpoint write lands (and landing nothing after that).
+pub struct HaltingCoordinator {
+    inner: Arc<dyn Coordinator>,
     checkpoints: AtomicUsize,
     pub halt: Arc<Halt>,
 }
 
-impl MemCoordinator {
-    pub fn new() -> Arc<MemCoordinator> {
-        Arc::new(MemCoordinator::default())
-    }
-
-    pub fn checkpoint_writes(&self) -> usize {
-        self.checkpoints.load(Ordering::SeqCst)
+impl HaltingCoordinator {
+    pub fn new(inner: Arc<dyn Coordinator>) -> Arc<HaltingCoordinator> {
+        Arc::new(HaltingCoordinator {
+            inner,
+            checkpoints: AtomicUsize::new(0),
+            halt: Halt::new(),
+        })
     }
 
     /// Halts at the `n`-th checkpoint write from now.
     pub fn halt_at_checkpoint(&self, n: usize, at: Freeze) {
-        self.halt
-            .plan(Some((Write::Checkpoint, self.checkpoint_writes() + n, at)));
-    }
-
-    pub fn checkpoint_of(&self, group: &str, key: &str) -> Option<String> {
-        lock(&self.leases)
-            .get(&(group.to_owned(), key.to_owned()))
-            .and_then(|l| l.checkpoint.clone())
-    }
-}
-
-fn lost(lease: &Lease) -> CoordinatorError {
-    CoordinatorError::LeaseLost {
-        group: lease.group.clone(),
-        key: lease.key.clone(),
-        owner: lease.owner.clone(),
+        let planned = self.checkpoints.load(Ordering::SeqCst) + n;
+        self.halt.plan(Some((Write::Checkpoint, planned, at)));
     }
 }
 
 #[async_trait]
-impl Coordinator for MemCoordinator {
+impl Coordinator for HaltingCoordinator {
     async fn try_acquire(
         &self,
         group: &str,
@@ -312,73 +185,30 @@ impl Coordinator for MemCoordinator {
         owner: &str,
         ttl: Duration,
     ) -> Result<Option<Lease>, CoordinatorError> {
-        let mut leases = lock(&self.leases);
-        let now = Utc::now();
-        let ttl =
-            chrono::Duration::from_std(ttl).map_err(|e| CoordinatorError::Store(e.to_string()))?;
-        let entry = leases.entry((group.to_owned(), key.to_owned()));
-        let lease = entry.or_insert_with(|| Lease {
-            group: group.to_owned(),
-            key: key.to_owned(),
-            owner: String::new(),
-            token: 0,
-            expires_at: now,
-            checkpoint: None,
-        });
-        if lease.owner != owner && lease.expires_at > now {
-            return Ok(None);
-        }
-        lease.owner = owner.to_owned();
-        lease.token += 1;
-        lease.expires_at = now + ttl;
-        Ok(Some(lease.clone()))
+        self.halt.check(Write::Lease, 0, false).await;
+        self.inner.try_acquire(group, key, owner, ttl).await
     }
 
     async fn renew(&self, lease: &Lease, ttl: Duration) -> Result<Lease, CoordinatorError> {
-        let mut leases = lock(&self.leases);
-        let current = leases
-            .get_mut(&(lease.group.clone(), lease.key.clone()))
-            .filter(|l| l.token == lease.token)
-            .ok_or_else(|| lost(lease))?;
-        current.expires_at = Utc::now()
-            + chrono::Duration::from_std(ttl)
-                .map_err(|e| CoordinatorError::Store(e.to_string()))?;
-        Ok(current.clone())
+        self.halt.check(Write::Lease, 0, false).await;
+        self.inner.renew(lease, ttl).await
     }
 
     async fn checkpoint(&self, lease: &Lease, checkpoint: &str) -> Result<(), CoordinatorError> {
-        let n = self.checkpoints.load(Ordering::SeqCst) + 1;
-        self.halt.check(Write::Checkpoint, n, false).await;
-        {
-            let mut leases = lock(&self.leases);
-            let current = leases
-                .get_mut(&(lease.group.clone(), lease.key.clone()))
-                .filter(|l| l.token == lease.token)
-                .ok_or_else(|| lost(lease))?;
-            current.checkpoint = Some(checkpoint.to_owned());
-        }
         let n = self.checkpoints.fetch_add(1, Ordering::SeqCst) + 1;
+        self.halt.check(Write::Checkpoint, n, false).await;
+        self.inner.checkpoint(lease, checkpoint).await?;
         self.halt.check(Write::Checkpoint, n, true).await;
         Ok(())
     }
 
     async fn release(&self, lease: &Lease) -> Result<(), CoordinatorError> {
-        let mut leases = lock(&self.leases);
-        if let Some(current) = leases
-            .get_mut(&(lease.group.clone(), lease.key.clone()))
-            .filter(|l| l.token == lease.token)
-        {
-            current.expires_at = Utc::now();
-        }
-        Ok(())
+        self.halt.check(Write::Lease, 0, false).await;
+        self.inner.release(lease).await
     }
 
     async fn leases(&self, group: &str) -> Result<Vec<Lease>, CoordinatorError> {
-        Ok(lock(&self.leases)
-            .values()
-            .filter(|l| l.group == group)
-            .cloned()
-            .collect())
+        self.inner.leases(group).await
     }
 }
 
@@ -387,6 +217,8 @@ impl Coordinator for MemCoordinator {
 pub enum Write {
     Checkpoint,
     Object,
+    /// Acquiring, renewing or releasing a lease: never where a halt is planned, but halted too.
+    Lease,
 }
 
 /// Where a [`Halt`] stops a write: before or after it lands.
@@ -485,12 +317,6 @@ pub fn encoded(envelope: &proto::Envelope) -> Bytes {
     Bytes::from(envelope.encode_to_vec())
 }
 
-pub fn at(text: &str) -> DateTime<Utc> {
-    DateTime::parse_from_rfc3339(text)
-        .map(|t| t.with_timezone(&Utc))
-        .unwrap_or_else(|e| panic!("bad test time {text}: {e}"))
-}
-
 /// One line of an object, as JSON, with the key it came from.
 #[derive(Debug, Clone)]
 pub struct Line {
@@ -548,8 +374,6 @@ where
     }
 }
 
-pub type Shutdown = Pin<Box<dyn Future<Output = ()> + Send>>;
-
 /// A running persister with a shutdown trigger.
 pub struct Running {
     pub stats: Arc<persister::Stats>,
@@ -589,76 +413,23 @@ impl Running {
     }
 }
 
-/// A free loopback port (bound and released; the server binds it right after).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap_or_else(|e| panic!("no free port: {e}"))
-}
-
-/// moto in server mode on a loopback port, stopped on drop.
-pub struct Moto {
-    child: std::process::Child,
-    pub endpoint: String,
-}
-
-impl Moto {
-    /// `None` (with a note on stderr) when `FANNER_MOTO_SERVER` is not set.
-    pub async fn start() -> Result<Option<Moto>> {
-        let Ok(bin) = std::env::var("FANNER_MOTO_SERVER") else {
-            eprintln!(
-                "skipped: set FANNER_MOTO_SERVER (scripts/setup-tools prints it) to run the moto tests"
-            );
-            return Ok(None);
-        };
-        let port = free_port();
-        let child = std::process::Command::new(&bin)
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .with_context(|| format!("starting {bin}"))?;
-        let moto = Moto {
-            child,
-            endpoint: format!("http://127.0.0.1:{port}"),
-        };
-        let client = reqwest::Client::new();
-        let url = format!("{}/moto-api/", moto.endpoint);
-        eventually(Duration::from_secs(20), "moto to start", || {
-            let request = client.get(&url).send();
-            async move { Ok(request.await.is_ok()) }
-        })
+/// An S3 client for a bucket on the shared moto server; the bucket is created.
+pub async fn moto_bucket(moto: &MotoServer, bucket: &str) -> Result<AmazonS3> {
+    let response = reqwest::Client::new()
+        .put(format!("{}/{bucket}", moto.endpoint()))
+        .send()
         .await?;
-        Ok(Some(moto))
-    }
-
-    pub async fn create_bucket(&self, bucket: &str) -> Result<()> {
-        let response = reqwest::Client::new()
-            .put(format!("{}/{bucket}", self.endpoint))
-            .send()
-            .await?;
-        if !response.status().is_success() {
-            bail!("creating bucket {bucket}: {}", response.status());
-        }
-        Ok(())
-    }
-
-    pub fn s3(&self, bucket: &str) -> Result<object_store::aws::AmazonS3> {
-        Ok(object_store::aws::AmazonS3Builder::new()
-            .with_endpoint(&self.endpoint)
-            .with_allow_http(true)
-            .with_bucket_name(bucket)
-            .with_region("us-east-1")
-            .with_access_key_id("test")
-            .with_secret_access_key("test")
-            .build()?)
-    }
-}
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+    ensure!(
+        response.status().is_success(),
+        "creating bucket {bucket}: {}",
+        response.status()
+    );
+    Ok(AmazonS3Builder::new()
+        .with_endpoint(moto.endpoint())
+        .with_allow_http(true)
+        .with_bucket_name(bucket)
+        .with_region("us-east-1")
+        .with_access_key_id("testing")
+        .with_secret_access_key("testing")
+        .build()?)
 }
