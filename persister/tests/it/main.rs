@@ -2,4 +2,5 @@
 
 mod crash;
 mod lake;
+mod memory;
 mod support;
