@@ -271,8 +271,8 @@ pub fn parquet_schema() -> SchemaRef {
             "entries",
             DataType::Struct(
                 vec![
-                    Field::new("keys", DataType::Utf8, false),
-                    Field::new("values", DataType::Utf8, true),
+                    Field::new("key", DataType::Utf8, false),
+                    Field::new("value", DataType::Utf8, true),
                 ]
                 .into(),
             ),
@@ -389,6 +389,48 @@ mod tests {
         write_envelope_lines(&mut out, &[envelope(payload)]).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(out.iter().filter(|b| **b == b'\n').count(), 1, "one line");
         serde_json::from_slice(&out).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn encodings_are_deterministic_and_parquet_reads_back() {
+        let envelopes: Vec<_> = (0..50u8)
+            .map(|i| {
+                let mut e = envelope(&[i, b'x']);
+                e.attributes.insert("k".into(), i.to_string());
+                e
+            })
+            .collect();
+        for format in [
+            ObjectFormat::Ndjson,
+            ObjectFormat::NdjsonGzip,
+            ObjectFormat::Parquet,
+        ] {
+            let encoding = Encoding {
+                format,
+                ..Encoding::default()
+            };
+            let a = encode_envelopes(&encoding, &envelopes, 1000).unwrap_or_else(|e| panic!("{e}"));
+            let b = encode_envelopes(&encoding, &envelopes, 1000).unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(a, b, "{format:?} encodes the same batch to the same bytes");
+        }
+        let encoding = Encoding {
+            format: ObjectFormat::Parquet,
+            ..Encoding::default()
+        };
+        let bytes = encode_envelopes(&encoding, &envelopes, 1000).unwrap_or_else(|e| panic!("{e}"));
+        let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
+            Bytes::from(bytes),
+        )
+        .and_then(|b| b.build())
+        .unwrap_or_else(|e| panic!("{e}"));
+        let rows: usize = reader
+            .map(|batch| {
+                batch
+                    .map(|b| b.num_rows())
+                    .unwrap_or_else(|e| panic!("{e}"))
+            })
+            .sum();
+        assert_eq!(rows, 50);
     }
 
     #[test]

@@ -3,4 +3,5 @@
 mod crash;
 mod lake;
 mod memory;
+mod parquet;
 mod support;
