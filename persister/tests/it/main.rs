@@ -1,6 +1,7 @@
 //! Integration tests of the persister: one binary, one module per concern.
 
 mod crash;
+mod firehose;
 mod lake;
 mod memory;
 mod parquet;

@@ -324,7 +324,7 @@ pub struct Line {
     pub json: serde_json::Value,
 }
 
-/// Every NDJSON line under `prefix` (gzip or plain).
+/// Every NDJSON line under `prefix` (gzip when the key ends in `.gz`).
 pub async fn read_lake(sink: &dyn ObjectSink, prefix: &str) -> Result<Vec<Line>> {
     let mut lines = Vec::new();
     let mut keys = sink.list(prefix).await?;
@@ -341,10 +341,11 @@ pub async fn read_lake(sink: &dyn ObjectSink, prefix: &str) -> Result<Vec<Line>>
                 &mut out,
             )?;
             out
-        } else if key.ends_with(".ndjson") {
-            String::from_utf8(body.to_vec())?
+        } else if key.ends_with(".parquet") {
+            bail!("{key} is Parquet, not NDJSON");
         } else {
-            bail!("unexpected object {key}");
+            // Plain NDJSON, whatever the name (Firehose names objects its own way).
+            String::from_utf8(body.to_vec())?
         };
         for line in text.lines() {
             lines.push(Line {
