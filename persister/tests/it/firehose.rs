@@ -251,3 +251,41 @@ async fn firehose_sink_delivers_every_record_and_retries_only_failed_entries() -
     );
     Ok(())
 }
+
+/// The documented Terraform configuration is the one tested above, and `terraform fmt`-clean.
+#[test]
+fn terraform_example_matches_the_tested_configuration() -> Result<()> {
+    let dir =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/terraform/firehose");
+    let main = std::fs::read_to_string(dir.join("main.tf"))?;
+    ensure!(
+        main.contains(&PARTITION_QUERY.replace('"', "\\\"")),
+        "main.tf's MetadataExtractionQuery differs from the tested one"
+    );
+    ensure!(main.contains(
+        r#"prefix              = "${var.base_prefix}/!{partitionKeyFromQuery:event_name}/!{partitionKeyFromQuery:hour}/""#
+    ));
+    let Some(terraform) = std::env::var("FANNER_TERRAFORM_BINS")
+        .ok()
+        .and_then(|bins| bins.split(':').next_back().map(str::to_owned))
+    else {
+        eprintln!(
+            "terraform fmt check skipped: set FANNER_TERRAFORM_BINS (scripts/setup-tools prints it)"
+        );
+        return Ok(());
+    };
+    let config = tempfile::NamedTempFile::new()?;
+    let output = std::process::Command::new(&terraform)
+        .args(["fmt", "-check", "-diff"])
+        .arg(&dir)
+        .env("TF_CLI_CONFIG_FILE", config.path())
+        .env("CHECKPOINT_DISABLE", "1")
+        .output()?;
+    ensure!(
+        output.status.success(),
+        "terraform fmt -check failed:\n{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Ok(())
+}

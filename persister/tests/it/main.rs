@@ -5,4 +5,5 @@ mod firehose;
 mod lake;
 mod memory;
 mod parquet;
+mod s3;
 mod support;
