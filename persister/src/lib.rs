@@ -27,7 +27,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
 
 use chrono::Utc;
-use streams::{Coordinator, CoordinatorError, StreamBackend, StreamError};
+use streams::{Coordinator, CoordinatorError, Lease, StreamBackend, StreamError};
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinSet;
 
@@ -213,9 +213,8 @@ impl Persister {
     /// checkpoints and the lake still holds every event once.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         let shared = self.shared;
-        let (stop_tx, stop_rx) = watch::channel(false);
         let mut workers: JoinSet<(String, Exit)> = JoinSet::new();
-        let mut running: HashSet<String> = HashSet::new();
+        let mut running: HashMap<String, watch::Sender<bool>> = HashMap::new();
         let mut discovery = tokio::time::interval(shared.settings.discovery_interval);
         discovery.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tokio::pin!(shutdown);
@@ -224,7 +223,7 @@ impl Persister {
             tokio::select! {
                 _ = &mut shutdown => break,
                 _ = discovery.tick() => {
-                    if let Err(e) = discover(&shared, &mut workers, &mut running, &stop_rx).await {
+                    if let Err(e) = discover(&shared, &mut workers, &mut running).await {
                         tracing::warn!(error = %e, "Looking for shards failed.");
                         metrics::counter!("fanner_persister_errors_total", "reason" => "discovery").increment(1);
                     }
@@ -235,7 +234,9 @@ impl Persister {
             }
         }
         tracing::info!("Persister stopping; writing what is buffered.");
-        stop_tx.send_replace(true);
+        for stop in running.values() {
+            stop.send_replace(true);
+        }
         let drain = async {
             while let Some(joined) = workers.join_next().await {
                 on_exit(&shared, &mut running, joined);
@@ -245,7 +246,25 @@ impl Persister {
             .await
             .is_err()
         {
-            tracing::warn!(shards = ?running, "Shutdown timed out; the next owner replays what was not written.");
+            let shards: Vec<&String> = running.keys().collect();
+            tracing::warn!(
+                ?shards,
+                "Shutdown timed out; the next owner replays what was not written."
+            );
+        }
+        let member = Lease {
+            group: GROUP.to_owned(),
+            key: member_key(&shared.settings.owner),
+            owner: shared.settings.owner.clone(),
+            token: 0,
+            expires_at: Utc::now(),
+            checkpoint: None,
+        };
+        if let Ok(Some(held)) = shared.coordinator.leases(GROUP).await.map(|all| {
+            all.into_iter()
+                .find(|l| l.key == member.key && l.owner == member.owner)
+        }) {
+            shared.coordinator.release(&held).await.ok();
         }
     }
 }
@@ -267,7 +286,7 @@ pub async fn run(
 
 fn on_exit(
     shared: &Shared,
-    running: &mut HashSet<String>,
+    running: &mut HashMap<String, watch::Sender<bool>>,
     joined: Result<(String, Exit), tokio::task::JoinError>,
 ) {
     let (shard, exit) = match joined {
@@ -298,6 +317,14 @@ enum DiscoveryError {
     Coordinator(#[from] CoordinatorError),
 }
 
+/// Each process holds a lease on this key while it runs, so the others know to share shards
+/// with it even before it holds one.
+fn member_key(owner: &str) -> String {
+    format!("{MEMBERS}/{owner}")
+}
+
+const MEMBERS: &str = "_members";
+
 fn lease_key(stream: &str, shard: &str) -> String {
     format!("{stream}/{shard}")
 }
@@ -308,17 +335,27 @@ fn finished(checkpoint: Option<&str>) -> bool {
         .is_some_and(|c| c.end)
 }
 
-/// Takes free shards up to this process's fair share and starts their workers. Children of a
-/// split or merge wait until their parents are fully written, so event order per key holds.
+/// Announces this process, takes free shards up to its fair share and starts their workers,
+/// and hands shards back when it holds more than its share (another process joined). Children
+/// of a split or merge wait until their parents are fully written, so event order per key
+/// holds.
 async fn discover(
     shared: &Arc<Shared>,
     workers: &mut JoinSet<(String, Exit)>,
-    running: &mut HashSet<String>,
-    stop: &watch::Receiver<bool>,
+    running: &mut HashMap<String, watch::Sender<bool>>,
 ) -> Result<(), DiscoveryError> {
     let settings = &shared.settings;
+    shared
+        .coordinator
+        .try_acquire(
+            GROUP,
+            &member_key(&settings.owner),
+            &settings.owner,
+            settings.lease_ttl,
+        )
+        .await?;
     let shards = shared.backend.list_shards(&settings.stream).await?;
-    let leases: HashMap<String, streams::Lease> = shared
+    let leases: HashMap<String, Lease> = shared
         .coordinator
         .leases(GROUP)
         .await?
@@ -341,18 +378,41 @@ async fn discover(
         })
         .collect();
     let now = Utc::now();
-    let mut owners: HashSet<&str> = leases
+    let members: HashSet<&str> = leases
         .values()
-        .filter(|l| l.expires_at > now && !finished(l.checkpoint.as_deref()))
+        .filter(|l| l.key.starts_with(MEMBERS) && l.expires_at > now)
         .map(|l| l.owner.as_str())
+        .chain([settings.owner.as_str()])
         .collect();
-    owners.insert(&settings.owner);
-    let fair = eligible.len().div_ceil(owners.len());
+    let fair = eligible.len().div_ceil(members.len());
+    let stopping = running.values().filter(|s| *s.borrow()).count();
+    let active = running.len() - stopping;
+    if active > fair {
+        // Hand the surplus back: those workers write what they hold, checkpoint and release,
+        // and the newcomer picks the shards up on its next look.
+        let surplus: Vec<String> = running
+            .iter()
+            .filter(|(_, stop)| !*stop.borrow())
+            .map(|(shard, _)| shard.clone())
+            .take(active - fair)
+            .collect();
+        for shard in surplus {
+            tracing::info!(
+                shard,
+                members = members.len(),
+                "Handing a shard over to share the load."
+            );
+            if let Some(stop) = running.get(&shard) {
+                stop.send_replace(true);
+            }
+        }
+        return Ok(());
+    }
     for shard in eligible {
         if running.len() >= fair {
             break;
         }
-        if running.contains(&shard.id) {
+        if running.contains_key(&shard.id) {
             continue;
         }
         let key = lease_key(&settings.stream, &shard.id);
@@ -363,10 +423,11 @@ async fn discover(
         else {
             continue;
         };
-        running.insert(shard.id.clone());
+        let (stop_tx, stop_rx) = watch::channel(false);
+        running.insert(shard.id.clone(), stop_tx);
         shared.stats.shards.store(running.len(), Ordering::Relaxed);
         let shard_id = shard.id.clone();
-        let worker = worker::run_shard(shared.clone(), shard_id.clone(), lease, stop.clone());
+        let worker = worker::run_shard(shared.clone(), shard_id.clone(), lease, stop_rx);
         workers.spawn(async move { (shard_id, worker.await) });
     }
     Ok(())

@@ -250,7 +250,7 @@ impl Worker {
             if open >= share {
                 // Several at once, so a stream of new names costs one checkpoint per batch of
                 // evictions rather than per name.
-                let evict = (open + 1 - share).max(share / 8).max(1);
+                let evict = (open + 1 - share).max(share / 4).max(1);
                 let targets = self.state.oldest(evict);
                 let flushes = self.state.cut(&targets)?;
                 self.round(flushes).await?;

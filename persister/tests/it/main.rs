@@ -3,6 +3,7 @@
 mod crash;
 mod firehose;
 mod lake;
+mod leases;
 mod memory;
 mod parquet;
 mod s3;
