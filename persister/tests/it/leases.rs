@@ -9,6 +9,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, ensure};
 use chrono::Utc;
 use persister::{Config, LocalFsSink, ObjectSink, Persister, Stats};
+use streams::{Coordinator, StreamBackend};
 
 use crate::support::{Lab, Running, encoded, envelope, eventually, read_lake};
 
@@ -96,5 +97,67 @@ async fn processes_share_shards_and_take_over_after_a_crash() -> Result<()> {
     ensure!(counts.len() == 5000, "{} distinct events", counts.len());
     let twice: Vec<_> = counts.iter().filter(|(_, n)| **n > 1).take(5).collect();
     ensure!(twice.is_empty(), "in the lake twice: {twice:?}");
+    Ok(())
+}
+
+/// After a reshard the closed parents are read to their end and marked finished before their
+/// children start, and nothing is lost or doubled across the change.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resharding_finishes_parents_before_children() -> Result<()> {
+    let lab = Lab::new(2).await?;
+    let dir = tempfile::tempdir()?;
+    let lake: Arc<dyn ObjectSink> = Arc::new(LocalFsSink::new(dir.path())?);
+    let running = Running::start(Persister::new(
+        &config("a"),
+        lab.streams(),
+        lab.coordinator(),
+        lake.clone(),
+    )?);
+    publish(&lab, 0, 1000).await?;
+    lake_holds(&lake, 1000).await?;
+    lab.backend
+        .update_stream(&streams::StreamSpec {
+            name: lab.stream.clone(),
+            shard_count: 3,
+            retention_hours: 24,
+            tags: Default::default(),
+        })
+        .await?;
+    publish(&lab, 1000, 1500).await?;
+    lake_holds(&lake, 2500).await?;
+    shards_held(&[&running.stats], &[3]).await?;
+    running.stop().await?;
+
+    let parents: Vec<String> = lab
+        .backend
+        .list_shards(&lab.stream)
+        .await?
+        .into_iter()
+        .filter(|s| s.closed)
+        .map(|s| s.id)
+        .collect();
+    ensure!(parents.len() == 2, "{parents:?}");
+    for parent in parents {
+        let key = format!("{}/{parent}", lab.stream);
+        let lease = lab
+            .store
+            .leases(persister::GROUP)
+            .await?
+            .into_iter()
+            .find(|l| l.key == key)
+            .context("no lease for a parent")?;
+        let checkpoint: persister::Checkpoint =
+            serde_json::from_str(lease.checkpoint.as_deref().context("no checkpoint")?)?;
+        ensure!(checkpoint.end, "parent {parent} is not marked finished");
+    }
+    let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+    for line in read_lake(lake.as_ref(), "events/").await? {
+        let id = line.json["event_id"]
+            .as_str()
+            .context("event_id")?
+            .to_owned();
+        *counts.entry(id).or_default() += 1;
+    }
+    ensure!(counts.len() == 2500 && counts.values().all(|n| *n == 1));
     Ok(())
 }
