@@ -7,7 +7,7 @@
 
 use std::fmt;
 
-use chrono::{DateTime, Duration, TimeZone, Timelike, Utc};
+use chrono::{DateTime, Datelike, Duration, TimeZone, Timelike, Utc};
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 
 /// How far ahead of the reference time an event time may be before it counts as absurd.
@@ -40,7 +40,8 @@ pub enum ErrorReason {
     EventNameTooLong,
     /// The envelope has no event time.
     MissingEventTime,
-    /// The event time cannot be represented (seconds or nanoseconds out of range).
+    /// The event time cannot be represented (seconds or nanoseconds out of range, or before
+    /// year 1).
     InvalidEventTime,
     /// The event time is more than [`MAX_FUTURE`] after the reference time.
     FutureEventTime,
@@ -98,7 +99,15 @@ impl PartitionKey {
 
     /// `<event name>/yyyy-MM-dd:hh`, relative to the base prefix.
     pub fn path(&self) -> String {
-        format!("{}/{}", self.name_segment, self.hour.format("%Y-%m-%d:%H"))
+        // Built by hand: this runs once per record, and chrono's strftime parses its pattern on
+        // every call.
+        let (y, m, d, h) = (
+            self.hour.year(),
+            self.hour.month(),
+            self.hour.day(),
+            self.hour.hour(),
+        );
+        format!("{}/{y:04}-{m:02}-{d:02}:{h:02}", self.name_segment)
     }
 }
 
@@ -166,6 +175,10 @@ pub fn partition(
         .ok_or(ErrorReason::InvalidEventTime)?;
     if time > now + MAX_FUTURE {
         return Err(ErrorReason::FutureEventTime);
+    }
+    // Keys spell the year with four digits.
+    if time.year() < 1 {
+        return Err(ErrorReason::InvalidEventTime);
     }
     let hour = time
         .with_minute(0)
@@ -267,6 +280,15 @@ mod tests {
             &envelope("orders.created", Some("1970-01-01T00:00:00Z")),
             Ok("orders.created/1970-01-01:00"),
         );
+        check(
+            &envelope("orders.created", Some("0001-01-01T00:00:00Z")),
+            Ok("orders.created/0001-01-01:00"),
+        );
+        let mut before_year_one = envelope("orders.created", ok);
+        if let Some(t) = before_year_one.event_time.as_mut() {
+            t.seconds = -62_135_596_801;
+        }
+        check(&before_year_one, Err(ErrorReason::InvalidEventTime));
         // Up to a day ahead of the reference time is clock skew, beyond that it is absurd.
         check(
             &envelope("orders.created", Some("2024-05-02T12:30:00Z")),
