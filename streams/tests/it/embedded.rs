@@ -303,3 +303,40 @@ async fn concurrent_puts_all_land() -> anyhow::Result<()> {
     assert_eq!(read_stream(&backend, "b").await?.len(), 8 * 10 * 20);
     Ok(())
 }
+
+/// Records are stored in chunks of many records: reads that start or stop inside a chunk, or at
+/// its edge, still see every record once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_cross_chunk_boundaries() -> anyhow::Result<()> {
+    let (_dir, backend) = fresh()?;
+    backend.create_stream(&spec("wide", 1, 24)).await?;
+    let shard = backend.list_shards("wide").await?.remove(0).id;
+    let mut sequences = Vec::new();
+    for batch in 0..3 {
+        let records: Vec<PutRecord> = (0..500)
+            .map(|i| record("k", format!("{:04}{}", batch * 500 + i, "x".repeat(2000))))
+            .collect();
+        for outcome in backend.put_records("wide", &records).await? {
+            sequences.push(outcome.map_err(|failure| anyhow::anyhow!("{failure:?}"))?);
+        }
+    }
+    let index = |record: &streams::Record| -> anyhow::Result<usize> {
+        Ok(text(record).get(..4).context("prefix")?.parse()?)
+    };
+    for limit in [1, 333, 500, 1000] {
+        let read = read_all(&backend, "wide", &shard, StartPosition::TrimHorizon, limit).await?;
+        let indexes: Vec<usize> = read.iter().map(index).collect::<Result<_, _>>()?;
+        assert_eq!(indexes, (0..1500).collect::<Vec<_>>(), "limit {limit}");
+    }
+    for after in [0, 254, 255, 256, 499, 500, 1498, 1499] {
+        let from = StartPosition::AfterSequence(sequences[after].clone());
+        let read = read_all(&backend, "wide", &shard, from, 200).await?;
+        let indexes: Vec<usize> = read.iter().map(index).collect::<Result<_, _>>()?;
+        assert_eq!(
+            indexes,
+            (after + 1..1500).collect::<Vec<_>>(),
+            "after {after}"
+        );
+    }
+    Ok(())
+}
