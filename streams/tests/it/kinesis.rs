@@ -1,6 +1,7 @@
 //! The story against Kinesis on moto, and partial `PutRecords` failures injected into real
 //! responses (moto itself never fails an entry).
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use aws_sdk_kinesis::Client;
@@ -182,6 +183,53 @@ async fn put_all_reports_what_still_fails_after_the_last_attempt() -> anyhow::Re
         .collect();
     read.sort();
     assert_eq!(read, ["0", "1", "3", "4"]);
+    backend.delete_stream(&name).await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tags_follow_the_spec() -> anyhow::Result<()> {
+    let Some(backend) = backend("kinesis::tags_follow_the_spec").await else {
+        return Ok(());
+    };
+    let tags_of = |name: String| {
+        let client = backend.client().clone();
+        async move {
+            let output = client
+                .list_tags_for_stream()
+                .stream_name(name)
+                .send()
+                .await?;
+            anyhow::Ok(
+                output
+                    .tags()
+                    .iter()
+                    .map(|tag| {
+                        (
+                            tag.key().to_owned(),
+                            tag.value().unwrap_or_default().to_owned(),
+                        )
+                    })
+                    .collect::<BTreeMap<_, _>>(),
+            )
+        }
+    };
+    let name = testkit::unique_name("tags");
+    // More tags than one AddTagsToStream call takes.
+    let mut wanted = spec(&name, 1, 24);
+    wanted.tags = (0..12)
+        .map(|i| (format!("k{i:02}"), format!("v{i}")))
+        .collect();
+    backend.create_stream(&wanted).await?;
+    assert_eq!(tags_of(name.clone()).await?, wanted.tags);
+
+    wanted.tags.remove("k00");
+    wanted.tags.insert("k01".to_owned(), "changed".to_owned());
+    wanted
+        .tags
+        .insert("owner".to_owned(), "payments".to_owned());
+    backend.update_stream(&wanted).await?;
+    assert_eq!(tags_of(name.clone()).await?, wanted.tags);
     backend.delete_stream(&name).await?;
     Ok(())
 }
