@@ -1,10 +1,10 @@
 //! The embedded backend: every stream an append-only log in one redb file.
 //!
 //! Layout (one table each):
-//! - `streams`: name → JSON [`StreamMeta`] (settings, shards with hash ranges and parents).
+//! - `streams`: name → JSON `StreamMeta` (settings, shards with hash ranges and parents).
 //! - `shard_heads`: shard uid → (next sequence number, last arrival in ms).
 //! - `records`: (shard uid, first sequence) → a chunk: the records one commit appended to the
-//!   shard (see [`ChunkBuilder`]). Retention drops whole chunks, once their newest record expired.
+//!   shard (see `ChunkBuilder`). Retention drops whole chunks, once their newest record expired.
 //!
 //! Shard uids are unique in the file and never reused, so a record can never be mistaken for one
 //! of an earlier stream of the same name. Sequence numbers start at 1 in every shard and never go
