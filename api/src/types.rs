@@ -365,7 +365,8 @@ pub struct AuditVerification {
 pub struct RouteTarget {
     pub subscription_id: String,
     pub stream: String,
-    pub backing_id: String,
+    /// The backing stream's name in the backend, which the data plane writes to.
+    pub backing_name: String,
     pub owner: String,
     /// Delivery must stop at this instant (the grant's expiry); `None` for the owner's own events.
     pub access_expires_at: Option<DateTime<Utc>>,

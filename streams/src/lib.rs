@@ -5,6 +5,10 @@
 //! is the shard-lease and checkpoint contract the engine and the persister share; the control
 //! plane's store implements it.
 
+pub mod embedded;
+pub mod kinesis;
+mod put;
+
 use std::cmp::Ordering;
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -100,6 +104,9 @@ pub enum StreamError {
     Throttled(String),
     #[error("invalid request: {0}")]
     Invalid(String),
+    /// The backend refused the caller's credentials or key: retrying will not help.
+    #[error("access denied by the backend: {0}")]
+    Denied(String),
     #[error("timed out waiting for stream {0:?} to become active")]
     NotActive(String),
     #[error("stream backend error: {0}")]
@@ -123,6 +130,14 @@ pub type Result<T, E = StreamError> = std::result::Result<T, E>;
 pub trait ShardReader: Send {
     /// Up to `limit` records after the last one returned. An empty batch means nothing new yet.
     async fn next_batch(&mut self, limit: usize) -> Result<ReadBatch>;
+
+    /// Waits, at most `max_wait`, until a following [`next_batch`](Self::next_batch) may return
+    /// records: call it after an empty batch instead of sleeping. A backend that can be told about
+    /// appends returns as soon as one lands; one that must poll returns when the next poll is
+    /// allowed. Returning early without new records is allowed.
+    async fn wait_for_records(&mut self, max_wait: Duration) {
+        tokio::time::sleep(max_wait).await;
+    }
 }
 
 #[async_trait]
@@ -157,10 +172,87 @@ pub trait StreamBackend: Send + Sync + 'static {
     async fn put_records(&self, stream: &str, records: &[PutRecord]) -> Result<PutOutcome>;
 }
 
+pub use put::{PutAllOutcome, RetryPolicy, put_all};
+
 pub const MAX_PUT_RECORDS: usize = 500;
 pub const MAX_PUT_BYTES: usize = 5 * 1024 * 1024;
 /// The largest record (data plus partition key) a stream accepts.
 pub const MAX_RECORD_BYTES: usize = 1024 * 1024;
+/// The longest partition key, in characters.
+pub const MAX_PARTITION_KEY_CHARS: usize = 256;
+/// Retention bounds every backend accepts (Kinesis's).
+pub const RETENTION_HOURS_RANGE: std::ops::RangeInclusive<u32> = 24..=8760;
+
+/// Checks what every backend requires of a stream's settings, with the same message everywhere.
+pub fn validate_spec(spec: &StreamSpec) -> Result<()> {
+    if spec.name.is_empty() || spec.name.len() > 128 {
+        return Err(StreamError::Invalid(format!(
+            "stream name {:?} must be 1 to 128 characters long",
+            spec.name
+        )));
+    }
+    if spec.shard_count == 0 {
+        return Err(StreamError::Invalid(format!(
+            "stream {:?}: shard_count must be at least 1",
+            spec.name
+        )));
+    }
+    if !RETENTION_HOURS_RANGE.contains(&spec.retention_hours) {
+        return Err(StreamError::Invalid(format!(
+            "stream {:?}: retention_hours must be between {} and {}, got {}",
+            spec.name,
+            RETENTION_HOURS_RANGE.start(),
+            RETENTION_HOURS_RANGE.end(),
+            spec.retention_hours
+        )));
+    }
+    Ok(())
+}
+
+/// The size a record counts for against [`MAX_RECORD_BYTES`] and [`MAX_PUT_BYTES`].
+pub fn record_size(record: &PutRecord) -> usize {
+    record.data.len() + record.partition_key.len()
+}
+
+/// Checks one record against the limits every backend enforces; `index` names it in the message.
+pub fn validate_record(index: usize, record: &PutRecord) -> Result<()> {
+    let chars = record.partition_key.chars().count();
+    if chars == 0 || chars > MAX_PARTITION_KEY_CHARS {
+        return Err(StreamError::Invalid(format!(
+            "record {index}: the partition key must be 1 to {MAX_PARTITION_KEY_CHARS} characters, \
+             got {chars}"
+        )));
+    }
+    let size = record_size(record);
+    if size > MAX_RECORD_BYTES {
+        return Err(StreamError::Invalid(format!(
+            "record {index} is too large: {size} bytes (data plus partition key), the limit is \
+             {MAX_RECORD_BYTES} bytes"
+        )));
+    }
+    Ok(())
+}
+
+/// Checks a batch for [`StreamBackend::put_records`]: every record, the record count and the size.
+pub fn validate_batch(records: &[PutRecord]) -> Result<()> {
+    if records.len() > MAX_PUT_RECORDS {
+        return Err(StreamError::Invalid(format!(
+            "a batch holds at most {MAX_PUT_RECORDS} records, got {}",
+            records.len()
+        )));
+    }
+    let mut total = 0;
+    for (index, record) in records.iter().enumerate() {
+        validate_record(index, record)?;
+        total += record_size(record);
+    }
+    if total > MAX_PUT_BYTES {
+        return Err(StreamError::Invalid(format!(
+            "a batch holds at most {MAX_PUT_BYTES} bytes, got {total}"
+        )));
+    }
+    Ok(())
+}
 
 /// Orders sequence numbers, which are decimal strings that may exceed `u128` (Kinesis uses 56
 /// digits): a shorter number is smaller; equal lengths compare as text.

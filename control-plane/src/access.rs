@@ -1,0 +1,270 @@
+//! The access model, as pure functions: who may read an event now, and the route table that
+//! follows from subscriptions and grants. Deny by default: anything not shown readable is not.
+
+use std::collections::{BTreeMap, HashMap};
+
+use api::{AccessProblem, DenialReason, Event, Grant, GrantStatus, Route, RouteTarget, Stream, Subscription};
+use chrono::{DateTime, Utc};
+
+/// Why a principal may read an event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Readable {
+    /// It is the event's owner.
+    Owner,
+    /// It holds an active grant; access ends at `until` (never, for a grant without expiry).
+    Granted { until: Option<DateTime<Utc>> },
+}
+
+impl Readable {
+    pub fn until(self) -> Option<DateTime<Utc>> {
+        match self {
+            Readable::Owner => None,
+            Readable::Granted { until } => until,
+        }
+    }
+}
+
+/// Whether `principal` may read `event` at `now`, given the grants on that event to that
+/// principal (any status).
+pub fn evaluate<'a>(
+    event: Option<&Event>,
+    principal: &str,
+    grants: impl IntoIterator<Item = &'a Grant>,
+    now: DateTime<Utc>,
+) -> Result<Readable, DenialReason> {
+    let Some(event) = event else {
+        return Err(DenialReason::Unknown);
+    };
+    if event.owner == principal {
+        return Ok(Readable::Owner);
+    }
+    let mut saw_expired = false;
+    let mut best: Option<Option<DateTime<Utc>>> = None;
+    for grant in grants {
+        if grant.event != event.name || grant.grantee != principal || grant.revoked_at.is_some() {
+            continue;
+        }
+        match grant.expires_at {
+            Some(at) if at <= now => saw_expired = true,
+            until => {
+                best = Some(match (best, until) {
+                    (None, until) => until,
+                    (Some(None), _) | (_, None) => None,
+                    (Some(Some(a)), Some(b)) => Some(a.max(b)),
+                })
+            }
+        }
+    }
+    match best {
+        Some(until) => Ok(Readable::Granted { until }),
+        None if saw_expired => Err(DenialReason::GrantExpired),
+        None => Err(DenialReason::NotGranted),
+    }
+}
+
+pub fn problem(event: &str, owner: &str, reason: DenialReason) -> AccessProblem {
+    let message = match reason {
+        DenialReason::Unknown => format!("event {event:?} does not exist in the catalog"),
+        DenialReason::NotGranted => {
+            format!("{owner:?} has no grant to read {event:?}; ask the event's owner for one")
+        }
+        DenialReason::GrantExpired => {
+            format!("{owner:?}'s grant to read {event:?} has expired; ask the event's owner to renew it")
+        }
+    };
+    AccessProblem {
+        event: event.to_owned(),
+        reason,
+        message,
+    }
+}
+
+/// Everything the route table is compiled from.
+pub struct Catalog<'a> {
+    pub events: &'a [Event],
+    pub streams: &'a [Stream],
+    pub subscriptions: &'a [Subscription],
+    /// Grants of any status; revoked and expired ones are ignored.
+    pub grants: &'a [Grant],
+}
+
+/// Subscriptions intersected with access: for each event, the streams that receive it now.
+/// Targets carry the instant their access ends, so the data plane stops at expiry by itself.
+pub fn compile_routes(
+    catalog: &Catalog<'_>,
+    now: DateTime<Utc>,
+    backing_name: impl Fn(&str) -> String,
+) -> Vec<Route> {
+    let events: HashMap<&str, &Event> = catalog.events.iter().map(|e| (e.name.as_str(), e)).collect();
+    let streams: HashMap<&str, &Stream> = catalog.streams.iter().map(|s| (s.name.as_str(), s)).collect();
+    let mut grants: HashMap<(&str, &str), Vec<&Grant>> = HashMap::new();
+    for grant in catalog.grants.iter().filter(|g| g.status != GrantStatus::Revoked) {
+        grants
+            .entry((grant.event.as_str(), grant.grantee.as_str()))
+            .or_default()
+            .push(grant);
+    }
+    let mut routes: BTreeMap<&str, Vec<RouteTarget>> = BTreeMap::new();
+    for subscription in catalog.subscriptions {
+        let Some(stream) = streams.get(subscription.stream.as_str()) else {
+            continue;
+        };
+        for event in &subscription.events {
+            let held = grants
+                .get(&(event.as_str(), stream.owner.as_str()))
+                .map(Vec::as_slice)
+                .unwrap_or_default();
+            let Ok(readable) = evaluate(events.get(event.as_str()).copied(), &stream.owner, held.iter().copied(), now)
+            else {
+                continue;
+            };
+            routes.entry(event.as_str()).or_default().push(RouteTarget {
+                subscription_id: subscription.id.clone(),
+                stream: stream.name.clone(),
+                backing_name: backing_name(&stream.name),
+                owner: stream.owner.clone(),
+                access_expires_at: readable.until(),
+            });
+        }
+    }
+    routes
+        .into_iter()
+        .map(|(event, targets)| Route {
+            event: event.to_owned(),
+            targets,
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use api::{Classification, SubscriptionStatus};
+    use chrono::Duration;
+
+    use super::*;
+
+    fn event(name: &str, owner: &str) -> Event {
+        Event {
+            name: name.to_owned(),
+            owner: owner.to_owned(),
+            classification: Classification::Internal,
+            description: String::new(),
+            revision: 1,
+            created_at: Utc::now(),
+            updated_at: Utc::now(),
+        }
+    }
+
+    fn grant(event: &str, grantee: &str, expires_at: Option<DateTime<Utc>>, revoked: bool) -> Grant {
+        Grant {
+            id: format!("{event}-{grantee}"),
+            event: event.to_owned(),
+            grantee: grantee.to_owned(),
+            reason: "test".to_owned(),
+            granted_by: "owner".to_owned(),
+            created_at: Utc::now(),
+            expires_at,
+            revoked_at: revoked.then(Utc::now),
+            revoked_by: None,
+            status: if revoked { GrantStatus::Revoked } else { GrantStatus::Active },
+            revision: 1,
+        }
+    }
+
+    #[test]
+    fn evaluation() {
+        let now = Utc::now();
+        let later = now + Duration::days(1);
+        let signup = event("signup", "growth");
+        #[track_caller]
+        fn check(event: Option<&Event>, who: &str, grants: &[Grant], now: DateTime<Utc>, expected: Result<Readable, DenialReason>) {
+            assert_eq!(evaluate(event, who, grants, now), expected);
+        }
+        check(None, "fraud", &[], now, Err(DenialReason::Unknown));
+        check(Some(&signup), "growth", &[], now, Ok(Readable::Owner));
+        check(Some(&signup), "fraud", &[], now, Err(DenialReason::NotGranted));
+        check(Some(&signup), "fraud", &[grant("signup", "fraud", None, false)], now, Ok(Readable::Granted { until: None }));
+        check(Some(&signup), "fraud", &[grant("signup", "fraud", Some(later), false)], now, Ok(Readable::Granted { until: Some(later) }));
+        check(Some(&signup), "fraud", &[grant("signup", "fraud", Some(now), false)], now, Err(DenialReason::GrantExpired));
+        check(Some(&signup), "fraud", &[grant("signup", "fraud", None, true)], now, Err(DenialReason::NotGranted));
+        check(Some(&signup), "fraud", &[grant("signup", "other", None, false)], now, Err(DenialReason::NotGranted));
+        check(Some(&signup), "fraud", &[grant("other", "fraud", None, false)], now, Err(DenialReason::NotGranted));
+        check(
+            Some(&signup),
+            "fraud",
+            &[grant("signup", "fraud", Some(now - Duration::days(1)), false), grant("signup", "fraud", Some(later), false)],
+            now,
+            Ok(Readable::Granted { until: Some(later) }),
+        );
+        check(
+            Some(&signup),
+            "fraud",
+            &[grant("signup", "fraud", Some(later), false), grant("signup", "fraud", None, false)],
+            now,
+            Ok(Readable::Granted { until: None }),
+        );
+    }
+
+    #[test]
+    fn routes_follow_grants() {
+        let now = Utc::now();
+        let events = [event("signup", "growth"), event("swipe", "cards"), event("secret", "cards")];
+        let stream = |name: &str, owner: &str| Stream {
+            name: name.to_owned(),
+            owner: owner.to_owned(),
+            shard_count: 1,
+            retention_hours: 24,
+            tags: BTreeMap::new(),
+            status: "active".to_owned(),
+            backing_id: format!("embedded:{name}"),
+            revision: 1,
+            created_at: now,
+            updated_at: now,
+        };
+        let streams = [stream("fraud-signals", "fraud"), stream("growth-own", "growth")];
+        let subscription = |id: &str, stream: &str, events: &[&str]| Subscription {
+            id: id.to_owned(),
+            stream: stream.to_owned(),
+            owner: String::new(),
+            events: events.iter().map(|e| (*e).to_owned()).collect(),
+            status: SubscriptionStatus::Active,
+            status_reason: None,
+            revision: 1,
+            created_at: now,
+            updated_at: now,
+        };
+        let subscriptions = [
+            subscription("s1", "fraud-signals", &["signup", "swipe", "secret", "ghost"]),
+            subscription("s2", "growth-own", &["signup"]),
+        ];
+        let until = now + Duration::hours(1);
+        let grants = [
+            grant("signup", "fraud", Some(until), false),
+            grant("swipe", "fraud", Some(now - Duration::hours(1)), false),
+            grant("secret", "fraud", None, true),
+        ];
+        let routes = compile_routes(
+            &Catalog {
+                events: &events,
+                streams: &streams,
+                subscriptions: &subscriptions,
+                grants: &grants,
+            },
+            now,
+            |name| format!("fanner-{name}"),
+        );
+        let summary: Vec<(String, Vec<(String, Option<DateTime<Utc>>)>)> = routes
+            .into_iter()
+            .map(|r| (r.event, r.targets.into_iter().map(|t| (t.backing_name, t.access_expires_at)).collect()))
+            .collect();
+        assert_eq!(
+            summary,
+            vec![(
+                "signup".to_owned(),
+                vec![("fanner-fraud-signals".to_owned(), Some(until)), ("fanner-growth-own".to_owned(), None)]
+            )]
+        );
+    }
+}

@@ -1,0 +1,323 @@
+use std::time::Duration;
+
+use api::*;
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use chrono::{DateTime, Utc};
+use serde::Deserialize;
+use utoipa::IntoParams;
+
+use super::extract::{Body, Params};
+use crate::auth::Ctx;
+use crate::error::ApiError;
+use crate::service::ControlPlane;
+
+type Result<T> = std::result::Result<T, ApiError>;
+
+/// The longest a long-poll waits before answering with what it has.
+const MAX_WAIT: Duration = Duration::from_secs(60);
+
+#[utoipa::path(get, path = "/v1/whoami", tag = "principals",
+    responses((status = 200, body = WhoAmI), (status = 401, body = ErrorBody)))]
+pub async fn whoami(State(cp): State<ControlPlane>, ctx: Ctx) -> Json<WhoAmI> {
+    Json(cp.whoami(&ctx))
+}
+
+#[utoipa::path(post, path = "/v1/tokens", tag = "principals", request_body = CreateToken,
+    responses((status = 201, body = TokenCreated), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody)))]
+pub async fn create_token(
+    State(cp): State<ControlPlane>,
+    ctx: Ctx,
+    Body(req): Body<CreateToken>,
+) -> Result<(StatusCode, Json<TokenCreated>)> {
+    Ok((StatusCode::CREATED, Json(cp.create_token(&ctx, req).await?)))
+}
+
+#[utoipa::path(get, path = "/v1/principals", tag = "principals", responses((status = 200, body = Vec<Principal>)))]
+pub async fn list_principals(State(cp): State<ControlPlane>, _ctx: Ctx) -> Result<Json<Vec<Principal>>> {
+    Ok(Json(cp.list_principals().await?))
+}
+
+#[utoipa::path(get, path = "/v1/events", tag = "events", responses((status = 200, body = Vec<Event>)))]
+pub async fn list_events(State(cp): State<ControlPlane>, _ctx: Ctx) -> Result<Json<Vec<Event>>> {
+    Ok(Json(cp.list_events().await?))
+}
+
+#[utoipa::path(post, path = "/v1/events", tag = "events", request_body = CreateEvent,
+    responses((status = 201, body = Event), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn create_event(
+    State(cp): State<ControlPlane>,
+    ctx: Ctx,
+    Body(req): Body<CreateEvent>,
+) -> Result<(StatusCode, Json<Event>)> {
+    Ok((StatusCode::CREATED, Json(cp.create_event(&ctx, req).await?)))
+}
+
+#[utoipa::path(get, path = "/v1/events/{name}", tag = "events", params(("name" = String, Path)),
+    responses((status = 200, body = Event), (status = 404, body = ErrorBody)))]
+pub async fn get_event(State(cp): State<ControlPlane>, _ctx: Ctx, Path(name): Path<String>) -> Result<Json<Event>> {
+    Ok(Json(cp.get_event(&name).await?))
+}
+
+#[utoipa::path(put, path = "/v1/events/{name}", tag = "events", params(("name" = String, Path)), request_body = UpdateEvent,
+    responses((status = 200, body = Event), (status = 403, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn update_event(
+    State(cp): State<ControlPlane>,
+    ctx: Ctx,
+    Path(name): Path<String>,
+    Body(req): Body<UpdateEvent>,
+) -> Result<Json<Event>> {
+    Ok(Json(cp.update_event(&ctx, &name, req).await?))
+}
+
+#[utoipa::path(delete, path = "/v1/events/{name}", tag = "events", params(("name" = String, Path)),
+    responses((status = 200, body = Event), (status = 403, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn delete_event(State(cp): State<ControlPlane>, ctx: Ctx, Path(name): Path<String>) -> Result<Json<Event>> {
+    Ok(Json(cp.delete_event(&ctx, &name).await?))
+}
+
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct GrantFilter {
+    event: Option<String>,
+    grantee: Option<String>,
+}
+
+#[utoipa::path(get, path = "/v1/grants", tag = "grants", params(GrantFilter), responses((status = 200, body = Vec<Grant>)))]
+pub async fn list_grants(
+    State(cp): State<ControlPlane>,
+    ctx: Ctx,
+    Params(filter): Params<GrantFilter>,
+) -> Result<Json<Vec<Grant>>> {
+    Ok(Json(
+        cp.list_grants(&ctx, filter.event.as_deref(), filter.grantee.as_deref())
+            .await?,
+    ))
+}
+
+#[utoipa::path(post, path = "/v1/grants", tag = "grants", request_body = CreateGrant,
+    responses((status = 201, body = Grant), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody)))]
+pub async fn create_grant(
+    State(cp): State<ControlPlane>,
+    ctx: Ctx,
+    Body(req): Body<CreateGrant>,
+) -> Result<(StatusCode, Json<Grant>)> {
+    Ok((StatusCode::CREATED, Json(cp.create_grant(&ctx, req).await?)))
+}
+
+#[utoipa::path(get, path = "/v1/grants/{id}", tag = "grants", params(("id" = String, Path)),
+    responses((status = 200, body = Grant), (status = 404, body = ErrorBody)))]
+pub async fn get_grant(State(cp): State<ControlPlane>, ctx: Ctx, Path(id): Path<String>) -> Result<Json<Grant>> {
+    Ok(Json(cp.get_grant(&ctx, &id).await?))
+}
+
+#[utoipa::path(put, path = "/v1/grants/{id}", tag = "grants", params(("id" = String, Path)), request_body = UpdateGrant,
+    responses((status = 200, body = Grant), (status = 403, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn update_grant(
+    State(cp): State<ControlPlane>,
+    ctx: Ctx,
+    Path(id): Path<String>,
+    Body(req): Body<UpdateGrant>,
+) -> Result<Json<Grant>> {
+    Ok(Json(cp.update_grant(&ctx, &id, req).await?))
+}
+
+/// Revokes the grant; it stays listed as revoked.
+#[utoipa::path(delete, path = "/v1/grants/{id}", tag = "grants", params(("id" = String, Path)),
+    responses((status = 200, body = Grant), (status = 403, body = ErrorBody)))]
+pub async fn revoke_grant(State(cp): State<ControlPlane>, ctx: Ctx, Path(id): Path<String>) -> Result<Json<Grant>> {
+    Ok(Json(cp.revoke_grant(&ctx, &id).await?))
+}
+
+#[utoipa::path(get, path = "/v1/streams", tag = "streams", responses((status = 200, body = Vec<Stream>)))]
+pub async fn list_streams(State(cp): State<ControlPlane>, ctx: Ctx) -> Result<Json<Vec<Stream>>> {
+    Ok(Json(cp.list_streams(&ctx).await?))
+}
+
+#[utoipa::path(post, path = "/v1/streams", tag = "streams", request_body = CreateStream,
+    responses((status = 201, body = Stream), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn create_stream(
+    State(cp): State<ControlPlane>,
+    ctx: Ctx,
+    Body(req): Body<CreateStream>,
+) -> Result<(StatusCode, Json<Stream>)> {
+    Ok((StatusCode::CREATED, Json(cp.create_stream(&ctx, req).await?)))
+}
+
+#[utoipa::path(get, path = "/v1/streams/{name}", tag = "streams", params(("name" = String, Path)),
+    responses((status = 200, body = Stream), (status = 404, body = ErrorBody)))]
+pub async fn get_stream(State(cp): State<ControlPlane>, ctx: Ctx, Path(name): Path<String>) -> Result<Json<Stream>> {
+    Ok(Json(cp.get_stream(&ctx, &name).await?))
+}
+
+#[utoipa::path(put, path = "/v1/streams/{name}", tag = "streams", params(("name" = String, Path)), request_body = UpdateStream,
+    responses((status = 200, body = Stream), (status = 403, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn update_stream(
+    State(cp): State<ControlPlane>,
+    ctx: Ctx,
+    Path(name): Path<String>,
+    Body(req): Body<UpdateStream>,
+) -> Result<Json<Stream>> {
+    Ok(Json(cp.update_stream(&ctx, &name, req).await?))
+}
+
+/// Deletes the stream, its subscriptions and its backing stream.
+#[utoipa::path(delete, path = "/v1/streams/{name}", tag = "streams", params(("name" = String, Path)),
+    responses((status = 200, body = Stream), (status = 403, body = ErrorBody)))]
+pub async fn delete_stream(State(cp): State<ControlPlane>, ctx: Ctx, Path(name): Path<String>) -> Result<Json<Stream>> {
+    Ok(Json(cp.delete_stream(&ctx, &name).await?))
+}
+
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct SubscriptionFilter {
+    stream: Option<String>,
+}
+
+#[utoipa::path(get, path = "/v1/subscriptions", tag = "subscriptions", params(SubscriptionFilter),
+    responses((status = 200, body = Vec<Subscription>)))]
+pub async fn list_subscriptions(
+    State(cp): State<ControlPlane>,
+    ctx: Ctx,
+    Params(filter): Params<SubscriptionFilter>,
+) -> Result<Json<Vec<Subscription>>> {
+    Ok(Json(cp.list_subscriptions(&ctx, filter.stream.as_deref()).await?))
+}
+
+/// Creates a subscription if the stream's owner may read every event; else 403 naming each one.
+#[utoipa::path(post, path = "/v1/subscriptions", tag = "subscriptions", request_body = CreateSubscription,
+    responses((status = 201, body = Subscription), (status = 403, body = ErrorBody)))]
+pub async fn create_subscription(
+    State(cp): State<ControlPlane>,
+    ctx: Ctx,
+    Body(req): Body<CreateSubscription>,
+) -> Result<(StatusCode, Json<Subscription>)> {
+    Ok((StatusCode::CREATED, Json(cp.create_subscription(&ctx, req).await?)))
+}
+
+/// The verdict a subscription would get, without creating it (a dry run for `terraform plan`).
+#[utoipa::path(post, path = "/v1/subscriptions/check", tag = "subscriptions", request_body = CheckSubscription,
+    responses((status = 200, body = AccessVerdict), (status = 400, body = ErrorBody)))]
+pub async fn check_subscription(
+    State(cp): State<ControlPlane>,
+    ctx: Ctx,
+    Body(req): Body<CheckSubscription>,
+) -> Result<Json<AccessVerdict>> {
+    Ok(Json(cp.check_subscription(&ctx, req).await?))
+}
+
+#[utoipa::path(get, path = "/v1/subscriptions/{id}", tag = "subscriptions", params(("id" = String, Path)),
+    responses((status = 200, body = Subscription), (status = 404, body = ErrorBody)))]
+pub async fn get_subscription(
+    State(cp): State<ControlPlane>,
+    ctx: Ctx,
+    Path(id): Path<String>,
+) -> Result<Json<Subscription>> {
+    Ok(Json(cp.get_subscription(&ctx, &id).await?))
+}
+
+#[utoipa::path(put, path = "/v1/subscriptions/{id}", tag = "subscriptions", params(("id" = String, Path)),
+    request_body = UpdateSubscription,
+    responses((status = 200, body = Subscription), (status = 403, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn update_subscription(
+    State(cp): State<ControlPlane>,
+    ctx: Ctx,
+    Path(id): Path<String>,
+    Body(req): Body<UpdateSubscription>,
+) -> Result<Json<Subscription>> {
+    Ok(Json(cp.update_subscription(&ctx, &id, req).await?))
+}
+
+#[utoipa::path(delete, path = "/v1/subscriptions/{id}", tag = "subscriptions", params(("id" = String, Path)),
+    responses((status = 200, body = Subscription), (status = 403, body = ErrorBody)))]
+pub async fn delete_subscription(
+    State(cp): State<ControlPlane>,
+    ctx: Ctx,
+    Path(id): Path<String>,
+) -> Result<Json<Subscription>> {
+    Ok(Json(cp.delete_subscription(&ctx, &id).await?))
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SetStatus {
+    status: SubscriptionStatus,
+    reason: Option<String>,
+}
+
+/// The data plane reports a subscription it cannot deliver to (admins only).
+#[utoipa::path(put, path = "/v1/subscriptions/{id}/status", tag = "subscriptions", params(("id" = String, Path)),
+    request_body = SetStatus, responses((status = 200, body = Subscription), (status = 403, body = ErrorBody)))]
+pub async fn set_subscription_status(
+    State(cp): State<ControlPlane>,
+    ctx: Ctx,
+    Path(id): Path<String>,
+    Body(req): Body<SetStatus>,
+) -> Result<Json<Subscription>> {
+    Ok(Json(
+        cp.set_subscription_status(&ctx, &id, req.status, req.reason)
+            .await?,
+    ))
+}
+
+/// Who can read an event: grants (with who granted them, why, when, until when) and the
+/// subscriptions that receive it.
+#[utoipa::path(get, path = "/v1/access/{event}", tag = "access", params(("event" = String, Path)),
+    responses((status = 200, body = AccessView), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn access_view(State(cp): State<ControlPlane>, ctx: Ctx, Path(event): Path<String>) -> Result<Json<AccessView>> {
+    Ok(Json(cp.access_view(&ctx, &event).await?))
+}
+
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct AuditQuery {
+    /// Only entries at or after this instant (RFC 3339).
+    since: Option<DateTime<Utc>>,
+    /// Only entries after this sequence number (for paging).
+    after_seq: Option<i64>,
+    /// At most this many entries (default 1000, at most 10000).
+    limit: Option<i64>,
+}
+
+#[utoipa::path(get, path = "/v1/audit", tag = "audit", params(AuditQuery),
+    responses((status = 200, body = AuditPage), (status = 403, body = ErrorBody)))]
+pub async fn audit_log(
+    State(cp): State<ControlPlane>,
+    ctx: Ctx,
+    Params(query): Params<AuditQuery>,
+) -> Result<Json<AuditPage>> {
+    let entries = cp
+        .audit_log(&ctx, query.since, query.after_seq, query.limit)
+        .await?;
+    Ok(Json(AuditPage { entries }))
+}
+
+/// Recomputes the audit trail's hash chain and reports the first entry that does not match.
+#[utoipa::path(get, path = "/v1/audit/verify", tag = "audit",
+    responses((status = 200, body = AuditVerification), (status = 403, body = ErrorBody)))]
+pub async fn audit_verify(State(cp): State<ControlPlane>, ctx: Ctx) -> Result<Json<AuditVerification>> {
+    Ok(Json(cp.audit_verify(&ctx).await?))
+}
+
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct RoutesQuery {
+    /// Answer once the revision is past this one (long poll).
+    after: Option<i64>,
+    /// How long to wait for a newer revision, in milliseconds (at most 60000).
+    wait_ms: Option<u64>,
+}
+
+/// The compiled route table for the data plane (admins and auditors).
+#[utoipa::path(get, path = "/v1/routes", tag = "routes", params(RoutesQuery),
+    responses((status = 200, body = RouteTable), (status = 403, body = ErrorBody)))]
+pub async fn routes(
+    State(cp): State<ControlPlane>,
+    ctx: Ctx,
+    Params(query): Params<RoutesQuery>,
+) -> Result<Json<RouteTable>> {
+    let wait = Duration::from_millis(query.wait_ms.unwrap_or(0)).min(MAX_WAIT);
+    let table = cp.routes(&ctx, query.after, wait).await?;
+    Ok(Json(RouteTable::clone(&table)))
+}

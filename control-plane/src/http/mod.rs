@@ -1,0 +1,173 @@
+//! The HTTP API: routing, authentication, body and query extraction that turns every mistake
+//! into a 4xx naming it, request ids, metrics, and the OpenAPI document built from the handlers.
+
+mod extract;
+mod handlers;
+
+use std::future::Future;
+use std::sync::OnceLock;
+use std::time::Instant;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::http::{HeaderName, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use tokio::net::TcpListener;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::error::{ApiError, REQUEST_ID};
+use crate::service::ControlPlane;
+
+pub use extract::MAX_BODY_BYTES;
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Fanner control plane",
+        description = "Access-checked fan-out of a global event stream: events, grants, streams, subscriptions, the audit trail and the route table.",
+        version = "1"
+    ),
+    modifiers(&BearerAuth),
+    security(("bearer" = []))
+)]
+struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+/// The API routes plus the OpenAPI document describing them.
+fn api_router() -> (Router<ControlPlane>, utoipa::openapi::OpenApi) {
+    let (router, openapi) = OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(handlers::whoami))
+        .routes(routes!(handlers::create_token))
+        .routes(routes!(handlers::list_principals))
+        .routes(routes!(handlers::list_events, handlers::create_event))
+        .routes(routes!(handlers::get_event, handlers::update_event, handlers::delete_event))
+        .routes(routes!(handlers::list_grants, handlers::create_grant))
+        .routes(routes!(handlers::get_grant, handlers::update_grant, handlers::revoke_grant))
+        .routes(routes!(handlers::list_streams, handlers::create_stream))
+        .routes(routes!(handlers::get_stream, handlers::update_stream, handlers::delete_stream))
+        .routes(routes!(handlers::list_subscriptions, handlers::create_subscription))
+        .routes(routes!(handlers::check_subscription))
+        .routes(routes!(
+            handlers::get_subscription,
+            handlers::update_subscription,
+            handlers::delete_subscription
+        ))
+        .routes(routes!(handlers::set_subscription_status))
+        .routes(routes!(handlers::access_view))
+        .routes(routes!(handlers::audit_log))
+        .routes(routes!(handlers::audit_verify))
+        .routes(routes!(handlers::routes))
+        .split_for_parts();
+    (router, openapi)
+}
+
+/// The OpenAPI document of the API, as served at `/v1/openapi.json`.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    api_router().1
+}
+
+/// The whole HTTP application. Tests drive it in-process or over a socket alike.
+pub fn app(control_plane: ControlPlane) -> Router {
+    let (api, openapi) = api_router();
+    let openapi_json = openapi.to_pretty_json().unwrap_or_default();
+    api.route(
+        "/v1/openapi.json",
+        get(move || async move { ([(axum::http::header::CONTENT_TYPE, "application/json")], openapi_json) }),
+    )
+    .route("/healthz", get(|| async { "ok\n" }))
+    .route("/readyz", get(readyz))
+    .route("/metrics", get(render_metrics))
+    .fallback(|| async { ApiError::NotFound("no such route".to_owned()) })
+    .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+    .layer(middleware::from_fn(observe))
+    .with_state(control_plane)
+}
+
+/// Serves `app` on `listener` until `shutdown` completes, then lets in-flight requests finish.
+pub async fn serve(
+    listener: TcpListener,
+    app: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, app).with_graceful_shutdown(shutdown).await
+}
+
+async fn readyz(State(cp): State<ControlPlane>) -> Response {
+    match cp.store().ping().await {
+        Ok(()) => (StatusCode::OK, "ready\n").into_response(),
+        Err(error) => {
+            tracing::warn!(%error, "Store is not reachable.");
+            (StatusCode::SERVICE_UNAVAILABLE, "store unreachable\n").into_response()
+        }
+    }
+}
+
+/// The process-wide Prometheus recorder, installed on first use.
+pub fn metrics_handle() -> &'static PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE.get_or_init(|| {
+        let recorder = PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        if metrics::set_global_recorder(recorder).is_err() {
+            tracing::warn!("A metrics recorder was already installed; /metrics will be empty.");
+        }
+        handle
+    })
+}
+
+async fn render_metrics() -> impl IntoResponse {
+    (
+        [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        metrics_handle().render(),
+    )
+}
+
+static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Gives every request an id (the caller's `x-request-id`, or a new one), echoes it, and counts
+/// and times the request by route.
+async fn observe(mut request: Request, next: Next) -> Response {
+    let request_id = request
+        .headers()
+        .get(&X_REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 128)
+        .map(str::to_owned)
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    if let Ok(value) = HeaderValue::from_str(&request_id) {
+        request.headers_mut().insert(X_REQUEST_ID.clone(), value);
+    }
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let method = request.method().as_str().to_owned();
+    let started = Instant::now();
+    let mut response = REQUEST_ID.scope(request_id.clone(), next.run(request)).await;
+    let status = response.status().as_u16().to_string();
+    metrics::counter!("fanner_api_requests_total", "method" => method, "route" => route.clone(), "status" => status)
+        .increment(1);
+    metrics::histogram!("fanner_api_request_duration_seconds", "route" => route).record(started.elapsed().as_secs_f64());
+    if let Ok(value) = HeaderValue::from_str(&request_id) {
+        response.headers_mut().insert(X_REQUEST_ID.clone(), value);
+    }
+    response
+}

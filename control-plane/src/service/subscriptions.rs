@@ -1,0 +1,207 @@
+use api::{AccessVerdict, CheckSubscription, CreateSubscription, Subscription, SubscriptionStatus, UpdateSubscription, rules};
+use chrono::{DateTime, Utc};
+use sqlx::AnyConnection;
+
+use super::{Change, ControlPlane, bad_request, check_revision, snapshot};
+use crate::access;
+use crate::auth::Ctx;
+use crate::error::ApiError;
+use crate::store::{catalog, grants, streams, subscriptions};
+
+impl ControlPlane {
+    /// Subscriptions the caller may see, optionally only those of `stream`.
+    pub async fn list_subscriptions(&self, ctx: &Ctx, stream: Option<&str>) -> Result<Vec<Subscription>, ApiError> {
+        let all = subscriptions::list(&mut *self.conn().await?, stream).await?;
+        Ok(all.into_iter().filter(|s| ctx.caller.may_read(&s.owner)).collect())
+    }
+
+    pub async fn get_subscription(&self, ctx: &Ctx, id: &str) -> Result<Subscription, ApiError> {
+        let subscription = subscriptions::get(&mut *self.conn().await?, id)
+            .await?
+            .ok_or_else(|| not_found(id))?;
+        if ctx.caller.may_read(&subscription.owner) {
+            Ok(subscription)
+        } else {
+            Err(not_yours(&subscription))
+        }
+    }
+
+    /// The verdict creating (or updating) such a subscription would get, without writing.
+    pub async fn check_subscription(&self, ctx: &Ctx, req: CheckSubscription) -> Result<AccessVerdict, ApiError> {
+        bad_request(rules::check_name("stream", &req.stream))?;
+        let events = rules::normalize_events(&req.events).map_err(ApiError::BadRequest)?;
+        let now = self.now();
+        let mut conn = self.conn().await?;
+        let owner = match streams::get(&mut conn, &req.stream).await? {
+            Some(stream) if ctx.caller.may_read(&stream.owner) => stream.owner,
+            Some(stream) => {
+                return Err(ApiError::Forbidden(format!(
+                    "stream {:?} belongs to {:?}; only its owner, admins and auditors may check it",
+                    stream.name, stream.owner
+                )));
+            }
+            None => ctx.caller.principal.clone(),
+        };
+        verdict(&mut conn, &owner, &events, now).await
+    }
+
+    pub async fn create_subscription(&self, ctx: &Ctx, req: CreateSubscription) -> Result<Subscription, ApiError> {
+        let mut m = self.begin(ctx, "subscription.create", "subscription", &req.stream).await?;
+        let now = m.now;
+        let result = async {
+            bad_request(rules::check_name("stream", &req.stream))?;
+            let stream = streams::get(m.conn(), &req.stream)
+                .await?
+                .ok_or_else(|| ApiError::NotFound(format!("stream {:?} does not exist", req.stream)))?;
+            if !ctx.caller.may_modify(&stream.owner) {
+                return Err(ApiError::Forbidden(format!(
+                    "stream {:?} belongs to {:?}; only its owner or an admin may subscribe it",
+                    stream.name, stream.owner
+                )));
+            }
+            let events = rules::normalize_events(&req.events).map_err(ApiError::BadRequest)?;
+            require_access(m.conn(), &stream.owner, &events, now).await?;
+            let subscription = Subscription {
+                id: uuid::Uuid::new_v4().to_string(),
+                stream: stream.name,
+                owner: stream.owner,
+                events,
+                status: SubscriptionStatus::Active,
+                status_reason: None,
+                revision: 1,
+                created_at: now,
+                updated_at: now,
+            };
+            subscriptions::insert(m.conn(), &subscription).await?;
+            Ok(Change::new(None, snapshot(&subscription), subscription.clone()).with_id(subscription.id))
+        }
+        .await;
+        m.finish(result).await
+    }
+
+    pub async fn update_subscription(
+        &self,
+        ctx: &Ctx,
+        id: &str,
+        req: UpdateSubscription,
+    ) -> Result<Subscription, ApiError> {
+        let mut m = self.begin(ctx, "subscription.update", "subscription", id).await?;
+        let now = m.now;
+        let result = async {
+            let before = subscriptions::get(m.conn(), id).await?.ok_or_else(|| not_found(id))?;
+            if !ctx.caller.may_modify(&before.owner) {
+                return Err(not_yours(&before));
+            }
+            check_revision("subscription", id, req.revision, before.revision)?;
+            let events = rules::normalize_events(&req.events).map_err(ApiError::BadRequest)?;
+            require_access(m.conn(), &before.owner, &events, now).await?;
+            let after = Subscription {
+                events,
+                revision: before.revision + 1,
+                updated_at: now,
+                ..before.clone()
+            };
+            if !subscriptions::update(m.conn(), &after, before.revision).await? {
+                return Err(ApiError::Conflict(format!("subscription {id:?} changed concurrently; retry")));
+            }
+            Ok(Change::new(snapshot(&before), snapshot(&after), after))
+        }
+        .await;
+        m.finish(result).await
+    }
+
+    pub async fn delete_subscription(&self, ctx: &Ctx, id: &str) -> Result<Subscription, ApiError> {
+        let mut m = self.begin(ctx, "subscription.delete", "subscription", id).await?;
+        let result = async {
+            let before = subscriptions::get(m.conn(), id).await?.ok_or_else(|| not_found(id))?;
+            if !ctx.caller.may_modify(&before.owner) {
+                return Err(not_yours(&before));
+            }
+            subscriptions::delete(m.conn(), id).await?;
+            Ok(Change::new(snapshot(&before), None, before))
+        }
+        .await;
+        m.finish(result).await
+    }
+
+    /// Marks a subscription failed (its stream cannot take deliveries) or active again. The data
+    /// plane reports through this; a change of status is audited like any other.
+    pub async fn set_subscription_status(
+        &self,
+        ctx: &Ctx,
+        id: &str,
+        status: SubscriptionStatus,
+        reason: Option<String>,
+    ) -> Result<Subscription, ApiError> {
+        let mut m = self.begin(ctx, "subscription.status", "subscription", id).await?;
+        let now = m.now;
+        let result = async {
+            if !ctx.caller.is_admin() {
+                return Err(ApiError::Forbidden("only admins (the data plane) may set a subscription's status".to_owned()));
+            }
+            let before = subscriptions::get(m.conn(), id).await?.ok_or_else(|| not_found(id))?;
+            let after = Subscription {
+                status,
+                status_reason: reason,
+                revision: before.revision + 1,
+                updated_at: now,
+                ..before.clone()
+            };
+            if !subscriptions::update(m.conn(), &after, before.revision).await? {
+                return Err(ApiError::Conflict(format!("subscription {id:?} changed concurrently; retry")));
+            }
+            Ok(Change::new(snapshot(&before), snapshot(&after), after))
+        }
+        .await;
+        m.finish(result).await
+    }
+}
+
+/// Checks every event for `owner` and reports each one it may not read.
+async fn verdict(
+    conn: &mut AnyConnection,
+    owner: &str,
+    events: &[String],
+    now: DateTime<Utc>,
+) -> Result<AccessVerdict, ApiError> {
+    let held = grants::unrevoked_to(conn, owner, now).await?;
+    let mut problems = Vec::new();
+    for name in events {
+        let event = catalog::get(conn, name).await?;
+        if let Err(reason) = access::evaluate(event.as_ref(), owner, &held, now) {
+            problems.push(access::problem(name, owner, reason));
+        }
+    }
+    Ok(AccessVerdict {
+        allowed: problems.is_empty(),
+        owner: owner.to_owned(),
+        problems,
+    })
+}
+
+async fn require_access(conn: &mut AnyConnection, owner: &str, events: &[String], now: DateTime<Utc>) -> Result<(), ApiError> {
+    let verdict = verdict(conn, owner, events, now).await?;
+    if verdict.allowed {
+        return Ok(());
+    }
+    let listed: Vec<String> = verdict
+        .problems
+        .iter()
+        .map(|p| format!("{} ({})", p.event, p.reason.as_str()))
+        .collect();
+    Err(ApiError::AccessDenied {
+        message: format!("{owner:?} may not read: {}", listed.join(", ")),
+        problems: verdict.problems,
+    })
+}
+
+fn not_found(id: &str) -> ApiError {
+    ApiError::NotFound(format!("subscription {id:?} does not exist"))
+}
+
+fn not_yours(subscription: &Subscription) -> ApiError {
+    ApiError::Forbidden(format!(
+        "subscription {} belongs to {:?}; only its owner or an admin may do this",
+        subscription.id, subscription.owner
+    ))
+}

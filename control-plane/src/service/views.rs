@@ -1,0 +1,111 @@
+use std::time::Duration;
+
+use api::{AccessSubscription, AccessView, AuditEntry, AuditVerification, RouteTable, SubscriptionStatus};
+use chrono::{DateTime, Utc};
+use sqlx::AnyConnection;
+
+use super::ControlPlane;
+use crate::access::{self, Catalog};
+use crate::auth::Ctx;
+use crate::error::ApiError;
+use crate::store::{audit, catalog, grants, streams, subscriptions};
+
+/// The most entries one audit page returns.
+pub const MAX_AUDIT_PAGE: i64 = 10_000;
+
+impl ControlPlane {
+    /// Who can read `event`: every grant ever made on it, and the subscriptions that name it.
+    pub async fn access_view(&self, ctx: &Ctx, event: &str) -> Result<AccessView, ApiError> {
+        let now = self.now();
+        let mut conn = self.conn().await?;
+        let event = catalog::get(&mut conn, event)
+            .await?
+            .ok_or_else(|| ApiError::NotFound(format!("event {event:?} does not exist")))?;
+        if !ctx.caller.may_read(&event.owner) {
+            return Err(ApiError::Forbidden(format!(
+                "who may read {:?} is visible to its owner {:?}, admins and auditors",
+                event.name, event.owner
+            )));
+        }
+        let grants = grants::list(&mut conn, Some(&event.name), now).await?;
+        let mut receivers = Vec::new();
+        for subscription in subscriptions::naming_event(&mut conn, &event.name).await? {
+            let delivering = subscription.status == SubscriptionStatus::Active
+                && access::evaluate(Some(&event), &subscription.owner, &grants, now).is_ok();
+            receivers.push(AccessSubscription {
+                subscription_id: subscription.id,
+                stream: subscription.stream,
+                owner: subscription.owner,
+                delivering,
+            });
+        }
+        Ok(AccessView {
+            event,
+            grants,
+            subscriptions: receivers,
+        })
+    }
+
+    pub async fn audit_log(
+        &self,
+        ctx: &Ctx,
+        since: Option<DateTime<Utc>>,
+        after_seq: Option<i64>,
+        limit: Option<i64>,
+    ) -> Result<Vec<AuditEntry>, ApiError> {
+        require_auditor(ctx)?;
+        let limit = limit.unwrap_or(1000).clamp(1, MAX_AUDIT_PAGE);
+        Ok(audit::list(&mut *self.conn().await?, after_seq.unwrap_or(0), since, limit).await?)
+    }
+
+    pub async fn audit_verify(&self, ctx: &Ctx) -> Result<AuditVerification, ApiError> {
+        require_auditor(ctx)?;
+        Ok(audit::verify(&mut *self.conn().await?).await?)
+    }
+
+    /// The route table once its revision is past `after`, or the current one after `wait`.
+    pub async fn routes(&self, ctx: &Ctx, after: Option<i64>, wait: Duration) -> Result<std::sync::Arc<RouteTable>, ApiError> {
+        require_auditor(ctx)?;
+        let mut revisions = self.route_revisions();
+        if let Some(after) = after {
+            let _ = tokio::time::timeout(wait, revisions.wait_for(|revision| *revision > after)).await;
+        }
+        self.route_table().await
+    }
+}
+
+fn require_auditor(ctx: &Ctx) -> Result<(), ApiError> {
+    if ctx.caller.sees_everything() {
+        Ok(())
+    } else {
+        Err(ApiError::Forbidden("only admins and auditors may do this".to_owned()))
+    }
+}
+
+pub(super) async fn compile_route_table(
+    conn: &mut AnyConnection,
+    revision: i64,
+    now: DateTime<Utc>,
+    backing_name: impl Fn(&str) -> String,
+) -> Result<RouteTable, ApiError> {
+    let events = catalog::list(conn).await?;
+    let streams = streams::list(conn).await?;
+    let subscriptions = subscriptions::list(conn, None).await?;
+    let grants = grants::list(conn, None, now).await?;
+    let routes = access::compile_routes(
+        &Catalog {
+            events: &events,
+            streams: &streams,
+            subscriptions: &subscriptions,
+            grants: &grants,
+        },
+        now,
+        backing_name,
+    );
+    Ok(RouteTable {
+        revision,
+        generated_at: now,
+        known_events: events.into_iter().map(|e| e.name).collect(),
+        routes,
+    })
+}
