@@ -139,7 +139,7 @@ impl Resource for EventResource {
 
     async fn adjust_plan(
         &self,
-        _ctx: &Ctx,
+        ctx: &Ctx,
         prior: Option<&Obj>,
         planned: &mut Obj,
         _diags: &mut Diags,
@@ -147,6 +147,7 @@ impl Resource for EventResource {
         if prior.is_none()
             && let Some(name) = planned.str("name").map(str::to_owned)
         {
+            ctx.pending.add_event(&name);
             planned.set("id", name);
         }
     }

@@ -140,6 +140,11 @@ impl Resource for GrantResource {
         diags: &mut Diags,
     ) {
         let expiry_changed = prior.is_none_or(|p| p.get("expires_at") != planned.get("expires_at"));
+        if expiry_changed
+            && let (Some(event), Some(grantee)) = (planned.str("event"), planned.str("grantee"))
+        {
+            ctx.pending.add_grant(event, grantee);
+        }
         let expires_at = planned.get("expires_at");
         if !expiry_changed || !expires_at.is_wholly_known() {
             return;

@@ -23,10 +23,45 @@ pub use grant::{GrantResource, access_entry as grant_access_entry};
 pub use stream::StreamResource;
 pub use subscription::SubscriptionResource;
 
-/// Everything a request handler may use: the configured client and the per-process caches.
+/// Everything a request handler may use: the configured client, the per-process caches and what
+/// this plan is about to create.
 pub struct Ctx {
     client: Result<Client, String>,
     pub cache: Cache,
+    pub pending: Pending,
+}
+
+/// Objects this plan creates before the subscriptions that reference them. Terraform plans a
+/// referenced resource first, in the same provider process, so a subscription's plan-time access
+/// check can tell "refused" from "allowed once the apply has created the event or grant".
+#[derive(Default)]
+pub struct Pending {
+    events: std::sync::Mutex<std::collections::HashSet<String>>,
+    grants: std::sync::Mutex<std::collections::HashSet<(String, String)>>,
+}
+
+impl Pending {
+    pub fn add_event(&self, name: &str) {
+        if let Ok(mut events) = self.events.lock() {
+            events.insert(name.to_owned());
+        }
+    }
+
+    pub fn add_grant(&self, event: &str, grantee: &str) {
+        if let Ok(mut grants) = self.grants.lock() {
+            grants.insert((event.to_owned(), grantee.to_owned()));
+        }
+    }
+
+    pub fn has_event(&self, name: &str) -> bool {
+        self.events.lock().is_ok_and(|e| e.contains(name))
+    }
+
+    pub fn has_grant(&self, event: &str, grantee: &str) -> bool {
+        self.grants
+            .lock()
+            .is_ok_and(|g| g.contains(&(event.to_owned(), grantee.to_owned())))
+    }
 }
 
 impl Ctx {
@@ -34,6 +69,7 @@ impl Ctx {
         Ctx {
             client: Err("the provider has not been configured yet".to_owned()),
             cache: Cache::default(),
+            pending: Pending::default(),
         }
     }
 
@@ -41,6 +77,7 @@ impl Ctx {
         Ctx {
             client,
             cache: Cache::default(),
+            pending: Pending::default(),
         }
     }
 

@@ -1,8 +1,8 @@
 use std::sync::LazyLock;
 
 use api::{
-    CheckSubscription, CreateSubscription, Subscription, SubscriptionStatus, UpdateSubscription,
-    rules,
+    AccessProblem, CheckSubscription, CreateSubscription, DenialReason, Subscription,
+    SubscriptionStatus, UpdateSubscription, rules,
 };
 
 use super::{Ctx, Resource, cached_get, check_str, required_str, time};
@@ -90,6 +90,17 @@ fn state_of(subscription: &Subscription) -> Obj {
     state.set("created_at", time(&subscription.created_at));
     state.set("updated_at", time(&subscription.updated_at));
     state
+}
+
+/// A refusal this same plan fixes: the event or the grant is created (or renewed) before the
+/// subscription, because the subscription references it.
+fn resolved_by_this_plan(ctx: &Ctx, problem: &AccessProblem, owner: &str) -> bool {
+    match problem.reason {
+        DenialReason::Unknown => ctx.pending.has_event(&problem.event),
+        DenialReason::NotGranted | DenialReason::GrantExpired => {
+            ctx.pending.has_grant(&problem.event, owner)
+        }
+    }
 }
 
 fn events(obj: &Obj, diags: &mut Diags) -> Option<Vec<String>> {
@@ -195,7 +206,12 @@ impl Resource for SubscriptionResource {
         match client.check_subscription(&body).await {
             Ok(verdict) if verdict.allowed => {}
             Ok(verdict) => {
-                for problem in &verdict.problems {
+                let problems: Vec<_> = verdict
+                    .problems
+                    .iter()
+                    .filter(|p| !resolved_by_this_plan(ctx, p, &verdict.owner))
+                    .collect();
+                for problem in &problems {
                     diags.error_at(
                         "events",
                         format!(
@@ -204,10 +220,12 @@ impl Resource for SubscriptionResource {
                             problem.reason.as_str()
                         ),
                         format!(
-                            "{} Access is checked for the stream's owner, {:?}: an event must be \
+                            "{}. Access is checked for the stream's owner, {:?}: an event must be \
                              owned by that team or granted to it by an active fanner_grant. Ask \
                              the event's owner for a grant, or remove {:?} from events.",
-                            problem.message, verdict.owner, problem.event
+                            problem.message.trim_end_matches('.'),
+                            verdict.owner,
+                            problem.event
                         ),
                     );
                 }
