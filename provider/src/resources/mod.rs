@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use api::{Client, ClientError};
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, SecondsFormat, SubsecRound, Utc};
 
 use crate::diag::Diags;
 use crate::schema::Schema;
@@ -216,8 +216,13 @@ pub fn all() -> Vec<Box<dyn Resource>> {
     ]
 }
 
+/// Timestamps at millisecond precision: the store keeps milliseconds while a write's response
+/// may carry nanoseconds, and the state must not change between the apply and the next read.
 pub fn time(t: &DateTime<Utc>) -> Value {
-    Value::String(t.to_rfc3339_opts(SecondsFormat::AutoSi, true))
+    Value::String(
+        t.trunc_subsecs(3)
+            .to_rfc3339_opts(SecondsFormat::AutoSi, true),
+    )
 }
 
 pub fn parse_time(s: &str) -> Result<DateTime<Utc>, String> {
