@@ -177,6 +177,7 @@ resource "fanner_grant" "fraud_reads_signup" {{
             "an expiry beyond 365 days on a pii event was not refused at plan time:\n{run}"
         );
 
+        ws.write(&config("risk", "Fraud scoring, all year.", &second))?;
         ws.destroy()?;
         let grants = admin.list_grants(Some("user_signed_up"), None).await?;
         ensure!(grants.iter().all(|g| g.status != api::GrantStatus::Active));
