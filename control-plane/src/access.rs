@@ -3,7 +3,10 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use api::{AccessProblem, DenialReason, Event, Grant, GrantStatus, Route, RouteTarget, Stream, Subscription};
+use api::{
+    AccessProblem, DenialReason, Event, Grant, GrantStatus, Route, RouteTarget, Stream,
+    Subscription,
+};
 use chrono::{DateTime, Utc};
 
 /// Why a principal may read an event.
@@ -69,7 +72,9 @@ pub fn problem(event: &str, owner: &str, reason: DenialReason) -> AccessProblem 
             format!("{owner:?} has no grant to read {event:?}; ask the event's owner for one")
         }
         DenialReason::GrantExpired => {
-            format!("{owner:?}'s grant to read {event:?} has expired; ask the event's owner to renew it")
+            format!(
+                "{owner:?}'s grant to read {event:?} has expired; ask the event's owner to renew it"
+            )
         }
     };
     AccessProblem {
@@ -95,10 +100,22 @@ pub fn compile_routes(
     now: DateTime<Utc>,
     backing_name: impl Fn(&str) -> String,
 ) -> Vec<Route> {
-    let events: HashMap<&str, &Event> = catalog.events.iter().map(|e| (e.name.as_str(), e)).collect();
-    let streams: HashMap<&str, &Stream> = catalog.streams.iter().map(|s| (s.name.as_str(), s)).collect();
+    let events: HashMap<&str, &Event> = catalog
+        .events
+        .iter()
+        .map(|e| (e.name.as_str(), e))
+        .collect();
+    let streams: HashMap<&str, &Stream> = catalog
+        .streams
+        .iter()
+        .map(|s| (s.name.as_str(), s))
+        .collect();
     let mut grants: HashMap<(&str, &str), Vec<&Grant>> = HashMap::new();
-    for grant in catalog.grants.iter().filter(|g| g.status != GrantStatus::Revoked) {
+    for grant in catalog
+        .grants
+        .iter()
+        .filter(|g| g.status != GrantStatus::Revoked)
+    {
         grants
             .entry((grant.event.as_str(), grant.grantee.as_str()))
             .or_default()
@@ -114,8 +131,12 @@ pub fn compile_routes(
                 .get(&(event.as_str(), stream.owner.as_str()))
                 .map(Vec::as_slice)
                 .unwrap_or_default();
-            let Ok(readable) = evaluate(events.get(event.as_str()).copied(), &stream.owner, held.iter().copied(), now)
-            else {
+            let Ok(readable) = evaluate(
+                events.get(event.as_str()).copied(),
+                &stream.owner,
+                held.iter().copied(),
+                now,
+            ) else {
                 continue;
             };
             routes.entry(event.as_str()).or_default().push(RouteTarget {
@@ -157,7 +178,12 @@ mod tests {
         }
     }
 
-    fn grant(event: &str, grantee: &str, expires_at: Option<DateTime<Utc>>, revoked: bool) -> Grant {
+    fn grant(
+        event: &str,
+        grantee: &str,
+        expires_at: Option<DateTime<Utc>>,
+        revoked: bool,
+    ) -> Grant {
         Grant {
             id: format!("{event}-{grantee}"),
             event: event.to_owned(),
@@ -168,7 +194,11 @@ mod tests {
             expires_at,
             revoked_at: revoked.then(Utc::now),
             revoked_by: None,
-            status: if revoked { GrantStatus::Revoked } else { GrantStatus::Active },
+            status: if revoked {
+                GrantStatus::Revoked
+            } else {
+                GrantStatus::Active
+            },
             revision: 1,
         }
     }
@@ -179,29 +209,83 @@ mod tests {
         let later = now + Duration::days(1);
         let signup = event("signup", "growth");
         #[track_caller]
-        fn check(event: Option<&Event>, who: &str, grants: &[Grant], now: DateTime<Utc>, expected: Result<Readable, DenialReason>) {
+        fn check(
+            event: Option<&Event>,
+            who: &str,
+            grants: &[Grant],
+            now: DateTime<Utc>,
+            expected: Result<Readable, DenialReason>,
+        ) {
             assert_eq!(evaluate(event, who, grants, now), expected);
         }
         check(None, "fraud", &[], now, Err(DenialReason::Unknown));
         check(Some(&signup), "growth", &[], now, Ok(Readable::Owner));
-        check(Some(&signup), "fraud", &[], now, Err(DenialReason::NotGranted));
-        check(Some(&signup), "fraud", &[grant("signup", "fraud", None, false)], now, Ok(Readable::Granted { until: None }));
-        check(Some(&signup), "fraud", &[grant("signup", "fraud", Some(later), false)], now, Ok(Readable::Granted { until: Some(later) }));
-        check(Some(&signup), "fraud", &[grant("signup", "fraud", Some(now), false)], now, Err(DenialReason::GrantExpired));
-        check(Some(&signup), "fraud", &[grant("signup", "fraud", None, true)], now, Err(DenialReason::NotGranted));
-        check(Some(&signup), "fraud", &[grant("signup", "other", None, false)], now, Err(DenialReason::NotGranted));
-        check(Some(&signup), "fraud", &[grant("other", "fraud", None, false)], now, Err(DenialReason::NotGranted));
         check(
             Some(&signup),
             "fraud",
-            &[grant("signup", "fraud", Some(now - Duration::days(1)), false), grant("signup", "fraud", Some(later), false)],
+            &[],
+            now,
+            Err(DenialReason::NotGranted),
+        );
+        check(
+            Some(&signup),
+            "fraud",
+            &[grant("signup", "fraud", None, false)],
+            now,
+            Ok(Readable::Granted { until: None }),
+        );
+        check(
+            Some(&signup),
+            "fraud",
+            &[grant("signup", "fraud", Some(later), false)],
             now,
             Ok(Readable::Granted { until: Some(later) }),
         );
         check(
             Some(&signup),
             "fraud",
-            &[grant("signup", "fraud", Some(later), false), grant("signup", "fraud", None, false)],
+            &[grant("signup", "fraud", Some(now), false)],
+            now,
+            Err(DenialReason::GrantExpired),
+        );
+        check(
+            Some(&signup),
+            "fraud",
+            &[grant("signup", "fraud", None, true)],
+            now,
+            Err(DenialReason::NotGranted),
+        );
+        check(
+            Some(&signup),
+            "fraud",
+            &[grant("signup", "other", None, false)],
+            now,
+            Err(DenialReason::NotGranted),
+        );
+        check(
+            Some(&signup),
+            "fraud",
+            &[grant("other", "fraud", None, false)],
+            now,
+            Err(DenialReason::NotGranted),
+        );
+        check(
+            Some(&signup),
+            "fraud",
+            &[
+                grant("signup", "fraud", Some(now - Duration::days(1)), false),
+                grant("signup", "fraud", Some(later), false),
+            ],
+            now,
+            Ok(Readable::Granted { until: Some(later) }),
+        );
+        check(
+            Some(&signup),
+            "fraud",
+            &[
+                grant("signup", "fraud", Some(later), false),
+                grant("signup", "fraud", None, false),
+            ],
             now,
             Ok(Readable::Granted { until: None }),
         );
@@ -210,7 +294,11 @@ mod tests {
     #[test]
     fn routes_follow_grants() {
         let now = Utc::now();
-        let events = [event("signup", "growth"), event("swipe", "cards"), event("secret", "cards")];
+        let events = [
+            event("signup", "growth"),
+            event("swipe", "cards"),
+            event("secret", "cards"),
+        ];
         let stream = |name: &str, owner: &str| Stream {
             name: name.to_owned(),
             owner: owner.to_owned(),
@@ -223,7 +311,10 @@ mod tests {
             created_at: now,
             updated_at: now,
         };
-        let streams = [stream("fraud-signals", "fraud"), stream("growth-own", "growth")];
+        let streams = [
+            stream("fraud-signals", "fraud"),
+            stream("growth-own", "growth"),
+        ];
         let subscription = |id: &str, stream: &str, events: &[&str]| Subscription {
             id: id.to_owned(),
             stream: stream.to_owned(),
@@ -236,7 +327,11 @@ mod tests {
             updated_at: now,
         };
         let subscriptions = [
-            subscription("s1", "fraud-signals", &["signup", "swipe", "secret", "ghost"]),
+            subscription(
+                "s1",
+                "fraud-signals",
+                &["signup", "swipe", "secret", "ghost"],
+            ),
             subscription("s2", "growth-own", &["signup"]),
         ];
         let until = now + Duration::hours(1);
@@ -255,15 +350,27 @@ mod tests {
             now,
             |name| format!("fanner-{name}"),
         );
-        let summary: Vec<(String, Vec<(String, Option<DateTime<Utc>>)>)> = routes
+        type Targets = Vec<(String, Option<DateTime<Utc>>)>;
+        let summary: Vec<(String, Targets)> = routes
             .into_iter()
-            .map(|r| (r.event, r.targets.into_iter().map(|t| (t.backing_name, t.access_expires_at)).collect()))
+            .map(|r| {
+                (
+                    r.event,
+                    r.targets
+                        .into_iter()
+                        .map(|t| (t.backing_name, t.access_expires_at))
+                        .collect(),
+                )
+            })
             .collect();
         assert_eq!(
             summary,
             vec![(
                 "signup".to_owned(),
-                vec![("fanner-fraud-signals".to_owned(), Some(until)), ("fanner-growth-own".to_owned(), None)]
+                vec![
+                    ("fanner-fraud-signals".to_owned(), Some(until)),
+                    ("fanner-growth-own".to_owned(), None)
+                ]
             )]
         );
     }

@@ -1,7 +1,7 @@
 use api::{AccessProblem, ErrorBody, ErrorDetail};
+use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::Json;
 
 use crate::store::StoreError;
 
@@ -64,7 +64,9 @@ impl ApiError {
     pub fn audit_outcome(&self) -> Option<&'static str> {
         match self {
             ApiError::Forbidden(_) | ApiError::AccessDenied { .. } => Some("denied"),
-            ApiError::BadRequest(_) | ApiError::NotFound(_) | ApiError::PayloadTooLarge(_) => Some("invalid"),
+            ApiError::BadRequest(_) | ApiError::NotFound(_) | ApiError::PayloadTooLarge(_) => {
+                Some("invalid")
+            }
             ApiError::Conflict(_) => Some("conflict"),
             ApiError::Unauthorized | ApiError::Unavailable(_) | ApiError::Internal(_) => None,
         }
@@ -76,7 +78,10 @@ impl ApiError {
         let (message, problems) = match self {
             ApiError::Internal(cause) => {
                 tracing::error!(%cause, request_id = request_id.as_deref().unwrap_or(""), "Request failed.");
-                ("internal error; the server log has the cause".to_owned(), Vec::new())
+                (
+                    "internal error; the server log has the cause".to_owned(),
+                    Vec::new(),
+                )
             }
             ApiError::AccessDenied { message, problems } => (message, problems),
             other => {
@@ -127,10 +132,12 @@ impl From<::streams::StreamError> for ApiError {
         use ::streams::StreamError;
         match e {
             StreamError::Invalid(message) => ApiError::BadRequest(message),
-            StreamError::AlreadyExists(name) => {
-                ApiError::Conflict(format!("backing stream {name:?} already exists with other settings"))
+            StreamError::AlreadyExists(name) => ApiError::Conflict(format!(
+                "backing stream {name:?} already exists with other settings"
+            )),
+            StreamError::NotFound(name) => {
+                ApiError::NotFound(format!("backing stream {name:?} does not exist"))
             }
-            StreamError::NotFound(name) => ApiError::NotFound(format!("backing stream {name:?} does not exist")),
             transient => ApiError::Unavailable(format!("the stream backend failed: {transient}")),
         }
     }

@@ -1,4 +1,4 @@
-//! Helpers for tests that talk to real things: a moto server for AWS, fault injection into SDK
+//! Helpers for tests that talk to real things: a moto server for AWS, a fresh PostgreSQL database, fault injection into SDK
 //! responses, unique resource names.
 //!
 //! Slow tiers are gated at run time: [`moto::shared`] returns `None` (and says why) unless
@@ -6,6 +6,7 @@
 
 pub mod kinesis;
 pub mod moto;
+pub mod postgres;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 

@@ -1,8 +1,8 @@
+use axum::Json;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{FromRequest, FromRequestParts, Query, Request};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
-use axum::Json;
 use serde::de::DeserializeOwned;
 
 use crate::auth::Ctx;
@@ -42,14 +42,23 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
     async fn from_request(request: Request, state: &S) -> Result<Body<T>, ApiError> {
         match Json::<T>::from_request(request, state).await {
             Ok(Json(value)) => Ok(Body(value)),
-            Err(JsonRejection::JsonDataError(e)) => Err(ApiError::BadRequest(format!("invalid request body: {}", e.body_text()
-                .trim_start_matches("Failed to deserialize the JSON body into the target type: ")))),
-            Err(JsonRejection::JsonSyntaxError(e)) => Err(ApiError::BadRequest(format!("request body is not valid JSON: {}", e.body_text()
-                .trim_start_matches("Failed to parse the request body as JSON: ")))),
+            Err(JsonRejection::JsonDataError(e)) => Err(ApiError::BadRequest(format!(
+                "invalid request body: {}",
+                e.body_text().trim_start_matches(
+                    "Failed to deserialize the JSON body into the target type: "
+                )
+            ))),
+            Err(JsonRejection::JsonSyntaxError(e)) => Err(ApiError::BadRequest(format!(
+                "request body is not valid JSON: {}",
+                e.body_text()
+                    .trim_start_matches("Failed to parse the request body as JSON: ")
+            ))),
             Err(JsonRejection::MissingJsonContentType(_)) => Err(ApiError::BadRequest(
                 "request body must be JSON with Content-Type: application/json".to_owned(),
             )),
-            Err(JsonRejection::BytesRejection(e)) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            Err(JsonRejection::BytesRejection(e))
+                if e.status() == StatusCode::PAYLOAD_TOO_LARGE =>
+            {
                 Err(ApiError::PayloadTooLarge(MAX_BODY_BYTES))
             }
             Err(other) => Err(ApiError::BadRequest(other.body_text())),
@@ -66,10 +75,13 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for Params<T> {
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Params<T>, ApiError> {
         match Query::<T>::from_request_parts(parts, state).await {
             Ok(Query(value)) => Ok(Params(value)),
-            Err(QueryRejection::FailedToDeserializeQueryString(e)) => Err(ApiError::BadRequest(format!(
-                "invalid query: {}",
-                e.body_text().trim_start_matches("Failed to deserialize query string: ")
-            ))),
+            Err(QueryRejection::FailedToDeserializeQueryString(e)) => {
+                Err(ApiError::BadRequest(format!(
+                    "invalid query: {}",
+                    e.body_text()
+                        .trim_start_matches("Failed to deserialize query string: ")
+                )))
+            }
             Err(other) => Err(ApiError::BadRequest(other.body_text())),
         }
     }

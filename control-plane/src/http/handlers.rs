@@ -35,7 +35,10 @@ pub async fn create_token(
 }
 
 #[utoipa::path(get, path = "/v1/principals", tag = "principals", responses((status = 200, body = Vec<Principal>)))]
-pub async fn list_principals(State(cp): State<ControlPlane>, _ctx: Ctx) -> Result<Json<Vec<Principal>>> {
+pub async fn list_principals(
+    State(cp): State<ControlPlane>,
+    _ctx: Ctx,
+) -> Result<Json<Vec<Principal>>> {
     Ok(Json(cp.list_principals().await?))
 }
 
@@ -56,7 +59,11 @@ pub async fn create_event(
 
 #[utoipa::path(get, path = "/v1/events/{name}", tag = "events", params(("name" = String, Path)),
     responses((status = 200, body = Event), (status = 404, body = ErrorBody)))]
-pub async fn get_event(State(cp): State<ControlPlane>, _ctx: Ctx, Path(name): Path<String>) -> Result<Json<Event>> {
+pub async fn get_event(
+    State(cp): State<ControlPlane>,
+    _ctx: Ctx,
+    Path(name): Path<String>,
+) -> Result<Json<Event>> {
     Ok(Json(cp.get_event(&name).await?))
 }
 
@@ -73,7 +80,11 @@ pub async fn update_event(
 
 #[utoipa::path(delete, path = "/v1/events/{name}", tag = "events", params(("name" = String, Path)),
     responses((status = 200, body = Event), (status = 403, body = ErrorBody), (status = 409, body = ErrorBody)))]
-pub async fn delete_event(State(cp): State<ControlPlane>, ctx: Ctx, Path(name): Path<String>) -> Result<Json<Event>> {
+pub async fn delete_event(
+    State(cp): State<ControlPlane>,
+    ctx: Ctx,
+    Path(name): Path<String>,
+) -> Result<Json<Event>> {
     Ok(Json(cp.delete_event(&ctx, &name).await?))
 }
 
@@ -108,7 +119,11 @@ pub async fn create_grant(
 
 #[utoipa::path(get, path = "/v1/grants/{id}", tag = "grants", params(("id" = String, Path)),
     responses((status = 200, body = Grant), (status = 404, body = ErrorBody)))]
-pub async fn get_grant(State(cp): State<ControlPlane>, ctx: Ctx, Path(id): Path<String>) -> Result<Json<Grant>> {
+pub async fn get_grant(
+    State(cp): State<ControlPlane>,
+    ctx: Ctx,
+    Path(id): Path<String>,
+) -> Result<Json<Grant>> {
     Ok(Json(cp.get_grant(&ctx, &id).await?))
 }
 
@@ -126,7 +141,11 @@ pub async fn update_grant(
 /// Revokes the grant; it stays listed as revoked.
 #[utoipa::path(delete, path = "/v1/grants/{id}", tag = "grants", params(("id" = String, Path)),
     responses((status = 200, body = Grant), (status = 403, body = ErrorBody)))]
-pub async fn revoke_grant(State(cp): State<ControlPlane>, ctx: Ctx, Path(id): Path<String>) -> Result<Json<Grant>> {
+pub async fn revoke_grant(
+    State(cp): State<ControlPlane>,
+    ctx: Ctx,
+    Path(id): Path<String>,
+) -> Result<Json<Grant>> {
     Ok(Json(cp.revoke_grant(&ctx, &id).await?))
 }
 
@@ -142,12 +161,19 @@ pub async fn create_stream(
     ctx: Ctx,
     Body(req): Body<CreateStream>,
 ) -> Result<(StatusCode, Json<Stream>)> {
-    Ok((StatusCode::CREATED, Json(cp.create_stream(&ctx, req).await?)))
+    Ok((
+        StatusCode::CREATED,
+        Json(cp.create_stream(&ctx, req).await?),
+    ))
 }
 
 #[utoipa::path(get, path = "/v1/streams/{name}", tag = "streams", params(("name" = String, Path)),
     responses((status = 200, body = Stream), (status = 404, body = ErrorBody)))]
-pub async fn get_stream(State(cp): State<ControlPlane>, ctx: Ctx, Path(name): Path<String>) -> Result<Json<Stream>> {
+pub async fn get_stream(
+    State(cp): State<ControlPlane>,
+    ctx: Ctx,
+    Path(name): Path<String>,
+) -> Result<Json<Stream>> {
     Ok(Json(cp.get_stream(&ctx, &name).await?))
 }
 
@@ -165,7 +191,11 @@ pub async fn update_stream(
 /// Deletes the stream, its subscriptions and its backing stream.
 #[utoipa::path(delete, path = "/v1/streams/{name}", tag = "streams", params(("name" = String, Path)),
     responses((status = 200, body = Stream), (status = 403, body = ErrorBody)))]
-pub async fn delete_stream(State(cp): State<ControlPlane>, ctx: Ctx, Path(name): Path<String>) -> Result<Json<Stream>> {
+pub async fn delete_stream(
+    State(cp): State<ControlPlane>,
+    ctx: Ctx,
+    Path(name): Path<String>,
+) -> Result<Json<Stream>> {
     Ok(Json(cp.delete_stream(&ctx, &name).await?))
 }
 
@@ -182,7 +212,10 @@ pub async fn list_subscriptions(
     ctx: Ctx,
     Params(filter): Params<SubscriptionFilter>,
 ) -> Result<Json<Vec<Subscription>>> {
-    Ok(Json(cp.list_subscriptions(&ctx, filter.stream.as_deref()).await?))
+    Ok(Json(
+        cp.list_subscriptions(&ctx, filter.stream.as_deref())
+            .await?,
+    ))
 }
 
 /// Creates a subscription if the stream's owner may read every event; else 403 naming each one.
@@ -193,7 +226,10 @@ pub async fn create_subscription(
     ctx: Ctx,
     Body(req): Body<CreateSubscription>,
 ) -> Result<(StatusCode, Json<Subscription>)> {
-    Ok((StatusCode::CREATED, Json(cp.create_subscription(&ctx, req).await?)))
+    Ok((
+        StatusCode::CREATED,
+        Json(cp.create_subscription(&ctx, req).await?),
+    ))
 }
 
 /// The verdict a subscription would get, without creating it (a dry run for `terraform plan`).
@@ -265,7 +301,11 @@ pub async fn set_subscription_status(
 /// subscriptions that receive it.
 #[utoipa::path(get, path = "/v1/access/{event}", tag = "access", params(("event" = String, Path)),
     responses((status = 200, body = AccessView), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
-pub async fn access_view(State(cp): State<ControlPlane>, ctx: Ctx, Path(event): Path<String>) -> Result<Json<AccessView>> {
+pub async fn access_view(
+    State(cp): State<ControlPlane>,
+    ctx: Ctx,
+    Path(event): Path<String>,
+) -> Result<Json<AccessView>> {
     Ok(Json(cp.access_view(&ctx, &event).await?))
 }
 
@@ -296,7 +336,10 @@ pub async fn audit_log(
 /// Recomputes the audit trail's hash chain and reports the first entry that does not match.
 #[utoipa::path(get, path = "/v1/audit/verify", tag = "audit",
     responses((status = 200, body = AuditVerification), (status = 403, body = ErrorBody)))]
-pub async fn audit_verify(State(cp): State<ControlPlane>, ctx: Ctx) -> Result<Json<AuditVerification>> {
+pub async fn audit_verify(
+    State(cp): State<ControlPlane>,
+    ctx: Ctx,
+) -> Result<Json<AuditVerification>> {
     Ok(Json(cp.audit_verify(&ctx).await?))
 }
 

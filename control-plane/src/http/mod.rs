@@ -57,12 +57,27 @@ fn api_router() -> (Router<ControlPlane>, utoipa::openapi::OpenApi) {
         .routes(routes!(handlers::create_token))
         .routes(routes!(handlers::list_principals))
         .routes(routes!(handlers::list_events, handlers::create_event))
-        .routes(routes!(handlers::get_event, handlers::update_event, handlers::delete_event))
+        .routes(routes!(
+            handlers::get_event,
+            handlers::update_event,
+            handlers::delete_event
+        ))
         .routes(routes!(handlers::list_grants, handlers::create_grant))
-        .routes(routes!(handlers::get_grant, handlers::update_grant, handlers::revoke_grant))
+        .routes(routes!(
+            handlers::get_grant,
+            handlers::update_grant,
+            handlers::revoke_grant
+        ))
         .routes(routes!(handlers::list_streams, handlers::create_stream))
-        .routes(routes!(handlers::get_stream, handlers::update_stream, handlers::delete_stream))
-        .routes(routes!(handlers::list_subscriptions, handlers::create_subscription))
+        .routes(routes!(
+            handlers::get_stream,
+            handlers::update_stream,
+            handlers::delete_stream
+        ))
+        .routes(routes!(
+            handlers::list_subscriptions,
+            handlers::create_subscription
+        ))
         .routes(routes!(handlers::check_subscription))
         .routes(routes!(
             handlers::get_subscription,
@@ -85,11 +100,17 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 
 /// The whole HTTP application. Tests drive it in-process or over a socket alike.
 pub fn app(control_plane: ControlPlane) -> Router {
+    metrics_handle();
     let (api, openapi) = api_router();
     let openapi_json = openapi.to_pretty_json().unwrap_or_default();
     api.route(
         "/v1/openapi.json",
-        get(move || async move { ([(axum::http::header::CONTENT_TYPE, "application/json")], openapi_json) }),
+        get(move || async move {
+            (
+                [(axum::http::header::CONTENT_TYPE, "application/json")],
+                openapi_json,
+            )
+        }),
     )
     .route("/healthz", get(|| async { "ok\n" }))
     .route("/readyz", get(readyz))
@@ -106,7 +127,9 @@ pub async fn serve(
     app: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, app).with_graceful_shutdown(shutdown).await
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
 }
 
 async fn readyz(State(cp): State<ControlPlane>) -> Response {
@@ -134,7 +157,10 @@ pub fn metrics_handle() -> &'static PrometheusHandle {
 
 async fn render_metrics() -> impl IntoResponse {
     (
-        [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
         metrics_handle().render(),
     )
 }
@@ -161,11 +187,14 @@ async fn observe(mut request: Request, next: Next) -> Response {
         .unwrap_or_else(|| "unmatched".to_owned());
     let method = request.method().as_str().to_owned();
     let started = Instant::now();
-    let mut response = REQUEST_ID.scope(request_id.clone(), next.run(request)).await;
+    let mut response = REQUEST_ID
+        .scope(request_id.clone(), next.run(request))
+        .await;
     let status = response.status().as_u16().to_string();
     metrics::counter!("fanner_api_requests_total", "method" => method, "route" => route.clone(), "status" => status)
         .increment(1);
-    metrics::histogram!("fanner_api_request_duration_seconds", "route" => route).record(started.elapsed().as_secs_f64());
+    metrics::histogram!("fanner_api_request_duration_seconds", "route" => route)
+        .record(started.elapsed().as_secs_f64());
     if let Ok(value) = HeaderValue::from_str(&request_id) {
         response.headers_mut().insert(X_REQUEST_ID.clone(), value);
     }

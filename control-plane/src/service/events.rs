@@ -21,7 +21,9 @@ impl ControlPlane {
         let now = m.now;
         let result = async {
             if ctx.caller.role == Role::Auditor {
-                return Err(ApiError::Forbidden("auditors cannot create events".to_owned()));
+                return Err(ApiError::Forbidden(
+                    "auditors cannot create events".to_owned(),
+                ));
             }
             bad_request(rules::check_name("event", &req.name))?;
             bad_request(rules::check_description(&req.description))?;
@@ -29,11 +31,14 @@ impl ControlPlane {
                 Some(owner) if owner != ctx.caller.principal => {
                     if !ctx.caller.is_admin() {
                         return Err(ApiError::Forbidden(
-                            "only admins may register an event on behalf of another principal".to_owned(),
+                            "only admins may register an event on behalf of another principal"
+                                .to_owned(),
                         ));
                     }
                     if principals::get(m.conn(), &owner).await?.is_none() {
-                        return Err(ApiError::BadRequest(format!("owner {owner:?} is not a known principal")));
+                        return Err(ApiError::BadRequest(format!(
+                            "owner {owner:?} is not a known principal"
+                        )));
                     }
                     owner
                 }
@@ -61,7 +66,12 @@ impl ControlPlane {
         m.finish(result).await
     }
 
-    pub async fn update_event(&self, ctx: &Ctx, name: &str, req: UpdateEvent) -> Result<Event, ApiError> {
+    pub async fn update_event(
+        &self,
+        ctx: &Ctx,
+        name: &str,
+        req: UpdateEvent,
+    ) -> Result<Event, ApiError> {
         let mut m = self.begin(ctx, "event.update", "event", name).await?;
         let now = m.now;
         let result = async {
@@ -112,7 +122,9 @@ impl ControlPlane {
         let mut m = self.begin(ctx, "event.delete", "event", name).await?;
         let now = m.now;
         let result = async {
-            let before = catalog::get(m.conn(), name).await?.ok_or_else(|| not_found(name))?;
+            let before = catalog::get(m.conn(), name)
+                .await?
+                .ok_or_else(|| not_found(name))?;
             if !ctx.caller.may_modify(&before.owner) {
                 return Err(ApiError::Forbidden(format!(
                     "only {:?} (the event's owner) or an admin may delete event {name:?}",

@@ -1,6 +1,6 @@
 use api::{CreateGrant, Grant, GrantStatus, UpdateGrant, rules};
 
-use super::{Change, ControlPlane, bad_request, check_revision, snapshot};
+use super::{Change, ControlPlane, bad_request, check_revision, snapshot, to_stored_precision};
 use crate::auth::{Caller, Ctx};
 use crate::error::ApiError;
 use crate::store::{catalog, grants, principals};
@@ -36,8 +36,12 @@ impl ControlPlane {
     pub async fn get_grant(&self, ctx: &Ctx, id: &str) -> Result<Grant, ApiError> {
         let now = self.now();
         let mut conn = self.conn().await?;
-        let grant = grants::get(&mut conn, id, now).await?.ok_or_else(|| not_found(id))?;
-        let owner = catalog::get(&mut conn, &grant.event).await?.map(|e| e.owner);
+        let grant = grants::get(&mut conn, id, now)
+            .await?
+            .ok_or_else(|| not_found(id))?;
+        let owner = catalog::get(&mut conn, &grant.event)
+            .await?
+            .map(|e| e.owner);
         if may_see(&ctx.caller, &grant, owner.as_slice()) {
             Ok(grant)
         } else {
@@ -47,7 +51,8 @@ impl ControlPlane {
         }
     }
 
-    pub async fn create_grant(&self, ctx: &Ctx, req: CreateGrant) -> Result<Grant, ApiError> {
+    pub async fn create_grant(&self, ctx: &Ctx, mut req: CreateGrant) -> Result<Grant, ApiError> {
+        req.expires_at = req.expires_at.map(to_stored_precision);
         let attempted = format!("{}/{}", req.event, req.grantee);
         let mut m = self.begin(ctx, "grant.create", "grant", attempted).await?;
         let now = m.now;
@@ -105,20 +110,37 @@ impl ControlPlane {
     }
 
     /// Changes a grant's reason and expiry.
-    pub async fn update_grant(&self, ctx: &Ctx, id: &str, req: UpdateGrant) -> Result<Grant, ApiError> {
+    pub async fn update_grant(
+        &self,
+        ctx: &Ctx,
+        id: &str,
+        req: UpdateGrant,
+    ) -> Result<Grant, ApiError> {
         let mut m = self.begin(ctx, "grant.update", "grant", id).await?;
         let now = m.now;
         let result = async {
-            let before = grants::get(m.conn(), id, now).await?.ok_or_else(|| not_found(id))?;
+            let before = grants::get(m.conn(), id, now)
+                .await?
+                .ok_or_else(|| not_found(id))?;
             let event = catalog::get(m.conn(), &before.event).await?;
-            authorize_change(&ctx.caller, &before, event.as_ref().map(|e| e.owner.as_str()))?;
+            authorize_change(
+                &ctx.caller,
+                &before,
+                event.as_ref().map(|e| e.owner.as_str()),
+            )?;
             if before.status == GrantStatus::Revoked {
-                return Err(ApiError::Conflict(format!("grant {id:?} is revoked; create a new one")));
+                return Err(ApiError::Conflict(format!(
+                    "grant {id:?} is revoked; create a new one"
+                )));
             }
             check_revision("grant", id, req.revision, before.revision)?;
             bad_request(rules::check_reason(&req.reason))?;
             if let Some(event) = &event {
-                bad_request(rules::check_grant_expiry(event.classification, req.expires_at, now))?;
+                bad_request(rules::check_grant_expiry(
+                    event.classification,
+                    req.expires_at,
+                    now,
+                ))?;
             }
             let mut after = Grant {
                 reason: req.reason,
@@ -128,7 +150,9 @@ impl ControlPlane {
             };
             after.status = grants::status_at(after.expires_at, false, now);
             if !grants::update(m.conn(), &after, before.revision).await? {
-                return Err(ApiError::Conflict(format!("grant {id:?} changed concurrently; retry")));
+                return Err(ApiError::Conflict(format!(
+                    "grant {id:?} changed concurrently; retry"
+                )));
             }
             Ok(Change::new(snapshot(&before), snapshot(&after), after))
         }
@@ -141,9 +165,15 @@ impl ControlPlane {
         let mut m = self.begin(ctx, "grant.revoke", "grant", id).await?;
         let now = m.now;
         let result = async {
-            let before = grants::get(m.conn(), id, now).await?.ok_or_else(|| not_found(id))?;
+            let before = grants::get(m.conn(), id, now)
+                .await?
+                .ok_or_else(|| not_found(id))?;
             let event = catalog::get(m.conn(), &before.event).await?;
-            authorize_change(&ctx.caller, &before, event.as_ref().map(|e| e.owner.as_str()))?;
+            authorize_change(
+                &ctx.caller,
+                &before,
+                event.as_ref().map(|e| e.owner.as_str()),
+            )?;
             if before.status == GrantStatus::Revoked {
                 return Ok(Change::new(snapshot(&before), snapshot(&before), before));
             }
@@ -155,7 +185,9 @@ impl ControlPlane {
                 ..before.clone()
             };
             if !grants::update(m.conn(), &after, before.revision).await? {
-                return Err(ApiError::Conflict(format!("grant {id:?} changed concurrently; retry")));
+                return Err(ApiError::Conflict(format!(
+                    "grant {id:?} changed concurrently; retry"
+                )));
             }
             Ok(Change::new(snapshot(&before), snapshot(&after), after))
         }
@@ -172,7 +204,11 @@ fn may_see(caller: &Caller, grant: &Grant, owned_events: &[String]) -> bool {
 }
 
 /// Only the event's owner or an admin changes a grant; on a deleted event, only an admin.
-fn authorize_change(caller: &Caller, grant: &Grant, event_owner: Option<&str>) -> Result<(), ApiError> {
+fn authorize_change(
+    caller: &Caller,
+    grant: &Grant,
+    event_owner: Option<&str>,
+) -> Result<(), ApiError> {
     match event_owner {
         Some(owner) if caller.may_modify(owner) => Ok(()),
         None if caller.is_admin() => Ok(()),

@@ -13,17 +13,17 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use ::streams::StreamBackend;
 use api::RouteTable;
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, DurationRound, Utc};
 use serde::Serialize;
 use sqlx::{Any, AnyConnection, Transaction};
-use ::streams::StreamBackend;
 use tokio::sync::watch;
 
 use crate::auth::Ctx;
 use crate::error::ApiError;
-use crate::store::audit::{self, Head, NewEntry};
 use crate::store::Store;
+use crate::store::audit::{self, Head, NewEntry};
 
 /// The time source of every rule that involves expiry. Tests move it forward instead of sleeping.
 #[derive(Clone, Debug, Default)]
@@ -32,14 +32,23 @@ pub struct Clock {
 }
 
 impl Clock {
+    /// Now, to the millisecond: the store's precision, so what a response shows is what was stored.
     pub fn now(&self) -> DateTime<Utc> {
-        Utc::now() + chrono::Duration::milliseconds(self.offset_ms.load(Ordering::Relaxed))
+        to_stored_precision(
+            Utc::now() + chrono::Duration::milliseconds(self.offset_ms.load(Ordering::Relaxed)),
+        )
     }
 
     pub fn advance(&self, by: Duration) {
         let ms = i64::try_from(by.as_millis()).unwrap_or(i64::MAX / 4);
         self.offset_ms.fetch_add(ms, Ordering::Relaxed);
     }
+}
+
+/// `at` truncated to the millisecond, as the store keeps instants.
+pub fn to_stored_precision(at: DateTime<Utc>) -> DateTime<Utc> {
+    at.duration_trunc(chrono::Duration::milliseconds(1))
+        .unwrap_or(at)
 }
 
 /// How often a replica looks for route changes written by other replicas.
@@ -207,7 +216,8 @@ impl ControlPlane {
         result: Result<T, ApiError>,
     ) -> Result<T, ApiError> {
         if let Err(error) = &result {
-            self.record_refusal(ctx, action, object_kind, object_id, error).await?;
+            self.record_refusal(ctx, action, object_kind, object_id, error)
+                .await?;
         }
         result
     }
@@ -234,7 +244,10 @@ impl ControlPlane {
         {
             return Ok(table.clone());
         }
-        let table = Arc::new(views::compile_route_table(&mut conn, revision, now, |name| self.backing_name(name)).await?);
+        let table = Arc::new(
+            views::compile_route_table(&mut conn, revision, now, |name| self.backing_name(name))
+                .await?,
+        );
         if let Ok(mut cache) = self.inner.route_cache.lock() {
             *cache = Some(table.clone());
         }
@@ -277,7 +290,11 @@ pub(crate) struct Change<T> {
 }
 
 impl<T> Change<T> {
-    fn new(before: Option<serde_json::Value>, after: Option<serde_json::Value>, output: T) -> Change<T> {
+    fn new(
+        before: Option<serde_json::Value>,
+        after: Option<serde_json::Value>,
+        output: T,
+    ) -> Change<T> {
         Change {
             object_id: None,
             before,
@@ -331,13 +348,20 @@ impl Mutation<'_> {
                 audit::append(&mut self.tx, &self.head, &entry, true).await?;
                 self.tx.commit().await?;
                 self.cp.routes_changed(self.head.routes_revision + 1);
-                metrics::counter!("fanner_api_mutations_total", "action" => self.action).increment(1);
+                metrics::counter!("fanner_api_mutations_total", "action" => self.action)
+                    .increment(1);
                 Ok(change.output)
             }
             Err(error) => {
                 self.tx.rollback().await?;
                 self.cp
-                    .record_refusal(self.ctx, self.action, self.object_kind, &self.object_id, &error)
+                    .record_refusal(
+                        self.ctx,
+                        self.action,
+                        self.object_kind,
+                        &self.object_id,
+                        &error,
+                    )
                     .await?;
                 Err(error)
             }
@@ -346,7 +370,12 @@ impl Mutation<'_> {
 }
 
 /// `Err(Conflict)` unless `expected` is absent or equals `actual`.
-fn check_revision(kind: &str, id: &str, expected: Option<i64>, actual: i64) -> Result<(), ApiError> {
+fn check_revision(
+    kind: &str,
+    id: &str,
+    expected: Option<i64>,
+    actual: i64,
+) -> Result<(), ApiError> {
     match expected {
         Some(expected) if expected != actual => Err(ApiError::Conflict(format!(
             "{kind} {id:?} is at revision {actual}, not {expected}: it changed since you read it; read it again and retry"

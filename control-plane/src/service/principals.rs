@@ -36,8 +36,14 @@ impl ControlPlane {
         };
         principals::insert(&mut tx, &principal).await?;
         let token = auth::new_token();
-        principals::insert_token(&mut tx, &auth::token_hash(&token), BOOTSTRAP_ADMIN, "system", now.timestamp_millis())
-            .await?;
+        principals::insert_token(
+            &mut tx,
+            &auth::token_hash(&token),
+            BOOTSTRAP_ADMIN,
+            "system",
+            now.timestamp_millis(),
+        )
+        .await?;
         let entry = audit::NewEntry {
             time: now,
             request_id: "bootstrap".to_owned(),
@@ -67,12 +73,20 @@ impl ControlPlane {
     }
 
     /// Issues a token for a principal, creating the principal (default role `member`) if needed.
-    pub async fn create_token(&self, ctx: &Ctx, req: CreateToken) -> Result<TokenCreated, ApiError> {
-        let mut m = self.begin(ctx, "token.create", "principal", &req.principal).await?;
+    pub async fn create_token(
+        &self,
+        ctx: &Ctx,
+        req: CreateToken,
+    ) -> Result<TokenCreated, ApiError> {
+        let mut m = self
+            .begin(ctx, "token.create", "principal", &req.principal)
+            .await?;
         let now = m.now;
         let result = async {
             if !ctx.caller.is_admin() {
-                return Err(ApiError::Forbidden("only admins may create tokens".to_owned()));
+                return Err(ApiError::Forbidden(
+                    "only admins may create tokens".to_owned(),
+                ));
             }
             bad_request(rules::check_name("principal", &req.principal))?;
             let existing = principals::get(m.conn(), &req.principal).await?;

@@ -1,5 +1,5 @@
-use api::{CreateStream, Role, Stream, UpdateStream, rules};
 use ::streams::StreamSpec;
+use api::{CreateStream, Role, Stream, UpdateStream, rules};
 
 use super::{Change, ControlPlane, bad_request, check_revision, snapshot};
 use crate::auth::Ctx;
@@ -10,7 +10,10 @@ impl ControlPlane {
     /// Streams the caller may see: its own, or all for admins and auditors.
     pub async fn list_streams(&self, ctx: &Ctx) -> Result<Vec<Stream>, ApiError> {
         let all = streams::list(&mut *self.conn().await?).await?;
-        Ok(all.into_iter().filter(|s| ctx.caller.may_read(&s.owner)).collect())
+        Ok(all
+            .into_iter()
+            .filter(|s| ctx.caller.may_read(&s.owner))
+            .collect())
     }
 
     pub async fn get_stream(&self, ctx: &Ctx, name: &str) -> Result<Stream, ApiError> {
@@ -32,12 +35,16 @@ impl ControlPlane {
         let spec = StreamSpec {
             name: req.name,
             shard_count: req.shard_count.unwrap_or(rules::DEFAULT_SHARD_COUNT),
-            retention_hours: req.retention_hours.unwrap_or(rules::DEFAULT_RETENTION_HOURS),
+            retention_hours: req
+                .retention_hours
+                .unwrap_or(rules::DEFAULT_RETENTION_HOURS),
             tags: req.tags,
         };
         let checks = async {
             if ctx.caller.role == Role::Auditor {
-                return Err(ApiError::Forbidden("auditors cannot create streams".to_owned()));
+                return Err(ApiError::Forbidden(
+                    "auditors cannot create streams".to_owned(),
+                ));
             }
             validate(&spec)?;
             if let Some(existing) = streams::get(&mut *self.conn().await?, &spec.name).await? {
@@ -46,8 +53,12 @@ impl ControlPlane {
             Ok(())
         }
         .await;
-        self.precheck(ctx, ACTION, "stream", &spec.name, checks).await?;
-        let description = self.backend().create_stream(&self.backing_spec(&spec)).await?;
+        self.precheck(ctx, ACTION, "stream", &spec.name, checks)
+            .await?;
+        let description = self
+            .backend()
+            .create_stream(&self.backing_spec(&spec))
+            .await?;
 
         let mut m = self.begin(ctx, ACTION, "stream", &spec.name).await?;
         let now = m.now;
@@ -61,7 +72,12 @@ impl ControlPlane {
                 shard_count: spec.shard_count,
                 retention_hours: spec.retention_hours,
                 tags: spec.tags.clone(),
-                status: if description.active { "active" } else { "creating" }.to_owned(),
+                status: if description.active {
+                    "active"
+                } else {
+                    "creating"
+                }
+                .to_owned(),
                 backing_id: description.backing_id.clone(),
                 revision: 1,
                 created_at: now,
@@ -75,7 +91,12 @@ impl ControlPlane {
     }
 
     /// Changes shard count, retention and tags in place.
-    pub async fn update_stream(&self, ctx: &Ctx, name: &str, req: UpdateStream) -> Result<Stream, ApiError> {
+    pub async fn update_stream(
+        &self,
+        ctx: &Ctx,
+        name: &str,
+        req: UpdateStream,
+    ) -> Result<Stream, ApiError> {
         const ACTION: &str = "stream.update";
         let spec = StreamSpec {
             name: name.to_owned(),
@@ -96,27 +117,41 @@ impl ControlPlane {
         }
         .await;
         let current = self.precheck(ctx, ACTION, "stream", name, checks).await?;
-        let description = self.backend().update_stream(&self.backing_spec(&spec)).await?;
+        let description = self
+            .backend()
+            .update_stream(&self.backing_spec(&spec))
+            .await?;
 
         let mut m = self.begin(ctx, ACTION, "stream", name).await?;
         let now = m.now;
         let result = async {
-            let before = streams::get(m.conn(), name).await?.ok_or_else(|| not_found(name))?;
+            let before = streams::get(m.conn(), name)
+                .await?
+                .ok_or_else(|| not_found(name))?;
             if before.revision != current.revision {
-                return Err(ApiError::Conflict(format!("stream {name:?} changed concurrently; retry")));
+                return Err(ApiError::Conflict(format!(
+                    "stream {name:?} changed concurrently; retry"
+                )));
             }
             let after = Stream {
                 shard_count: spec.shard_count,
                 retention_hours: spec.retention_hours,
                 tags: spec.tags.clone(),
-                status: if description.active { "active" } else { "updating" }.to_owned(),
+                status: if description.active {
+                    "active"
+                } else {
+                    "updating"
+                }
+                .to_owned(),
                 backing_id: description.backing_id.clone(),
                 revision: before.revision + 1,
                 updated_at: now,
                 ..before.clone()
             };
             if !streams::update(m.conn(), &after, before.revision).await? {
-                return Err(ApiError::Conflict(format!("stream {name:?} changed concurrently; retry")));
+                return Err(ApiError::Conflict(format!(
+                    "stream {name:?} changed concurrently; retry"
+                )));
             }
             Ok(Change::new(snapshot(&before), snapshot(&after), after))
         }
@@ -128,7 +163,9 @@ impl ControlPlane {
     pub async fn delete_stream(&self, ctx: &Ctx, name: &str) -> Result<Stream, ApiError> {
         let mut m = self.begin(ctx, "stream.delete", "stream", name).await?;
         let result = async {
-            let before = streams::get(m.conn(), name).await?.ok_or_else(|| not_found(name))?;
+            let before = streams::get(m.conn(), name)
+                .await?
+                .ok_or_else(|| not_found(name))?;
             if !ctx.caller.may_modify(&before.owner) {
                 return Err(not_yours(&before));
             }
@@ -142,12 +179,15 @@ impl ControlPlane {
         }
         .await;
         let deleted = m.finish(result).await?;
-        self.backend().delete_stream(&self.backing_name(name)).await.map_err(|e| {
-            ApiError::Unavailable(format!(
-                "stream {name:?} was removed, but deleting its backing stream {} failed: {e}",
-                deleted.backing_id
-            ))
-        })?;
+        self.backend()
+            .delete_stream(&self.backing_name(name))
+            .await
+            .map_err(|e| {
+                ApiError::Unavailable(format!(
+                    "stream {name:?} was removed, but deleting its backing stream {} failed: {e}",
+                    deleted.backing_id
+                ))
+            })?;
         Ok(deleted)
     }
 }
@@ -169,7 +209,10 @@ fn validate(spec: &StreamSpec) -> Result<(), ApiError> {
 }
 
 fn exists(stream: &Stream) -> ApiError {
-    ApiError::Conflict(format!("stream {:?} already exists, owned by {:?}", stream.name, stream.owner))
+    ApiError::Conflict(format!(
+        "stream {:?} already exists, owned by {:?}",
+        stream.name, stream.owner
+    ))
 }
 
 fn not_found(name: &str) -> ApiError {

@@ -1,4 +1,7 @@
-use api::{AccessVerdict, CheckSubscription, CreateSubscription, Subscription, SubscriptionStatus, UpdateSubscription, rules};
+use api::{
+    AccessVerdict, CheckSubscription, CreateSubscription, Subscription, SubscriptionStatus,
+    UpdateSubscription, rules,
+};
 use chrono::{DateTime, Utc};
 use sqlx::AnyConnection;
 
@@ -10,9 +13,16 @@ use crate::store::{catalog, grants, streams, subscriptions};
 
 impl ControlPlane {
     /// Subscriptions the caller may see, optionally only those of `stream`.
-    pub async fn list_subscriptions(&self, ctx: &Ctx, stream: Option<&str>) -> Result<Vec<Subscription>, ApiError> {
+    pub async fn list_subscriptions(
+        &self,
+        ctx: &Ctx,
+        stream: Option<&str>,
+    ) -> Result<Vec<Subscription>, ApiError> {
         let all = subscriptions::list(&mut *self.conn().await?, stream).await?;
-        Ok(all.into_iter().filter(|s| ctx.caller.may_read(&s.owner)).collect())
+        Ok(all
+            .into_iter()
+            .filter(|s| ctx.caller.may_read(&s.owner))
+            .collect())
     }
 
     pub async fn get_subscription(&self, ctx: &Ctx, id: &str) -> Result<Subscription, ApiError> {
@@ -27,7 +37,11 @@ impl ControlPlane {
     }
 
     /// The verdict creating (or updating) such a subscription would get, without writing.
-    pub async fn check_subscription(&self, ctx: &Ctx, req: CheckSubscription) -> Result<AccessVerdict, ApiError> {
+    pub async fn check_subscription(
+        &self,
+        ctx: &Ctx,
+        req: CheckSubscription,
+    ) -> Result<AccessVerdict, ApiError> {
         bad_request(rules::check_name("stream", &req.stream))?;
         let events = rules::normalize_events(&req.events).map_err(ApiError::BadRequest)?;
         let now = self.now();
@@ -45,14 +59,20 @@ impl ControlPlane {
         verdict(&mut conn, &owner, &events, now).await
     }
 
-    pub async fn create_subscription(&self, ctx: &Ctx, req: CreateSubscription) -> Result<Subscription, ApiError> {
-        let mut m = self.begin(ctx, "subscription.create", "subscription", &req.stream).await?;
+    pub async fn create_subscription(
+        &self,
+        ctx: &Ctx,
+        req: CreateSubscription,
+    ) -> Result<Subscription, ApiError> {
+        let mut m = self
+            .begin(ctx, "subscription.create", "subscription", &req.stream)
+            .await?;
         let now = m.now;
         let result = async {
             bad_request(rules::check_name("stream", &req.stream))?;
-            let stream = streams::get(m.conn(), &req.stream)
-                .await?
-                .ok_or_else(|| ApiError::NotFound(format!("stream {:?} does not exist", req.stream)))?;
+            let stream = streams::get(m.conn(), &req.stream).await?.ok_or_else(|| {
+                ApiError::NotFound(format!("stream {:?} does not exist", req.stream))
+            })?;
             if !ctx.caller.may_modify(&stream.owner) {
                 return Err(ApiError::Forbidden(format!(
                     "stream {:?} belongs to {:?}; only its owner or an admin may subscribe it",
@@ -73,7 +93,10 @@ impl ControlPlane {
                 updated_at: now,
             };
             subscriptions::insert(m.conn(), &subscription).await?;
-            Ok(Change::new(None, snapshot(&subscription), subscription.clone()).with_id(subscription.id))
+            Ok(
+                Change::new(None, snapshot(&subscription), subscription.clone())
+                    .with_id(subscription.id),
+            )
         }
         .await;
         m.finish(result).await
@@ -85,10 +108,14 @@ impl ControlPlane {
         id: &str,
         req: UpdateSubscription,
     ) -> Result<Subscription, ApiError> {
-        let mut m = self.begin(ctx, "subscription.update", "subscription", id).await?;
+        let mut m = self
+            .begin(ctx, "subscription.update", "subscription", id)
+            .await?;
         let now = m.now;
         let result = async {
-            let before = subscriptions::get(m.conn(), id).await?.ok_or_else(|| not_found(id))?;
+            let before = subscriptions::get(m.conn(), id)
+                .await?
+                .ok_or_else(|| not_found(id))?;
             if !ctx.caller.may_modify(&before.owner) {
                 return Err(not_yours(&before));
             }
@@ -102,7 +129,9 @@ impl ControlPlane {
                 ..before.clone()
             };
             if !subscriptions::update(m.conn(), &after, before.revision).await? {
-                return Err(ApiError::Conflict(format!("subscription {id:?} changed concurrently; retry")));
+                return Err(ApiError::Conflict(format!(
+                    "subscription {id:?} changed concurrently; retry"
+                )));
             }
             Ok(Change::new(snapshot(&before), snapshot(&after), after))
         }
@@ -111,9 +140,13 @@ impl ControlPlane {
     }
 
     pub async fn delete_subscription(&self, ctx: &Ctx, id: &str) -> Result<Subscription, ApiError> {
-        let mut m = self.begin(ctx, "subscription.delete", "subscription", id).await?;
+        let mut m = self
+            .begin(ctx, "subscription.delete", "subscription", id)
+            .await?;
         let result = async {
-            let before = subscriptions::get(m.conn(), id).await?.ok_or_else(|| not_found(id))?;
+            let before = subscriptions::get(m.conn(), id)
+                .await?
+                .ok_or_else(|| not_found(id))?;
             if !ctx.caller.may_modify(&before.owner) {
                 return Err(not_yours(&before));
             }
@@ -133,13 +166,19 @@ impl ControlPlane {
         status: SubscriptionStatus,
         reason: Option<String>,
     ) -> Result<Subscription, ApiError> {
-        let mut m = self.begin(ctx, "subscription.status", "subscription", id).await?;
+        let mut m = self
+            .begin(ctx, "subscription.status", "subscription", id)
+            .await?;
         let now = m.now;
         let result = async {
             if !ctx.caller.is_admin() {
-                return Err(ApiError::Forbidden("only admins (the data plane) may set a subscription's status".to_owned()));
+                return Err(ApiError::Forbidden(
+                    "only admins (the data plane) may set a subscription's status".to_owned(),
+                ));
             }
-            let before = subscriptions::get(m.conn(), id).await?.ok_or_else(|| not_found(id))?;
+            let before = subscriptions::get(m.conn(), id)
+                .await?
+                .ok_or_else(|| not_found(id))?;
             let after = Subscription {
                 status,
                 status_reason: reason,
@@ -148,7 +187,9 @@ impl ControlPlane {
                 ..before.clone()
             };
             if !subscriptions::update(m.conn(), &after, before.revision).await? {
-                return Err(ApiError::Conflict(format!("subscription {id:?} changed concurrently; retry")));
+                return Err(ApiError::Conflict(format!(
+                    "subscription {id:?} changed concurrently; retry"
+                )));
             }
             Ok(Change::new(snapshot(&before), snapshot(&after), after))
         }
@@ -179,7 +220,12 @@ async fn verdict(
     })
 }
 
-async fn require_access(conn: &mut AnyConnection, owner: &str, events: &[String], now: DateTime<Utc>) -> Result<(), ApiError> {
+async fn require_access(
+    conn: &mut AnyConnection,
+    owner: &str,
+    events: &[String],
+    now: DateTime<Utc>,
+) -> Result<(), ApiError> {
     let verdict = verdict(conn, owner, events, now).await?;
     if verdict.allowed {
         return Ok(());

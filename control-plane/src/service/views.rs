@@ -1,6 +1,8 @@
 use std::time::Duration;
 
-use api::{AccessSubscription, AccessView, AuditEntry, AuditVerification, RouteTable, SubscriptionStatus};
+use api::{
+    AccessSubscription, AccessView, AuditEntry, AuditVerification, RouteTable, SubscriptionStatus,
+};
 use chrono::{DateTime, Utc};
 use sqlx::AnyConnection;
 
@@ -55,7 +57,13 @@ impl ControlPlane {
     ) -> Result<Vec<AuditEntry>, ApiError> {
         require_auditor(ctx)?;
         let limit = limit.unwrap_or(1000).clamp(1, MAX_AUDIT_PAGE);
-        Ok(audit::list(&mut *self.conn().await?, after_seq.unwrap_or(0), since, limit).await?)
+        Ok(audit::list(
+            &mut *self.conn().await?,
+            after_seq.unwrap_or(0),
+            since,
+            limit,
+        )
+        .await?)
     }
 
     pub async fn audit_verify(&self, ctx: &Ctx) -> Result<AuditVerification, ApiError> {
@@ -64,11 +72,17 @@ impl ControlPlane {
     }
 
     /// The route table once its revision is past `after`, or the current one after `wait`.
-    pub async fn routes(&self, ctx: &Ctx, after: Option<i64>, wait: Duration) -> Result<std::sync::Arc<RouteTable>, ApiError> {
+    pub async fn routes(
+        &self,
+        ctx: &Ctx,
+        after: Option<i64>,
+        wait: Duration,
+    ) -> Result<std::sync::Arc<RouteTable>, ApiError> {
         require_auditor(ctx)?;
         let mut revisions = self.route_revisions();
         if let Some(after) = after {
-            let _ = tokio::time::timeout(wait, revisions.wait_for(|revision| *revision > after)).await;
+            let _ =
+                tokio::time::timeout(wait, revisions.wait_for(|revision| *revision > after)).await;
         }
         self.route_table().await
     }
@@ -78,7 +92,9 @@ fn require_auditor(ctx: &Ctx) -> Result<(), ApiError> {
     if ctx.caller.sees_everything() {
         Ok(())
     } else {
-        Err(ApiError::Forbidden("only admins and auditors may do this".to_owned()))
+        Err(ApiError::Forbidden(
+            "only admins and auditors may do this".to_owned(),
+        ))
     }
 }
 

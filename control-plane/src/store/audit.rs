@@ -51,10 +51,12 @@ pub async fn lock_head(conn: &mut AnyConnection) -> Result<Head, StoreError> {
 }
 
 pub async fn routes_revision(conn: &mut AnyConnection) -> Result<i64, StoreError> {
-    Ok(sqlx::query("SELECT routes_revision FROM audit_head WHERE id = 1")
-        .fetch_one(conn)
-        .await?
-        .try_get("routes_revision")?)
+    Ok(
+        sqlx::query("SELECT routes_revision FROM audit_head WHERE id = 1")
+            .fetch_one(conn)
+            .await?
+            .try_get("routes_revision")?,
+    )
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -228,7 +230,9 @@ pub async fn list(
     .bind(limit)
     .fetch_all(conn)
     .await?;
-    rows.iter().map(|row| stored(row).map(AuditEntry::from)).collect()
+    rows.iter()
+        .map(|row| stored(row).map(AuditEntry::from))
+        .collect()
 }
 
 /// Recomputes the whole chain, page by page, and reports the first entry that does not match.
@@ -259,10 +263,20 @@ pub async fn verify(conn: &mut AnyConnection) -> Result<AuditVerification, Store
         for row in &rows {
             let s = match stored(row) {
                 Ok(s) => s,
-                Err(e) => return Ok(fail(expected_seq, checked, format!("entry {expected_seq} is unreadable: {e}"))),
+                Err(e) => {
+                    return Ok(fail(
+                        expected_seq,
+                        checked,
+                        format!("entry {expected_seq} is unreadable: {e}"),
+                    ));
+                }
             };
             if s.seq != expected_seq {
-                return Ok(fail(expected_seq, checked, format!("entry {expected_seq} is missing")));
+                return Ok(fail(
+                    expected_seq,
+                    checked,
+                    format!("entry {expected_seq} is missing"),
+                ));
             }
             if s.prev_hash != prev_hash {
                 return Ok(fail(
@@ -283,7 +297,10 @@ pub async fn verify(conn: &mut AnyConnection) -> Result<AuditVerification, Store
                 return Ok(fail(
                     s.seq,
                     checked,
-                    format!("entry {} was modified: its hash does not match its contents", s.seq),
+                    format!(
+                        "entry {} was modified: its hash does not match its contents",
+                        s.seq
+                    ),
                 ));
             }
             prev_hash = s.hash;
@@ -298,7 +315,10 @@ pub async fn verify(conn: &mut AnyConnection) -> Result<AuditVerification, Store
         return Ok(fail(
             expected_seq,
             checked,
-            format!("entries after {} were removed: the chain ends before its recorded head", expected_seq - 1),
+            format!(
+                "entries after {} were removed: the chain ends before its recorded head",
+                expected_seq - 1
+            ),
         ));
     }
     Ok(AuditVerification {

@@ -11,8 +11,9 @@ fn event(row: &AnyRow) -> Result<Event, StoreError> {
     Ok(Event {
         name: row.try_get("name")?,
         owner: row.try_get("owner")?,
-        classification: Classification::parse(&classification)
-            .ok_or_else(|| StoreError::Corrupt(format!("unknown classification {classification:?}")))?,
+        classification: Classification::parse(&classification).ok_or_else(|| {
+            StoreError::Corrupt(format!("unknown classification {classification:?}"))
+        })?,
         description: row.try_get("description")?,
         revision: row.try_get("revision")?,
         created_at: from_millis(row.try_get("created_at")?)?,
@@ -52,7 +53,11 @@ pub async fn insert(conn: &mut AnyConnection, event: &Event) -> Result<(), Store
 }
 
 /// Writes `event` if the stored row is still at `expected_revision`; `false` if it moved on.
-pub async fn update(conn: &mut AnyConnection, event: &Event, expected_revision: i64) -> Result<bool, StoreError> {
+pub async fn update(
+    conn: &mut AnyConnection,
+    event: &Event,
+    expected_revision: i64,
+) -> Result<bool, StoreError> {
     let result = sqlx::query(
         "UPDATE events SET classification = $1, description = $2, revision = $3, updated_at = $4 \
          WHERE name = $5 AND revision = $6",

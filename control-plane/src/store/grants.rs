@@ -5,10 +5,13 @@ use sqlx::{AnyConnection, Row};
 
 use super::{StoreError, from_millis, from_millis_opt, to_millis};
 
-const COLUMNS: &str =
-    "id, event, grantee, reason, granted_by, created_at, expires_at, revoked_at, revoked_by, revision";
+const COLUMNS: &str = "id, event, grantee, reason, granted_by, created_at, expires_at, revoked_at, revoked_by, revision";
 
-pub fn status_at(expires_at: Option<DateTime<Utc>>, revoked: bool, now: DateTime<Utc>) -> GrantStatus {
+pub fn status_at(
+    expires_at: Option<DateTime<Utc>>,
+    revoked: bool,
+    now: DateTime<Utc>,
+) -> GrantStatus {
     if revoked {
         GrantStatus::Revoked
     } else if expires_at.is_some_and(|at| at <= now) {
@@ -36,7 +39,11 @@ fn grant(row: &AnyRow, now: DateTime<Utc>) -> Result<Grant, StoreError> {
     })
 }
 
-pub async fn get(conn: &mut AnyConnection, id: &str, now: DateTime<Utc>) -> Result<Option<Grant>, StoreError> {
+pub async fn get(
+    conn: &mut AnyConnection,
+    id: &str,
+    now: DateTime<Utc>,
+) -> Result<Option<Grant>, StoreError> {
     let row = sqlx::query(&format!("SELECT {COLUMNS} FROM grants WHERE id = $1"))
         .bind(id)
         .fetch_optional(conn)
@@ -60,9 +67,11 @@ pub async fn list(
             .await?
         }
         None => {
-            sqlx::query(&format!("SELECT {COLUMNS} FROM grants ORDER BY created_at, id"))
-                .fetch_all(conn)
-                .await?
+            sqlx::query(&format!(
+                "SELECT {COLUMNS} FROM grants ORDER BY created_at, id"
+            ))
+            .fetch_all(conn)
+            .await?
         }
     };
     rows.iter().map(|row| grant(row, now)).collect()
@@ -120,7 +129,11 @@ pub async fn insert(conn: &mut AnyConnection, grant: &Grant) -> Result<(), Store
 }
 
 /// Writes the mutable fields of `grant` if the row is still at `expected_revision`.
-pub async fn update(conn: &mut AnyConnection, grant: &Grant, expected_revision: i64) -> Result<bool, StoreError> {
+pub async fn update(
+    conn: &mut AnyConnection,
+    grant: &Grant,
+    expected_revision: i64,
+) -> Result<bool, StoreError> {
     let result = sqlx::query(
         "UPDATE grants SET reason = $1, expires_at = $2, revoked_at = $3, revoked_by = $4, revision = $5 \
          WHERE id = $6 AND revision = $7",

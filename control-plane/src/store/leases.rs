@@ -4,11 +4,11 @@
 
 use std::time::Duration;
 
+use ::streams::{Coordinator, CoordinatorError, Lease};
 use async_trait::async_trait;
 use chrono::Utc;
 use sqlx::Row;
 use sqlx::any::AnyRow;
-use ::streams::{Coordinator, CoordinatorError, Lease};
 
 use super::{Store, StoreError, from_millis};
 

@@ -8,7 +8,8 @@ fn principal(row: &AnyRow) -> Result<Principal, StoreError> {
     let role: String = row.try_get("role")?;
     Ok(Principal {
         name: row.try_get("name")?,
-        role: Role::parse(&role).ok_or_else(|| StoreError::Corrupt(format!("unknown role {role:?}")))?,
+        role: Role::parse(&role)
+            .ok_or_else(|| StoreError::Corrupt(format!("unknown role {role:?}")))?,
         created_at: from_millis(row.try_get("created_at")?)?,
     })
 }
@@ -52,18 +53,23 @@ pub async fn insert_token(
     created_by: &str,
     now_ms: i64,
 ) -> Result<(), StoreError> {
-    sqlx::query("INSERT INTO tokens (hash, principal, created_by, created_at) VALUES ($1, $2, $3, $4)")
-        .bind(token_hash)
-        .bind(principal)
-        .bind(created_by)
-        .bind(now_ms)
-        .execute(conn)
-        .await?;
+    sqlx::query(
+        "INSERT INTO tokens (hash, principal, created_by, created_at) VALUES ($1, $2, $3, $4)",
+    )
+    .bind(token_hash)
+    .bind(principal)
+    .bind(created_by)
+    .bind(now_ms)
+    .execute(conn)
+    .await?;
     Ok(())
 }
 
 /// The principal a token (by its hash) authenticates, if any.
-pub async fn by_token(conn: &mut AnyConnection, token_hash: &str) -> Result<Option<Principal>, StoreError> {
+pub async fn by_token(
+    conn: &mut AnyConnection,
+    token_hash: &str,
+) -> Result<Option<Principal>, StoreError> {
     let row = sqlx::query(
         "SELECT p.name, p.role, p.created_at FROM tokens t JOIN principals p ON p.name = t.principal \
          WHERE t.hash = $1",

@@ -6,13 +6,12 @@ use sqlx::{AnyConnection, Row};
 
 use super::{StoreError, from_millis, to_millis, to_u32};
 
-const COLUMNS: &str =
-    "name, owner, shard_count, retention_hours, tags, status, backing_id, revision, created_at, updated_at";
+const COLUMNS: &str = "name, owner, shard_count, retention_hours, tags, status, backing_id, revision, created_at, updated_at";
 
 fn stream(row: &AnyRow) -> Result<Stream, StoreError> {
     let tags: String = row.try_get("tags")?;
-    let tags: BTreeMap<String, String> =
-        serde_json::from_str(&tags).map_err(|e| StoreError::Corrupt(format!("stream tags: {e}")))?;
+    let tags: BTreeMap<String, String> = serde_json::from_str(&tags)
+        .map_err(|e| StoreError::Corrupt(format!("stream tags: {e}")))?;
     Ok(Stream {
         name: row.try_get("name")?,
         owner: row.try_get("owner")?,
@@ -28,7 +27,8 @@ fn stream(row: &AnyRow) -> Result<Stream, StoreError> {
 }
 
 fn tags_json(stream: &Stream) -> Result<String, StoreError> {
-    serde_json::to_string(&stream.tags).map_err(|e| StoreError::Corrupt(format!("stream tags: {e}")))
+    serde_json::to_string(&stream.tags)
+        .map_err(|e| StoreError::Corrupt(format!("stream tags: {e}")))
 }
 
 pub async fn get(conn: &mut AnyConnection, name: &str) -> Result<Option<Stream>, StoreError> {
@@ -66,7 +66,11 @@ pub async fn insert(conn: &mut AnyConnection, stream: &Stream) -> Result<(), Sto
 }
 
 /// Writes `stream` if the row is still at `expected_revision`; `false` if it moved on.
-pub async fn update(conn: &mut AnyConnection, stream: &Stream, expected_revision: i64) -> Result<bool, StoreError> {
+pub async fn update(
+    conn: &mut AnyConnection,
+    stream: &Stream,
+    expected_revision: i64,
+) -> Result<bool, StoreError> {
     let result = sqlx::query(
         "UPDATE streams SET shard_count = $1, retention_hours = $2, tags = $3, status = $4, \
          backing_id = $5, revision = $6, updated_at = $7 WHERE name = $8 AND revision = $9",

@@ -19,7 +19,11 @@ fn subscription(row: &AnyRow) -> Result<Subscription, StoreError> {
         status: match status.as_str() {
             "active" => SubscriptionStatus::Active,
             "failed" => SubscriptionStatus::Failed,
-            other => return Err(StoreError::Corrupt(format!("subscription status {other:?}"))),
+            other => {
+                return Err(StoreError::Corrupt(format!(
+                    "subscription status {other:?}"
+                )));
+            }
         },
         status_reason: row.try_get("status_reason")?,
         revision: row.try_get("revision")?,
@@ -46,7 +50,10 @@ pub async fn get(conn: &mut AnyConnection, id: &str) -> Result<Option<Subscripti
 }
 
 /// Subscriptions of `stream` (or all), in creation order.
-pub async fn list(conn: &mut AnyConnection, stream: Option<&str>) -> Result<Vec<Subscription>, StoreError> {
+pub async fn list(
+    conn: &mut AnyConnection,
+    stream: Option<&str>,
+) -> Result<Vec<Subscription>, StoreError> {
     let rows = match stream {
         Some(stream) => {
             sqlx::query(&format!(
@@ -70,7 +77,10 @@ pub async fn list(conn: &mut AnyConnection, stream: Option<&str>) -> Result<Vec<
 }
 
 /// Subscriptions that name `event`.
-pub async fn naming_event(conn: &mut AnyConnection, event: &str) -> Result<Vec<Subscription>, StoreError> {
+pub async fn naming_event(
+    conn: &mut AnyConnection,
+    event: &str,
+) -> Result<Vec<Subscription>, StoreError> {
     let rows = sqlx::query(&format!(
         "SELECT {COLUMNS} FROM subscriptions s JOIN streams st ON st.name = s.stream \
          JOIN subscription_events se ON se.subscription_id = s.id WHERE se.event = $1 \
@@ -82,7 +92,10 @@ pub async fn naming_event(conn: &mut AnyConnection, event: &str) -> Result<Vec<S
     rows.iter().map(subscription).collect()
 }
 
-async fn write_events(conn: &mut AnyConnection, subscription: &Subscription) -> Result<(), StoreError> {
+async fn write_events(
+    conn: &mut AnyConnection,
+    subscription: &Subscription,
+) -> Result<(), StoreError> {
     sqlx::query("DELETE FROM subscription_events WHERE subscription_id = $1")
         .bind(&subscription.id)
         .execute(&mut *conn)
@@ -102,7 +115,10 @@ fn events_json(subscription: &Subscription) -> Result<String, StoreError> {
         .map_err(|e| StoreError::Corrupt(format!("subscription events: {e}")))
 }
 
-pub async fn insert(conn: &mut AnyConnection, subscription: &Subscription) -> Result<(), StoreError> {
+pub async fn insert(
+    conn: &mut AnyConnection,
+    subscription: &Subscription,
+) -> Result<(), StoreError> {
     sqlx::query(
         "INSERT INTO subscriptions (id, stream, events, status, status_reason, revision, created_at, updated_at) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",

@@ -1,0 +1,379 @@
+//! `fanner`: runs Fanner (`fanner serve`) and drives its API from the shell.
+//!
+//! Exit codes: 0 success, 1 an error (one line on stderr naming what was wrong), 2 usage.
+
+mod catalog;
+mod commands;
+mod output;
+mod serve;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Parser)]
+#[command(
+    name = "fanner",
+    version,
+    about = "Access-checked fan-out of a global event stream."
+)]
+struct Cli {
+    #[command(flatten)]
+    conn: Connection,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args, Clone)]
+pub struct Connection {
+    /// Control-plane URL.
+    #[arg(
+        long,
+        global = true,
+        env = "FANNER_ENDPOINT",
+        default_value = "http://127.0.0.1:7878"
+    )]
+    endpoint: String,
+    /// Bearer token (`fanner serve` writes the first admin's to <data-dir>/admin.token).
+    #[arg(long, global = true, env = "FANNER_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Print machine-readable JSON instead of tables.
+    #[arg(long, global = true)]
+    json: bool,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run Fanner: control plane, with an embedded store and stream backend under --data-dir.
+    Serve(serve::ServeArgs),
+    /// Issue API tokens.
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// Principals (teams, people, services).
+    #[command(subcommand)]
+    Principal(PrincipalCommand),
+    /// The event catalog.
+    #[command(subcommand)]
+    Event(EventCommand),
+    /// Register events from a protobuf FileDescriptorSet.
+    #[command(subcommand)]
+    Catalog(CatalogCommand),
+    /// Read access to events.
+    #[command(subcommand)]
+    Grant(GrantCommand),
+    /// Consumer streams.
+    #[command(subcommand)]
+    Stream(StreamCommand),
+    /// Which events flow into which stream.
+    #[command(subcommand)]
+    Subscription(SubscriptionCommand),
+    /// Who can read an event: grants and the subscriptions that receive it.
+    Access { event: String },
+    /// The tamper-evident audit trail.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+    /// Who the token belongs to.
+    Whoami,
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Create a token (admins only); creates the principal if needed. Prints the token.
+    Create {
+        #[arg(long)]
+        principal: String,
+        #[arg(long, value_enum)]
+        role: Option<RoleArg>,
+    },
+}
+
+#[derive(Subcommand)]
+enum PrincipalCommand {
+    List,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum RoleArg {
+    Admin,
+    Member,
+    Auditor,
+}
+
+impl From<RoleArg> for api::Role {
+    fn from(role: RoleArg) -> api::Role {
+        match role {
+            RoleArg::Admin => api::Role::Admin,
+            RoleArg::Member => api::Role::Member,
+            RoleArg::Auditor => api::Role::Auditor,
+        }
+    }
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ClassificationArg {
+    Public,
+    Internal,
+    Pii,
+    Restricted,
+}
+
+impl From<ClassificationArg> for api::Classification {
+    fn from(c: ClassificationArg) -> api::Classification {
+        match c {
+            ClassificationArg::Public => api::Classification::Public,
+            ClassificationArg::Internal => api::Classification::Internal,
+            ClassificationArg::Pii => api::Classification::Pii,
+            ClassificationArg::Restricted => api::Classification::Restricted,
+        }
+    }
+}
+
+#[derive(Subcommand)]
+enum EventCommand {
+    /// Register an event owned by the caller.
+    Create {
+        name: String,
+        #[arg(long, value_enum)]
+        classification: ClassificationArg,
+        #[arg(long, default_value = "")]
+        description: String,
+        /// Register on behalf of another principal (admins only).
+        #[arg(long)]
+        owner: Option<String>,
+    },
+    List,
+    Show {
+        name: String,
+    },
+    /// Delete an event nobody reads any more.
+    Delete {
+        name: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum CatalogCommand {
+    /// Register every message carrying the `(fanner.v1.event)` option in a FileDescriptorSet
+    /// (e.g. `protoc --include_imports --descriptor_set_out=FILE` or `buf build -o FILE`).
+    Push { file: PathBuf },
+}
+
+#[derive(Subcommand)]
+enum GrantCommand {
+    /// Let PRINCIPAL read EVENT (the event's owner or an admin).
+    Create {
+        event: String,
+        #[arg(long = "to")]
+        to: String,
+        #[arg(long)]
+        reason: String,
+        /// RFC 3339; required for pii and restricted events, at most 365 days ahead.
+        #[arg(long)]
+        expires_at: Option<chrono::DateTime<chrono::Utc>>,
+    },
+    /// Revoke a grant now; it stays listed as revoked.
+    Revoke { id: String },
+    List {
+        #[arg(long)]
+        event: Option<String>,
+        #[arg(long)]
+        grantee: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum StreamCommand {
+    /// Create a consumer stream owned by the caller, and its backing stream.
+    Create {
+        name: String,
+        #[arg(long, default_value_t = api::rules::DEFAULT_SHARD_COUNT)]
+        shards: u32,
+        #[arg(long, default_value_t = api::rules::DEFAULT_RETENTION_HOURS)]
+        retention_hours: u32,
+        /// KEY=VALUE, repeatable.
+        #[arg(long = "tag", value_parser = parse_tag)]
+        tags: Vec<(String, String)>,
+    },
+    /// Change shard count, retention or tags in place.
+    Update {
+        name: String,
+        #[arg(long)]
+        shards: Option<u32>,
+        #[arg(long)]
+        retention_hours: Option<u32>,
+    },
+    /// Delete a stream, its subscriptions and its backing stream.
+    Delete {
+        name: String,
+    },
+    List,
+}
+
+fn parse_tag(raw: &str) -> Result<(String, String), String> {
+    raw.split_once('=')
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .ok_or_else(|| format!("tag {raw:?} must look like KEY=VALUE"))
+}
+
+#[derive(Subcommand)]
+enum SubscriptionCommand {
+    /// Subscribe a stream to events its owner may read.
+    Create {
+        #[arg(long)]
+        stream: String,
+        /// Comma-separated event names.
+        #[arg(long, value_delimiter = ',', required = true)]
+        events: Vec<String>,
+    },
+    /// Would the stream's owner be allowed these events? Writes nothing.
+    Check {
+        #[arg(long)]
+        stream: String,
+        #[arg(long, value_delimiter = ',', required = true)]
+        events: Vec<String>,
+    },
+    Delete {
+        id: String,
+    },
+    List {
+        #[arg(long)]
+        stream: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Audit entries, oldest first.
+    Log {
+        /// RFC 3339 instant, or a duration back from now such as `24h`, `7d`, `30m`.
+        #[arg(long)]
+        since: Option<String>,
+    },
+    /// Recompute the hash chain and report the first entry that does not match.
+    Verify,
+    /// Every entry, as CSV or JSON Lines, on stdout.
+    Export {
+        #[arg(long, value_enum, default_value = "jsonl")]
+        format: ExportFormat,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ExportFormat {
+    Csv,
+    Jsonl,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {}", one_line(&error));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The error and its causes on one line, so scripts can show it as is.
+fn one_line(error: &anyhow::Error) -> String {
+    let mut line = error.to_string();
+    for cause in error.chain().skip(1) {
+        let cause = cause.to_string();
+        if !line.contains(&cause) {
+            line = format!("{line}: {cause}");
+        }
+    }
+    line.replace('\n', " ")
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let conn = cli.conn;
+    match cli.command {
+        Command::Serve(args) => serve::run(args).await.map(|()| ExitCode::SUCCESS),
+        Command::Token(TokenCommand::Create { principal, role }) => {
+            commands::token_create(&conn, principal, role.map(Into::into)).await
+        }
+        Command::Principal(PrincipalCommand::List) => commands::principal_list(&conn).await,
+        Command::Event(command) => match command {
+            EventCommand::Create {
+                name,
+                classification,
+                description,
+                owner,
+            } => {
+                commands::event_create(&conn, name, classification.into(), description, owner).await
+            }
+            EventCommand::List => commands::event_list(&conn).await,
+            EventCommand::Show { name } => commands::event_show(&conn, &name).await,
+            EventCommand::Delete { name } => commands::event_delete(&conn, &name).await,
+        },
+        Command::Catalog(CatalogCommand::Push { file }) => catalog::push(&conn, &file).await,
+        Command::Grant(command) => match command {
+            GrantCommand::Create {
+                event,
+                to,
+                reason,
+                expires_at,
+            } => commands::grant_create(&conn, event, to, reason, expires_at).await,
+            GrantCommand::Revoke { id } => commands::grant_revoke(&conn, &id).await,
+            GrantCommand::List { event, grantee } => {
+                commands::grant_list(&conn, event.as_deref(), grantee.as_deref()).await
+            }
+        },
+        Command::Stream(command) => match command {
+            StreamCommand::Create {
+                name,
+                shards,
+                retention_hours,
+                tags,
+            } => {
+                commands::stream_create(
+                    &conn,
+                    name,
+                    shards,
+                    retention_hours,
+                    tags.into_iter().collect(),
+                )
+                .await
+            }
+            StreamCommand::Update {
+                name,
+                shards,
+                retention_hours,
+            } => commands::stream_update(&conn, &name, shards, retention_hours).await,
+            StreamCommand::Delete { name } => commands::stream_delete(&conn, &name).await,
+            StreamCommand::List => commands::stream_list(&conn).await,
+        },
+        Command::Subscription(command) => match command {
+            SubscriptionCommand::Create { stream, events } => {
+                commands::subscription_create(&conn, stream, events).await
+            }
+            SubscriptionCommand::Check { stream, events } => {
+                commands::subscription_check(&conn, stream, events).await
+            }
+            SubscriptionCommand::Delete { id } => commands::subscription_delete(&conn, &id).await,
+            SubscriptionCommand::List { stream } => {
+                commands::subscription_list(&conn, stream.as_deref()).await
+            }
+        },
+        Command::Access { event } => commands::access(&conn, &event).await,
+        Command::Audit(command) => match command {
+            AuditCommand::Log { since } => commands::audit_log(&conn, since.as_deref()).await,
+            AuditCommand::Verify => commands::audit_verify(&conn).await,
+            AuditCommand::Export { format } => commands::audit_export(&conn, format).await,
+        },
+        Command::Whoami => commands::whoami(&conn).await,
+    }
+}

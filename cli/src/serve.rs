@@ -1,0 +1,245 @@
+//! `fanner serve`: Fanner in one process, on an embedded store and stream backend by default.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::Args;
+use control_plane::{Clock, ControlPlane, Settings, Store};
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+use streams::StreamBackend;
+use tokio::net::TcpListener;
+
+#[derive(Args)]
+pub struct ServeArgs {
+    /// Where the embedded store, streams and lake live.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Address to listen on.
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// A TOML file of settings; `FANNER__<SECTION>__<FIELD>` variables override it.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// `postgres://...` for a shared store (several replicas); default: SQLite in --data-dir.
+    #[arg(long, env = "FANNER_DATABASE_URL", hide_env_values = true)]
+    database_url: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendKind {
+    #[default]
+    Embedded,
+    Kinesis,
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub database_url: Option<String>,
+    pub log_format: LogFormat,
+    pub streams: StreamsConfig,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct StreamsConfig {
+    pub backend: BackendKind,
+    /// The global event stream's name in the backend.
+    pub ges: String,
+    /// Shard count of the global event stream when Fanner creates it.
+    pub ges_shards: u32,
+    /// Prefix of consumer streams' backing names.
+    pub backing_prefix: String,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 7878)),
+            data_dir: PathBuf::from("fanner-data"),
+            database_url: None,
+            log_format: LogFormat::Text,
+            streams: StreamsConfig {
+                backend: BackendKind::Embedded,
+                ges: "global-events".to_owned(),
+                ges_shards: 2,
+                backing_prefix: Settings::default().backing_prefix,
+            },
+        }
+    }
+}
+
+impl Config {
+    fn load(args: &ServeArgs) -> anyhow::Result<Config> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(file) = &args.config {
+            anyhow::ensure!(
+                file.exists(),
+                "config file {} does not exist",
+                file.display()
+            );
+            figment = figment.merge(Toml::file(file));
+        }
+        figment = figment.merge(Env::prefixed("FANNER__").split("__"));
+        let mut config: Config = figment.extract().context("invalid configuration")?;
+        if let Some(dir) = &args.data_dir {
+            config.data_dir = dir.clone();
+        }
+        if let Some(listen) = args.listen {
+            config.listen = listen;
+        }
+        if let Some(url) = &args.database_url {
+            config.database_url = Some(url.clone());
+        }
+        anyhow::ensure!(
+            !config
+                .streams
+                .ges
+                .starts_with(&config.streams.backing_prefix),
+            "streams.ges {:?} must not start with streams.backing_prefix {:?}: a consumer stream could collide with it",
+            config.streams.ges,
+            config.streams.backing_prefix
+        );
+        Ok(config)
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("FANNER_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+async fn open_backend(config: &Config) -> anyhow::Result<Arc<dyn StreamBackend>> {
+    Ok(match config.streams.backend {
+        BackendKind::Embedded => {
+            let path = config.data_dir.join("streams.redb");
+            Arc::new(
+                streams::embedded::EmbeddedBackend::open(&path).with_context(|| {
+                    format!("cannot open the embedded stream store {}", path.display())
+                })?,
+            )
+        }
+        BackendKind::Kinesis => Arc::new(streams::kinesis::KinesisBackend::from_env().await),
+    })
+}
+
+/// Writes the first admin's token where only this user can read it.
+fn write_token(path: &Path, token: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    writeln!(file, "{token}")?;
+    file.sync_all()?;
+    Ok(())
+}
+
+pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
+    let config = Config::load(&args)?;
+    init_logging(config.log_format);
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("cannot create data directory {}", config.data_dir.display()))?;
+
+    let store = match &config.database_url {
+        Some(url) => Store::open(url).await.context("cannot open the store")?,
+        None => Store::open_sqlite(&config.data_dir.join("fanner.db"))
+            .await
+            .context("cannot open the SQLite store")?,
+    };
+    let backend = open_backend(&config).await?;
+    backend
+        .create_stream(&streams::StreamSpec {
+            name: config.streams.ges.clone(),
+            shard_count: config.streams.ges_shards,
+            retention_hours: api::rules::DEFAULT_RETENTION_HOURS,
+            tags: Default::default(),
+        })
+        .await
+        .with_context(|| {
+            format!(
+                "cannot create the global event stream {:?}",
+                config.streams.ges
+            )
+        })?;
+    let settings = Settings {
+        backing_prefix: config.streams.backing_prefix.clone(),
+    };
+    let control_plane = ControlPlane::new(store, backend, settings, Clock::default()).await?;
+
+    if let Some(token) = control_plane.bootstrap().await? {
+        let path = config.data_dir.join("admin.token");
+        write_token(&path, &token)?;
+        eprintln!(
+            "Created the admin principal; its token is in {} (export FANNER_TOKEN=$(cat {}))",
+            path.display(),
+            path.display()
+        );
+    }
+
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let address = listener.local_addr()?;
+    tracing::info!(%address, data_dir = %config.data_dir.display(), backend = ?config.streams.backend, "Fanner is serving.");
+    eprintln!("Fanner is listening on http://{address}");
+    control_plane::http::serve(
+        listener,
+        control_plane::http::app(control_plane),
+        shutdown_signal(),
+    )
+    .await?;
+    tracing::info!("Fanner stopped.");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let interrupt = async {
+        if let Err(error) = tokio::signal::ctrl_c().await {
+            tracing::error!(%error, "Cannot listen for Ctrl-C.");
+            std::future::pending::<()>().await;
+        }
+    };
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(error) => {
+                tracing::error!(%error, "Cannot listen for SIGTERM.");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        () = interrupt => {}
+        () = terminate => {}
+    }
+    tracing::info!("Shutting down.");
+}

@@ -1,0 +1,93 @@
+//! Drives the real `fanner` binary: `fanner serve` on a fresh data directory, and every command
+//! against it, checking output and exit codes as a user's script would.
+
+mod serve;
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub const FANNER: &str = env!("CARGO_BIN_EXE_fanner");
+
+/// A running `fanner serve`, killed on drop.
+pub struct Server {
+    child: Child,
+    pub endpoint: String,
+    pub admin_token: String,
+}
+
+impl Server {
+    pub fn start(data_dir: &Path) -> Server {
+        let mut child = Command::new(FANNER)
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir)
+            .env("FANNER_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("fanner serve starts");
+        let stderr = child.stderr.take().expect("stderr");
+        let mut lines = BufReader::new(stderr).lines();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let endpoint = loop {
+            assert!(
+                Instant::now() < deadline,
+                "fanner serve did not start listening"
+            );
+            let line = lines
+                .next()
+                .expect("fanner serve exited early")
+                .expect("stderr line");
+            if let Some(url) = line.strip_prefix("Fanner is listening on ") {
+                break url.trim().to_owned();
+            }
+        };
+        // Keep draining stderr so the server never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        let admin_token = std::fs::read_to_string(data_dir.join("admin.token"))
+            .expect("admin.token written")
+            .trim()
+            .to_owned();
+        Server {
+            child,
+            endpoint,
+            admin_token,
+        }
+    }
+
+    /// Runs `fanner ARGS` against this server with `token`.
+    pub fn run(&self, token: &str, args: &[&str]) -> Output {
+        Command::new(FANNER)
+            .args(args)
+            .env("FANNER_ENDPOINT", &self.endpoint)
+            .env("FANNER_TOKEN", token)
+            .output()
+            .expect("fanner runs")
+    }
+
+    /// Runs a command that must succeed; returns its stdout.
+    #[track_caller]
+    pub fn ok(&self, token: &str, args: &[&str]) -> String {
+        let output = self.run(token, args);
+        assert!(
+            output.status.success(),
+            "fanner {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout).expect("utf-8 stdout")
+    }
+
+    pub fn stop(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

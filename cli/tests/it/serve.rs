@@ -1,0 +1,354 @@
+use std::os::unix::fs::PermissionsExt;
+
+use crate::{FANNER, Server};
+
+#[test]
+fn a_new_user_sets_up_fanner_from_the_shell() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = Server::start(dir.path());
+    let mode = std::fs::metadata(dir.path().join("admin.token"))
+        .expect("token file")
+        .permissions()
+        .mode();
+    assert_eq!(
+        mode & 0o777,
+        0o600,
+        "the admin token is readable by its owner only"
+    );
+    let admin = server.admin_token.clone();
+
+    let growth = server
+        .ok(&admin, &["token", "create", "--principal", "growth"])
+        .trim()
+        .to_owned();
+    let fraud = server
+        .ok(&admin, &["token", "create", "--principal", "fraud"])
+        .trim()
+        .to_owned();
+    let auditor = server
+        .ok(
+            &admin,
+            &[
+                "token",
+                "create",
+                "--principal",
+                "security",
+                "--role",
+                "auditor",
+            ],
+        )
+        .trim()
+        .to_owned();
+    assert!(growth.starts_with("fnr_") && !growth.contains(char::is_whitespace));
+
+    server.ok(
+        &growth,
+        &[
+            "event",
+            "create",
+            "user_signed_up",
+            "--classification",
+            "pii",
+            "--description",
+            "A user finished signup.",
+        ],
+    );
+    server.ok(
+        &growth,
+        &[
+            "event",
+            "create",
+            "card_swiped",
+            "--classification",
+            "internal",
+        ],
+    );
+    server.ok(
+        &fraud,
+        &[
+            "stream",
+            "create",
+            "fraud-signals",
+            "--shards",
+            "2",
+            "--retention-hours",
+            "48",
+            "--tag",
+            "team=fraud",
+        ],
+    );
+
+    // Refused: not granted. Exit code 1, one line naming each event and why.
+    let refused = server.run(
+        &fraud,
+        &[
+            "subscription",
+            "create",
+            "--stream",
+            "fraud-signals",
+            "--events",
+            "user_signed_up,card_swiped",
+        ],
+    );
+    assert_eq!(refused.status.code(), Some(1));
+    let message = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(message.trim().lines().count(), 1, "{message}");
+    assert!(
+        message.contains("card_swiped (not granted)")
+            && message.contains("user_signed_up (not granted)"),
+        "{message}"
+    );
+
+    // Expiry is required on pii events.
+    let no_expiry = server.run(
+        &growth,
+        &[
+            "grant",
+            "create",
+            "user_signed_up",
+            "--to",
+            "fraud",
+            "--reason",
+            "Fraud scoring.",
+        ],
+    );
+    assert_eq!(no_expiry.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&no_expiry.stderr).contains("expires_at is required"));
+
+    let expires = (chrono::Utc::now() + chrono::Duration::days(90)).to_rfc3339();
+    let grant: api::Grant = serde_json::from_str(&server.ok(
+        &growth,
+        &[
+            "--json",
+            "grant",
+            "create",
+            "user_signed_up",
+            "--to",
+            "fraud",
+            "--reason",
+            "Fraud scoring at signup.",
+            "--expires-at",
+            &expires,
+        ],
+    ))
+    .expect("grant JSON");
+    assert_eq!(
+        (grant.granted_by.as_str(), grant.grantee.as_str()),
+        ("growth", "fraud")
+    );
+    server.ok(
+        &growth,
+        &[
+            "grant",
+            "create",
+            "card_swiped",
+            "--to",
+            "fraud",
+            "--reason",
+            "Fraud scoring.",
+        ],
+    );
+
+    let subscription: api::Subscription = serde_json::from_str(&server.ok(
+        &fraud,
+        &[
+            "--json",
+            "subscription",
+            "create",
+            "--stream",
+            "fraud-signals",
+            "--events",
+            "user_signed_up,card_swiped",
+        ],
+    ))
+    .expect("subscription JSON");
+    assert_eq!(subscription.events, ["card_swiped", "user_signed_up"]);
+
+    let access = server.ok(&auditor, &["access", "user_signed_up"]);
+    for expected in [
+        "fraud",
+        "growth",
+        "Fraud scoring at signup.",
+        "fraud-signals",
+        "yes",
+    ] {
+        assert!(
+            access.contains(expected),
+            "access output lacks {expected:?}:\n{access}"
+        );
+    }
+    assert!(server.ok(&auditor, &["audit", "verify"]).starts_with("OK:"));
+    let denied = server.run(&fraud, &["audit", "verify"]);
+    assert_eq!(denied.status.code(), Some(1));
+
+    let lines = server.ok(&auditor, &["audit", "export", "--format", "jsonl"]);
+    let entries: Vec<api::AuditEntry> = lines
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON line"))
+        .collect();
+    assert!(
+        entries
+            .iter()
+            .any(|e| e.action == "subscription.create" && e.outcome == "denied")
+    );
+    let csv = server.ok(&auditor, &["audit", "export", "--format", "csv"]);
+    assert_eq!(
+        csv.lines().count(),
+        entries.len() + 1,
+        "a header and one row per entry"
+    );
+    assert!(csv.starts_with("seq,time,request_id,actor"));
+    let recent = server.ok(&auditor, &["--json", "audit", "log", "--since", "1h"]);
+    assert_eq!(
+        serde_json::from_str::<Vec<api::AuditEntry>>(&recent)
+            .expect("JSON")
+            .len(),
+        entries.len()
+    );
+
+    // A restart keeps everything.
+    server.stop();
+    let server = Server::start(dir.path());
+    assert_eq!(
+        server.admin_token, admin,
+        "the first admin's token is not replaced"
+    );
+    let streams: Vec<api::Stream> =
+        serde_json::from_str(&server.ok(&fraud, &["--json", "stream", "list"])).expect("JSON");
+    assert_eq!(
+        streams
+            .iter()
+            .map(|s| (s.name.as_str(), s.shard_count, s.retention_hours))
+            .collect::<Vec<_>>(),
+        [("fraud-signals", 2, 48)]
+    );
+    let subscriptions: Vec<api::Subscription> =
+        serde_json::from_str(&server.ok(&fraud, &["--json", "subscription", "list"]))
+            .expect("JSON");
+    assert_eq!(subscriptions, [subscription]);
+    assert!(server.ok(&auditor, &["audit", "verify"]).starts_with("OK:"));
+}
+
+#[test]
+fn usage_errors_exit_2_and_failures_exit_1() {
+    let usage = std::process::Command::new(FANNER)
+        .args(["grant", "create"])
+        .output()
+        .expect("runs");
+    assert_eq!(usage.status.code(), Some(2));
+    let bad_value = std::process::Command::new(FANNER)
+        .args(["event", "create", "x", "--classification", "secret"])
+        .output()
+        .expect("runs");
+    assert_eq!(bad_value.status.code(), Some(2));
+
+    let unreachable = std::process::Command::new(FANNER)
+        .args(["event", "list"])
+        .env("FANNER_ENDPOINT", "http://127.0.0.1:9")
+        .env("FANNER_TOKEN", "fnr_x")
+        .output()
+        .expect("runs");
+    assert_eq!(unreachable.status.code(), Some(1));
+    let message = String::from_utf8_lossy(&unreachable.stderr);
+    assert!(
+        message.starts_with("error: cannot reach the Fanner API at http://127.0.0.1:9"),
+        "{message}"
+    );
+
+    let no_token = std::process::Command::new(FANNER)
+        .args(["event", "list"])
+        .env_remove("FANNER_TOKEN")
+        .output()
+        .expect("runs");
+    assert_eq!(no_token.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&no_token.stderr).contains("FANNER_TOKEN"));
+}
+
+#[test]
+fn catalog_push_registers_annotated_messages() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let protos = dir.path().join("protos");
+    std::fs::create_dir_all(protos.join("fanner/v1")).expect("mkdir");
+    std::fs::write(protos.join("fanner/v1/catalog.proto"), proto::CATALOG_PROTO).expect("write");
+    std::fs::write(
+        protos.join("events.proto"),
+        r#"syntax = "proto3";
+package shop;
+import "fanner/v1/catalog.proto";
+message OrderPlaced {
+  option (fanner.v1.event) = { name: "order_placed" classification: CLASSIFICATION_INTERNAL description: "An order was placed." };
+  string order_id = 1;
+}
+message PaymentCaptured {
+  option (fanner.v1.event) = { name: "payment_captured" classification: CLASSIFICATION_PII };
+  string payment_id = 1;
+}
+message NotAnEvent { string x = 1; }
+"#,
+    )
+    .expect("write");
+    // What `protoc --include_imports --descriptor_set_out` writes; re-encoding through prost's
+    // types would drop the custom options.
+    let mut compiler = protox::Compiler::new([&protos]).expect("compiler");
+    compiler.include_imports(true);
+    compiler.open_file("events.proto").expect("compiles");
+    let file = dir.path().join("events.binpb");
+    std::fs::write(&file, compiler.encode_file_descriptor_set()).expect("write");
+
+    let server = Server::start(&dir.path().join("data"));
+    let shop = server
+        .ok(
+            &server.admin_token,
+            &["token", "create", "--principal", "shop"],
+        )
+        .trim()
+        .to_owned();
+    let file = file.to_str().expect("utf-8 path");
+    let pushed = server.ok(&shop, &["catalog", "push", file]);
+    assert!(
+        pushed.contains("order_placed") && pushed.contains("created"),
+        "{pushed}"
+    );
+    let events: Vec<api::Event> =
+        serde_json::from_str(&server.ok(&shop, &["--json", "event", "list"])).expect("JSON");
+    let summary: Vec<(&str, &str, api::Classification, &str)> = events
+        .iter()
+        .map(|e| {
+            (
+                e.name.as_str(),
+                e.owner.as_str(),
+                e.classification,
+                e.description.as_str(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            (
+                "order_placed",
+                "shop",
+                api::Classification::Internal,
+                "An order was placed."
+            ),
+            ("payment_captured", "shop", api::Classification::Pii, ""),
+        ]
+    );
+    // Pushing again changes nothing.
+    assert_eq!(
+        server
+            .ok(&shop, &["catalog", "push", file])
+            .matches("unchanged")
+            .count(),
+        2
+    );
+
+    let garbage = dir.path().join("garbage.bin");
+    std::fs::write(&garbage, b"not a descriptor set").expect("write");
+    let refused = server.run(
+        &shop,
+        &["catalog", "push", garbage.to_str().expect("utf-8")],
+    );
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("not a valid FileDescriptorSet"));
+}

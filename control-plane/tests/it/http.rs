@@ -1,0 +1,176 @@
+use api::{ErrorBody, Role};
+use serde_json::json;
+
+use crate::support::{Db, TestServer, db_tests};
+
+db_tests!(bad_input_gets_a_clear_4xx, service_endpoints);
+
+async fn bad_input_gets_a_clear_4xx(db: Db) {
+    let Some(server) = TestServer::start(db).await else {
+        return;
+    };
+    let token = server
+        .admin
+        .create_token(&api::CreateToken {
+            principal: "growth".to_owned(),
+            role: Some(Role::Member),
+        })
+        .await
+        .expect("token")
+        .token;
+    let http = server.raw();
+    let post = |path: &str| http.post(server.url(path)).bearer_auth(&token);
+
+    let cases: Vec<(reqwest::RequestBuilder, u16, &str)> = vec![
+        (
+            post("/v1/events")
+                .json(&json!({"name": "a", "classification": "public", "colour": "red"})),
+            400,
+            "unknown field `colour`",
+        ),
+        (
+            post("/v1/events").json(&json!({"name": "a", "classification": "secret"})),
+            400,
+            "unknown variant `secret`",
+        ),
+        (
+            post("/v1/events").json(&json!({"name": 7, "classification": "public"})),
+            400,
+            "invalid type",
+        ),
+        (
+            post("/v1/events").json(&json!({"classification": "public"})),
+            400,
+            "missing field `name`",
+        ),
+        (
+            post("/v1/events")
+                .header("content-type", "application/json")
+                .body("{not json"),
+            400,
+            "not valid JSON",
+        ),
+        (
+            post("/v1/events").body(r#"{"name":"a","classification":"public"}"#),
+            400,
+            "Content-Type",
+        ),
+        (
+            post("/v1/events")
+                .header("content-type", "application/json")
+                .body(vec![b' '; 2 * 1024 * 1024]),
+            413,
+            "larger than",
+        ),
+        (
+            post("/v1/grants").json(
+                &json!({"event": "a", "grantee": "b", "reason": "r", "expires_at": "tomorrow"}),
+            ),
+            400,
+            "expires_at",
+        ),
+        (
+            post("/v1/streams").json(&json!({"name": "s", "shard_count": -1})),
+            400,
+            "shard_count",
+        ),
+        (
+            http.get(server.url("/v1/grants?colour=red"))
+                .bearer_auth(&token),
+            400,
+            "unknown field `colour`",
+        ),
+        (
+            http.get(server.url("/v1/audit?limit=many"))
+                .bearer_auth(&token),
+            400,
+            "limit",
+        ),
+        (
+            http.get(server.url("/v1/nowhere")).bearer_auth(&token),
+            404,
+            "no such route",
+        ),
+        (http.get(server.url("/v1/events")), 401, "bearer token"),
+        (
+            http.get(server.url("/v1/events"))
+                .header("authorization", "Basic Zm9vOmJhcg=="),
+            401,
+            "bearer token",
+        ),
+    ];
+    for (request, status, needle) in cases {
+        let response = request.send().await.expect("response");
+        assert_eq!(
+            response.status().as_u16(),
+            status,
+            "expected {status} mentioning {needle:?}"
+        );
+        assert!(response.headers().contains_key("x-request-id"));
+        let body: ErrorBody = response.json().await.expect("a JSON error body");
+        assert!(
+            body.error.message.contains(needle),
+            "{:?} should mention {needle:?}",
+            body.error.message
+        );
+        assert!(body.error.request_id.is_some());
+    }
+    // Nothing was created by any of it.
+    assert!(server.admin.list_events().await.expect("list").is_empty());
+}
+
+async fn service_endpoints(db: Db) {
+    let Some(server) = TestServer::start(db).await else {
+        return;
+    };
+    let http = server.raw();
+    for path in ["/healthz", "/readyz"] {
+        assert_eq!(
+            http.get(server.url(path))
+                .send()
+                .await
+                .expect("response")
+                .status(),
+            200,
+            "{path}"
+        );
+    }
+    let openapi: serde_json::Value = http
+        .get(server.url("/v1/openapi.json"))
+        .send()
+        .await
+        .expect("response")
+        .json()
+        .await
+        .expect("OpenAPI is JSON");
+    assert!(
+        openapi["openapi"]
+            .as_str()
+            .is_some_and(|v| v.starts_with("3."))
+    );
+    let paths = openapi["paths"].as_object().expect("paths");
+    for path in [
+        "/v1/tokens",
+        "/v1/events/{name}",
+        "/v1/grants/{id}",
+        "/v1/streams/{name}",
+        "/v1/subscriptions/check",
+        "/v1/access/{event}",
+        "/v1/audit/verify",
+        "/v1/routes",
+    ] {
+        assert!(paths.contains_key(path), "OpenAPI lacks {path}");
+    }
+    assert!(openapi["components"]["schemas"]["Grant"].is_object());
+
+    server.admin.whoami().await.expect("whoami");
+    let metrics = http
+        .get(server.url("/metrics"))
+        .send()
+        .await
+        .expect("response")
+        .text()
+        .await
+        .expect("text");
+    assert!(metrics.contains("fanner_api_requests_total"), "{metrics}");
+}

@@ -1,0 +1,9 @@
+mod support;
+
+mod access;
+mod audit;
+mod catalog;
+mod http;
+mod replicas;
+mod routes;
+mod streams;
