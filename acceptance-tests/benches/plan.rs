@@ -100,7 +100,10 @@ async fn main() -> anyhow::Result<()> {
     install_mirror(&mirror, &bin_dir()?.join("terraform-provider-fanner"))?;
     let null_dir = mirror.join("registry.terraform.io/hashicorp/null/2.1.2/linux_amd64");
     std::fs::create_dir_all(&null_dir)?;
-    std::fs::copy(&null_provider, null_dir.join("terraform-provider-null_v2.1.2"))?;
+    std::fs::copy(
+        &null_provider,
+        null_dir.join("terraform-provider-null_v2.1.2"),
+    )?;
     let cli_config = scratch.path().join("cli.tfrc");
     std::fs::write(
         &cli_config,
@@ -142,7 +145,10 @@ async fn main() -> anyhow::Result<()> {
     report("fresh (nothing applied)", fresh_fanner, fresh_null);
 
     for dir in [&fanner, &null] {
-        let took = bench.run(dir, &["apply", "-input=false", "-auto-approve", "-no-color"])?;
+        let took = bench.run(
+            dir,
+            &["apply", "-input=false", "-auto-approve", "-no-color"],
+        )?;
         println!("  apply {}: {:.2} s", dir.display(), took.as_secs_f64());
     }
     let refresh_fanner = bench.median_plan(&fanner, true)?;

@@ -84,7 +84,7 @@ impl Server {
             .arg(&listen)
             .arg("--data-dir")
             .arg(data_dir.path())
-            .env("RUST_LOG", "warn")
+            .env("FANNER_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()

@@ -31,7 +31,13 @@ fn terraform() -> anyhow::Result<PathBuf> {
 fn build_provider(root: &Path) -> anyhow::Result<PathBuf> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
     let status = Command::new(cargo)
-        .args(["build", "-p", "provider", "--bin", "terraform-provider-fanner"])
+        .args([
+            "build",
+            "-p",
+            "provider",
+            "--bin",
+            "terraform-provider-fanner",
+        ])
         .current_dir(root)
         .status()?;
     ensure!(status.success(), "building the provider failed");
@@ -75,17 +81,19 @@ fn docs() -> anyhow::Result<()> {
         work.join("main.tf"),
         "terraform {\n  required_providers {\n    fanner = { source = \"fanner/fanner\" }\n  }\n}\n",
     )?;
-    run(&terraform, &work, &cli_config, &["init", "-input=false", "-no-color"])?;
+    run(
+        &terraform,
+        &work,
+        &cli_config,
+        &["init", "-input=false", "-no-color"],
+    )?;
     let schemas: serde_json::Value = serde_json::from_str(&run(
         &terraform,
         &work,
         &cli_config,
         &["providers", "schema", "-json"],
     )?)?;
-    let pages = render(
-        &provider_entry(&schemas)?,
-        &root.join("examples/terraform"),
-    )?;
+    let pages = render(&provider_entry(&schemas)?, &root.join("examples/terraform"))?;
     let docs = root.join("docs");
     for sub in ["", "resources", "data-sources"] {
         if let Ok(entries) = std::fs::read_dir(docs.join(sub)) {
@@ -103,7 +111,10 @@ fn docs() -> anyhow::Result<()> {
             std::fs::create_dir_all(parent)?;
         }
         std::fs::write(&path, content)?;
-        println!("wrote {}", path.strip_prefix(&root).unwrap_or(&path).display());
+        println!(
+            "wrote {}",
+            path.strip_prefix(&root).unwrap_or(&path).display()
+        );
     }
     Ok(())
 }

@@ -136,3 +136,34 @@ async fn quickstart_and_module_apply() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// The committed docs are exactly what `terraform providers schema -json` renders to, on every
+/// Terraform version.
+#[tokio::test]
+async fn docs_match_terraforms_schema() -> anyhow::Result<()> {
+    if !enabled("docs_match_terraforms_schema") {
+        return Ok(());
+    }
+    let server = Server::start().await?;
+    let root = examples_dir();
+    for terraform in terraforms() {
+        let ws = Workspace::new(&terraform, &server, &server.admin_token)?;
+        ws.write("")?;
+        ws.init()?;
+        let run = ws.ok(&["providers", "schema", "-json"])?;
+        let schemas: serde_json::Value = serde_json::from_str(&run.stdout)?;
+        let pages = xtask::render(&xtask::provider_entry(&schemas)?, &root)?;
+        let docs = root.join("../../docs");
+        for (path, content) in pages {
+            let committed = std::fs::read_to_string(docs.join(&path))
+                .with_context(|| format!("docs/{} is missing", path.display()))?;
+            ensure!(
+                committed == content,
+                "docs/{} differs from what {} renders: run `cargo xtask docs`",
+                path.display(),
+                ws.version_label()
+            );
+        }
+    }
+    Ok(())
+}
