@@ -289,3 +289,54 @@ pub fn u32_of(obj: &Obj, attr: &str, default: u32) -> u32 {
         .and_then(|n| u32::try_from(n).ok())
         .unwrap_or(default)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_are_stable_across_precisions() {
+        #[track_caller]
+        fn check(input: &str, expected: &str) {
+            let t = parse_time(input).expect("valid");
+            assert_eq!(time(&t), Value::string(expected));
+        }
+        check("2026-11-22T03:49:53.213801962Z", "2026-11-22T03:49:53.213Z");
+        check("2026-11-22T03:49:53.213Z", "2026-11-22T03:49:53.213Z");
+        check("2026-11-22T03:49:53Z", "2026-11-22T03:49:53Z");
+        check("2026-11-22T05:49:53+02:00", "2026-11-22T03:49:53Z");
+    }
+
+    #[tokio::test]
+    async fn the_list_cache_lists_once() {
+        let cache: ListCache<String> = ListCache::default();
+        let calls = std::sync::atomic::AtomicUsize::new(0);
+        for key in ["a", "b", "missing"] {
+            let found = cache
+                .lookup(
+                    key,
+                    || async {
+                        calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        Ok(vec!["a".to_owned(), "b".to_owned()])
+                    },
+                    Clone::clone,
+                )
+                .await
+                .expect("no error");
+            assert_eq!(found.as_deref(), (key != "missing").then_some(key));
+        }
+        assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 1);
+        cache.invalidate().await;
+        let _ = cache
+            .lookup(
+                "a",
+                || async {
+                    calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    Ok(Vec::new())
+                },
+                Clone::clone,
+            )
+            .await;
+        assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 2);
+    }
+}
