@@ -107,6 +107,52 @@ pub struct Cache {
     pub grants: ListCache<api::Grant>,
     pub streams: ListCache<api::Stream>,
     pub subscriptions: ListCache<api::Subscription>,
+    /// Plan-time access verdicts by (stream, sorted events): many subscriptions of one stream
+    /// to the same events need one check, not one each.
+    pub verdicts: Verdicts,
+}
+
+type VerdictCell = Arc<tokio::sync::OnceCell<api::AccessVerdict>>;
+
+#[derive(Default)]
+pub struct Verdicts {
+    cells: std::sync::Mutex<HashMap<(String, Vec<String>), VerdictCell>>,
+}
+
+impl Verdicts {
+    /// The verdict for `stream` and `events`, asking the API once per distinct pair (a failed
+    /// call is not remembered).
+    pub async fn check(
+        &self,
+        client: &Client,
+        stream: &str,
+        events: &[String],
+    ) -> Result<api::AccessVerdict, ClientError> {
+        let mut events = events.to_vec();
+        events.sort();
+        events.dedup();
+        let cell = match self.cells.lock() {
+            Ok(mut cells) => cells
+                .entry((stream.to_owned(), events.clone()))
+                .or_default()
+                .clone(),
+            Err(_) => VerdictCell::default(),
+        };
+        let body = api::CheckSubscription {
+            stream: stream.to_owned(),
+            events,
+        };
+        let verdict = cell
+            .get_or_try_init(|| client.check_subscription(&body))
+            .await?;
+        Ok(verdict.clone())
+    }
+
+    pub fn clear(&self) {
+        if let Ok(mut cells) = self.cells.lock() {
+            cells.clear();
+        }
+    }
 }
 
 impl Cache {
@@ -115,6 +161,7 @@ impl Cache {
         self.grants.invalidate().await;
         self.streams.invalidate().await;
         self.subscriptions.invalidate().await;
+        self.verdicts.clear();
     }
 }
 
