@@ -42,17 +42,21 @@ impl Bench {
         Ok(elapsed)
     }
 
-    fn median_plan(&self, dir: &Path, refresh: bool) -> anyhow::Result<Duration> {
+    /// Median `terraform plan` times of two working directories, run alternately so that load
+    /// from anything else on the machine weighs on both alike.
+    fn median_plans(&self, a: &Path, b: &Path, refresh: bool) -> anyhow::Result<(Duration, Duration)> {
         let mut args = vec!["plan", "-input=false", "-no-color", "-lock=false"];
         if !refresh {
             args.push("-refresh=false");
         }
-        let mut times = Vec::new();
+        let (mut times_a, mut times_b) = (Vec::new(), Vec::new());
         for _ in 0..RUNS {
-            times.push(self.run(dir, &args)?);
+            times_a.push(self.run(a, &args)?);
+            times_b.push(self.run(b, &args)?);
         }
-        times.sort();
-        Ok(times[RUNS / 2])
+        times_a.sort();
+        times_b.sort();
+        Ok((times_a[RUNS / 2], times_b[RUNS / 2]))
     }
 }
 
@@ -140,8 +144,7 @@ async fn main() -> anyhow::Result<()> {
     }
 
     println!("terraform plan, {RESOURCES} resources, median of {RUNS}:");
-    let fresh_fanner = bench.median_plan(&fanner, true)?;
-    let fresh_null = bench.median_plan(&null, true)?;
+    let (fresh_fanner, fresh_null) = bench.median_plans(&fanner, &null, true)?;
     report("fresh (nothing applied)", fresh_fanner, fresh_null);
 
     for dir in [&fanner, &null] {
@@ -151,11 +154,9 @@ async fn main() -> anyhow::Result<()> {
         )?;
         println!("  apply {}: {:.2} s", dir.display(), took.as_secs_f64());
     }
-    let refresh_fanner = bench.median_plan(&fanner, true)?;
-    let refresh_null = bench.median_plan(&null, true)?;
+    let (refresh_fanner, refresh_null) = bench.median_plans(&fanner, &null, true)?;
     report("after apply, with refresh", refresh_fanner, refresh_null);
-    let cached_fanner = bench.median_plan(&fanner, false)?;
-    let cached_null = bench.median_plan(&null, false)?;
+    let (cached_fanner, cached_null) = bench.median_plans(&fanner, &null, false)?;
     report("after apply, -refresh=false", cached_fanner, cached_null);
     Ok(())
 }

@@ -25,6 +25,7 @@ const PROTOCOL_VERSION: u32 = 6;
 /// Terraform sends whole plans and states in one message: tonic's 4 MiB default is too small.
 const MESSAGE_LIMIT: usize = 256 * 1024 * 1024;
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+const SHUTDOWN_GRACE: Duration = Duration::from_millis(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum PluginError {
@@ -98,10 +99,6 @@ pub async fn serve(env: PluginEnv, provider: FannerProvider) -> Result<(), Plugi
                 .max_decoding_message_size(MESSAGE_LIMIT)
                 .max_encoding_message_size(MESSAGE_LIMIT),
         );
-    let signal = {
-        let shutdown = shutdown.clone();
-        async move { shutdown.notified().await }
-    };
 
     match env.client_cert_pem {
         Some(pem) => {
@@ -109,20 +106,12 @@ pub async fn serve(env: PluginEnv, provider: FannerProvider) -> Result<(), Plugi
             let cert = base64::engine::general_purpose::STANDARD_NO_PAD.encode(&tls.cert_der);
             announce(&format!("1|{PROTOCOL_VERSION}|tcp|{address}|grpc|{cert}"))?;
             let incoming = tls_incoming(listener, tokio_rustls::TlsAcceptor::from(tls.config));
-            finish(
-                router.serve_with_incoming_shutdown(incoming, signal),
-                &shutdown,
-            )
-            .await
+            finish(router.serve_with_incoming(incoming), &shutdown).await
         }
         None => {
             announce(&format!("1|{PROTOCOL_VERSION}|tcp|{address}|grpc|"))?;
             let incoming = plain_incoming(listener);
-            finish(
-                router.serve_with_incoming_shutdown(incoming, signal),
-                &shutdown,
-            )
-            .await
+            finish(router.serve_with_incoming(incoming), &shutdown).await
         }
     }
 }
@@ -133,8 +122,10 @@ fn announce(line: &str) -> Result<(), PluginError> {
     stdout.flush().map_err(PluginError::Handshake)
 }
 
-/// Runs the server; once shutdown is asked for, gives open connections a moment to drain and
-/// then returns regardless, so Terraform never waits on us.
+/// Runs the server until Terraform asks it to stop. Terraform has finished with the provider by
+/// then but may keep connections open (so a graceful drain would wait out its timeout, and
+/// Terraform with it, on every one of the three provider starts of a plan): after a moment for
+/// the Shutdown response to leave, return regardless.
 async fn finish(
     serve: impl Future<Output = Result<(), tonic::transport::Error>>,
     shutdown: &Notify,
@@ -142,7 +133,7 @@ async fn finish(
     let serve = std::pin::pin!(serve);
     let asked = async {
         shutdown.notified().await;
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        tokio::time::sleep(SHUTDOWN_GRACE).await;
     };
     tokio::select! {
         result = serve => Ok(result?),

@@ -518,7 +518,8 @@ impl Provider for FannerProvider {
 fn capabilities() -> tf::ServerCapabilities {
     tf::ServerCapabilities {
         plan_destroy: false,
-        get_provider_schema_optional: false,
+        // Every provider process serves the same schema: Terraform may reuse the first answer.
+        get_provider_schema_optional: true,
         move_resource_state: false,
         generate_resource_config: false,
     }

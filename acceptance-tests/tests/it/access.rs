@@ -158,3 +158,66 @@ output "classification" {
     }
     Ok(())
 }
+
+/// Failures reach the user as diagnostics that name the resource and say what to do: a refused
+/// token, an unreachable control plane, and an object another team owns.
+#[tokio::test]
+async fn failures_are_diagnostics() -> anyhow::Result<()> {
+    if !enabled("failures_are_diagnostics") {
+        return Ok(());
+    }
+    let stream = "resource \"fanner_stream\" \"signals\" {\n  name = \"fraud-signals\"\n}\n";
+    for terraform in terraforms() {
+        let server = Server::start().await?;
+
+        let ws = Workspace::new(&terraform, &server, "fnr_not_a_real_token")?;
+        ws.write(stream)?;
+        ws.init()?;
+        let run = ws.run(&["apply", "-input=false", "-auto-approve", "-no-color"])?;
+        ensure!(
+            run.code == 1
+                && run.stderr.contains(r#"Cannot create stream "fraud-signals""#)
+                && run.stderr.contains("FANNER_TOKEN")
+                && run.stderr.contains(r#"fanner_stream.signals"#),
+            "a refused token must be a diagnostic on the resource:\n{run}"
+        );
+
+        let closed = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+        ws.write(&format!(
+            "provider \"fanner\" {{\n  endpoint = \"http://{closed}\"\n}}\n\n{stream}"
+        ))?;
+        let run = ws.run(&["apply", "-input=false", "-auto-approve", "-no-color"])?;
+        ensure!(
+            run.code == 1
+                && run.stderr.contains("cannot reach the Fanner API")
+                && run.stderr.contains("endpoint"),
+            "an unreachable endpoint must be a diagnostic:\n{run}"
+        );
+
+        let (_, growth) = server.principal("growth").await?;
+        growth
+            .create_stream(&api::CreateStream {
+                name: "fraud-signals".to_owned(),
+                shard_count: None,
+                retention_hours: None,
+                tags: Default::default(),
+            })
+            .await?;
+        let (fraud_token, _) = server.principal("fraud").await?;
+        let ws = Workspace::new(&terraform, &server, &fraud_token)?;
+        ws.write(stream)?;
+        ws.init()?;
+        let run = ws.run(&["apply", "-input=false", "-auto-approve", "-no-color"])?;
+        ensure!(
+            run.code == 1
+                && run.stderr.contains(r#"Cannot create stream "fraud-signals""#)
+                && run.stderr.contains("terraform import"),
+            "a name taken by another team must be a diagnostic:\n{run}"
+        );
+        ensure!(
+            !run.stderr.contains("panicked"),
+            "the provider must never panic:\n{run}"
+        );
+    }
+    Ok(())
+}

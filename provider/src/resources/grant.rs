@@ -286,3 +286,64 @@ pub fn access_entry(grant: &Grant) -> Value {
     entry.set("status", status);
     entry.into_value()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn grant(expires_at: &str) -> Grant {
+        let at = parse_time(expires_at).expect("valid");
+        Grant {
+            id: "g1".to_owned(),
+            event: "user_signed_up".to_owned(),
+            grantee: "fraud".to_owned(),
+            reason: "Fraud scoring.".to_owned(),
+            granted_by: "growth".to_owned(),
+            created_at: at,
+            expires_at: Some(at),
+            revoked_at: None,
+            revoked_by: None,
+            status: GrantStatus::Active,
+            revision: 1,
+        }
+    }
+
+    #[test]
+    fn the_written_expiry_survives_when_it_names_the_same_instant() {
+        #[track_caller]
+        fn check(api: &str, written: Option<&str>, expected: &str) {
+            let state = state_of(&grant(api), written);
+            assert_eq!(state.get("expires_at"), &Value::string(expected));
+        }
+        check(
+            "2027-06-30T00:00:00Z",
+            Some("2027-06-30T02:00:00+02:00"),
+            "2027-06-30T02:00:00+02:00",
+        );
+        check(
+            "2027-06-30T00:00:00Z",
+            Some("2027-06-30T00:00:00.000Z"),
+            "2027-06-30T00:00:00.000Z",
+        );
+        check(
+            "2027-06-30T00:00:00Z",
+            Some("2027-07-01T00:00:00Z"),
+            "2027-06-30T00:00:00Z",
+        );
+        check(
+            "2027-06-30T00:00:00Z",
+            Some("not a time"),
+            "2027-06-30T00:00:00Z",
+        );
+        check("2027-06-30T00:00:00Z", None, "2027-06-30T00:00:00Z");
+    }
+
+    #[test]
+    fn revoked_and_expired_grants_have_their_status() {
+        let mut expired = grant("2027-06-30T00:00:00Z");
+        expired.status = GrantStatus::Expired;
+        let state = state_of(&expired, None);
+        assert_eq!(state.get("status"), &Value::string("expired"));
+        assert_eq!(state.get("expired"), &Value::Bool(true));
+    }
+}

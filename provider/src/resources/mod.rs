@@ -107,6 +107,52 @@ pub struct Cache {
     pub grants: ListCache<api::Grant>,
     pub streams: ListCache<api::Stream>,
     pub subscriptions: ListCache<api::Subscription>,
+    /// Plan-time access verdicts by (stream, sorted events): many subscriptions of one stream
+    /// to the same events need one check, not one each.
+    pub verdicts: Verdicts,
+}
+
+type VerdictCell = Arc<tokio::sync::OnceCell<api::AccessVerdict>>;
+
+#[derive(Default)]
+pub struct Verdicts {
+    cells: std::sync::Mutex<HashMap<(String, Vec<String>), VerdictCell>>,
+}
+
+impl Verdicts {
+    /// The verdict for `stream` and `events`, asking the API once per distinct pair (a failed
+    /// call is not remembered).
+    pub async fn check(
+        &self,
+        client: &Client,
+        stream: &str,
+        events: &[String],
+    ) -> Result<api::AccessVerdict, ClientError> {
+        let mut events = events.to_vec();
+        events.sort();
+        events.dedup();
+        let cell = match self.cells.lock() {
+            Ok(mut cells) => cells
+                .entry((stream.to_owned(), events.clone()))
+                .or_default()
+                .clone(),
+            Err(_) => VerdictCell::default(),
+        };
+        let body = api::CheckSubscription {
+            stream: stream.to_owned(),
+            events,
+        };
+        let verdict = cell
+            .get_or_try_init(|| client.check_subscription(&body))
+            .await?;
+        Ok(verdict.clone())
+    }
+
+    pub fn clear(&self) {
+        if let Ok(mut cells) = self.cells.lock() {
+            cells.clear();
+        }
+    }
 }
 
 impl Cache {
@@ -115,6 +161,7 @@ impl Cache {
         self.grants.invalidate().await;
         self.streams.invalidate().await;
         self.subscriptions.invalidate().await;
+        self.verdicts.clear();
     }
 }
 
@@ -288,4 +335,55 @@ pub fn u32_of(obj: &Obj, attr: &str, default: u32) -> u32 {
         .as_i64()
         .and_then(|n| u32::try_from(n).ok())
         .unwrap_or(default)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_are_stable_across_precisions() {
+        #[track_caller]
+        fn check(input: &str, expected: &str) {
+            let t = parse_time(input).expect("valid");
+            assert_eq!(time(&t), Value::string(expected));
+        }
+        check("2026-11-22T03:49:53.213801962Z", "2026-11-22T03:49:53.213Z");
+        check("2026-11-22T03:49:53.213Z", "2026-11-22T03:49:53.213Z");
+        check("2026-11-22T03:49:53Z", "2026-11-22T03:49:53Z");
+        check("2026-11-22T05:49:53+02:00", "2026-11-22T03:49:53Z");
+    }
+
+    #[tokio::test]
+    async fn the_list_cache_lists_once() {
+        let cache: ListCache<String> = ListCache::default();
+        let calls = std::sync::atomic::AtomicUsize::new(0);
+        for key in ["a", "b", "missing"] {
+            let found = cache
+                .lookup(
+                    key,
+                    || async {
+                        calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        Ok(vec!["a".to_owned(), "b".to_owned()])
+                    },
+                    Clone::clone,
+                )
+                .await
+                .expect("no error");
+            assert_eq!(found.as_deref(), (key != "missing").then_some(key));
+        }
+        assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 1);
+        cache.invalidate().await;
+        let _ = cache
+            .lookup(
+                "a",
+                || async {
+                    calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    Ok(Vec::new())
+                },
+                Clone::clone,
+            )
+            .await;
+        assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 2);
+    }
 }

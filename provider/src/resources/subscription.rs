@@ -1,8 +1,8 @@
 use std::sync::LazyLock;
 
 use api::{
-    AccessProblem, CheckSubscription, CreateSubscription, DenialReason, Subscription,
-    SubscriptionStatus, UpdateSubscription, rules,
+    AccessProblem, CreateSubscription, DenialReason, Subscription, SubscriptionStatus,
+    UpdateSubscription, rules,
 };
 
 use super::{Ctx, Resource, cached_get, check_str, required_str, time};
@@ -199,11 +199,7 @@ impl Resource for SubscriptionResource {
         let Some(client) = ctx.client(diags) else {
             return;
         };
-        let body = CheckSubscription {
-            stream: stream.clone(),
-            events,
-        };
-        match client.check_subscription(&body).await {
+        match ctx.cache.verdicts.check(client, &stream, &events).await {
             Ok(verdict) if verdict.allowed => {}
             Ok(verdict) => {
                 let problems: Vec<_> = verdict
