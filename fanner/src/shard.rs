@@ -26,7 +26,7 @@ use tokio::time::Instant;
 use crate::checkpoint::{self, Checkpoint};
 use crate::config::EngineConfig;
 use crate::dead_letter::{self, DeadLetter, Reason};
-use crate::router::{self, Head, RouteIndex, Routing};
+use crate::router::{self, RouteIndex, Routing};
 use crate::routes::LiveRoutes;
 use crate::status::{Report, ShardStatus, StatusBoard, TargetMode, TargetStatus};
 
@@ -925,7 +925,7 @@ impl Worker {
         tally: &mut Tally,
     ) {
         match verdict {
-            Verdict::Deliver { head, routed, key } => {
+            Verdict::Deliver { event, routed, key } => {
                 for slot in routed.deliveries() {
                     let info = &table.targets()[slot.target];
                     if only.is_some_and(|name| *name != info.backing_name) {
@@ -947,7 +947,7 @@ impl Worker {
                         prev: prev.clone(),
                         data: record.data.clone(),
                         key: key.clone(),
-                        event: head.event_name.clone(),
+                        event: event.clone(),
                         subscription: Some(slot.subscription.clone()),
                         revision: table.revision,
                         access_expires_at: slot.access_expires_at,
@@ -969,7 +969,8 @@ impl Worker {
             Verdict::Bad {
                 reason,
                 detail,
-                head,
+                event_name,
+                event_id,
                 intended,
             } => {
                 let dead_letters: Arc<str> = Arc::from(self.shared.config.dead_letters());
@@ -1001,12 +1002,8 @@ impl Worker {
                     sequence: seq.to_string(),
                     partition_key: record.partition_key.clone(),
                     arrival_time: record.arrival_time,
-                    event_name: head
-                        .as_ref()
-                        .map(|h| String::from_utf8_lossy(&h.event_name).into_owned()),
-                    event_id: head
-                        .as_ref()
-                        .map(|h| String::from_utf8_lossy(&h.event_id).into_owned()),
+                    event_name,
+                    event_id,
                     original_size: 0,
                     truncated: false,
                     dead_lettered_at: Utc::now(),
@@ -1423,7 +1420,8 @@ fn still_allowed(
 /// What to do with one GES record.
 enum Verdict<'t> {
     Deliver {
-        head: Head,
+        /// The event name, a slice of the record.
+        event: Bytes,
         routed: router::Routed<'t>,
         key: Bytes,
     },
@@ -1432,7 +1430,9 @@ enum Verdict<'t> {
     Bad {
         reason: Reason,
         detail: String,
-        head: Option<Head>,
+        /// From the envelope, when it could be read.
+        event_name: Option<String>,
+        event_id: Option<String>,
         /// Subscribed streams that would have received it.
         intended: Vec<&'t router::Slot>,
     },
@@ -1445,20 +1445,23 @@ fn judge<'t>(record: &Record, table: &'t RouteIndex, now: DateTime<Utc>) -> Verd
             return Verdict::Bad {
                 reason: Reason::NotAnEnvelope,
                 detail,
-                head: None,
+                event_name: None,
+                event_id: None,
                 intended: Vec::new(),
             };
         }
     };
-    let routed = match router::route(&head.event_name, table, now) {
+    let lossy = |bytes: &[u8]| Some(String::from_utf8_lossy(bytes).into_owned());
+    let routed = match router::route(head.event_name, table, now) {
         Routing::Unknown => {
             return Verdict::Bad {
                 reason: Reason::UnknownEvent,
                 detail: format!(
                     "event {:?} is not in the catalog",
-                    String::from_utf8_lossy(&head.event_name)
+                    String::from_utf8_lossy(head.event_name)
                 ),
-                head: Some(head),
+                event_name: lossy(head.event_name),
+                event_id: lossy(head.event_id),
                 intended: Vec::new(),
             };
         }
@@ -1467,7 +1470,7 @@ fn judge<'t>(record: &Record, table: &'t RouteIndex, now: DateTime<Utc>) -> Verd
     if routed.deliveries().next().is_none() && routed.denied().next().is_none() {
         return Verdict::Unrouted;
     }
-    let key = partition_key(&head.event_id);
+    let key = partition_key(&record.data, head.event_id);
     let size = record.data.len() + key.len();
     if size > MAX_RECORD_BYTES {
         return Verdict::Bad {
@@ -1475,19 +1478,25 @@ fn judge<'t>(record: &Record, table: &'t RouteIndex, now: DateTime<Utc>) -> Verd
             detail: format!(
                 "{size} bytes with the partition key; a stream record holds at most {MAX_RECORD_BYTES}"
             ),
-            head: Some(head),
+            event_name: lossy(head.event_name),
+            event_id: lossy(head.event_id),
             intended: routed.deliveries().collect(),
         };
     }
-    Verdict::Deliver { head, routed, key }
+    Verdict::Deliver {
+        event: record.data.slice_ref(head.event_name),
+        routed,
+        key,
+    }
 }
 
-/// The partition key on consumer streams: the envelope's event id, which publishing makes a
-/// random UUID (so records spread evenly over shards, and a record delivered twice lands on the
-/// same shard as the first copy); a random key when the id is empty or too long.
-pub(crate) fn partition_key(event_id: &Bytes) -> Bytes {
+/// The partition key on consumer streams: the envelope's event id (a slice of `data`), which
+/// publishing makes a random UUID, so records spread evenly over shards and a record delivered
+/// twice lands on the same shard as the first copy; a random key when the id is empty or too
+/// long.
+pub(crate) fn partition_key(data: &Bytes, event_id: &[u8]) -> Bytes {
     if !event_id.is_empty() && event_id.len() <= MAX_PARTITION_KEY_CHARS {
-        event_id.clone()
+        data.slice_ref(event_id)
     } else {
         Bytes::from(format!("{:032x}", rand::random::<u128>()))
     }
