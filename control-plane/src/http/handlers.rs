@@ -421,8 +421,8 @@ pub async fn tail(
             .await
             .map(|line| (Ok::<_, std::convert::Infallible>(line), receiver))
     });
-    Ok(axum::response::Response::builder()
+    axum::response::Response::builder()
         .header(axum::http::header::CONTENT_TYPE, "application/x-ndjson")
         .body(axum::body::Body::from_stream(lines))
-        .map_err(|e| ApiError::Internal(e.to_string()))?)
+        .map_err(|e| ApiError::Internal(e.to_string()))
 }

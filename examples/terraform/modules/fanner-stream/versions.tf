@@ -1,0 +1,5 @@
+terraform {
+  required_providers {
+    fanner = { source = "fanner/fanner" }
+  }
+}

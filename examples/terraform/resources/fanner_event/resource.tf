@@ -1,0 +1,5 @@
+resource "fanner_event" "signup" {
+  name           = "user_signed_up"
+  classification = "pii"
+  description    = "A user finished signup."
+}

@@ -1,0 +1,12 @@
+resource "fanner_event" "signup" {
+  name           = "user_signed_up"
+  classification = "pii"
+}
+
+# Lets the fraud team read signups until mid-2027.
+resource "fanner_grant" "fraud_reads_signup" {
+  event      = fanner_event.signup.name
+  grantee    = "fraud"
+  reason     = "Fraud scoring at signup."
+  expires_at = "2027-06-30T00:00:00Z"
+}

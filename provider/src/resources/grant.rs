@@ -1,0 +1,349 @@
+use std::sync::LazyLock;
+
+use api::{CreateGrant, Grant, GrantStatus, UpdateGrant, rules};
+use chrono::{DateTime, Utc};
+
+use super::{Ctx, Resource, cached_get, check_str, parse_time, required_str, time};
+use crate::diag::Diags;
+use crate::schema::{Attr, Schema, Ty};
+use crate::value::{Obj, Value};
+
+pub struct GrantResource;
+
+static SCHEMA: LazyLock<Schema> =
+    LazyLock::new(|| Schema {
+        description: "Lets another team (the grantee) read an event you own. Destroying the grant \
+                  revokes it: delivery to the grantee's streams stops at once. Grants on `pii` \
+                  and `restricted` events must expire within 365 days.",
+        attributes: vec![
+        Attr::computed("id", Ty::String, "The grant's identifier, assigned by Fanner."),
+        Attr::required("event", Ty::String, "The event to grant read access to.").force_new(),
+        Attr::required(
+            "grantee",
+            Ty::String,
+            "The principal (team) that may read the event.",
+        )
+        .force_new(),
+        Attr::required(
+            "reason",
+            Ty::String,
+            "Why the grantee needs the event. Kept in the audit trail; must not be empty.",
+        ),
+        Attr::optional(
+            "expires_at",
+            Ty::String,
+            "When the grant stops (RFC 3339, e.g. `2027-06-30T00:00:00Z`). Required for `pii` \
+             and `restricted` events, at most 365 days ahead.",
+        ),
+        Attr::computed(
+            "granted_by",
+            Ty::String,
+            "The principal whose token created the grant.",
+        ),
+        Attr::computed(
+            "status",
+            Ty::String,
+            "`active`, or `expired` once `expires_at` has passed.",
+        )
+        .changes_on_update(),
+        Attr::computed(
+            "expired",
+            Ty::Bool,
+            "Whether `expires_at` has passed: an expired grant no longer lets the grantee read.",
+        )
+        .changes_on_update(),
+        Attr::computed(
+            "revision",
+            Ty::Number,
+            "Increases with every change to the grant.",
+        )
+        .changes_on_update(),
+        Attr::computed(
+            "created_at",
+            Ty::String,
+            "When the grant was made (RFC 3339).",
+        ),
+    ],
+    });
+
+/// The grant as state. `written_expiry` is the `expires_at` text from the configuration or the
+/// prior state: it is kept when it names the same instant as the API's, so `+02:00` offsets or
+/// fractional zeros never show as a diff.
+fn state_of(grant: &Grant, written_expiry: Option<&str>) -> Obj {
+    let mut state = SCHEMA.empty_object();
+    state.set("id", grant.id.as_str());
+    state.set("event", grant.event.as_str());
+    state.set("grantee", grant.grantee.as_str());
+    state.set("reason", grant.reason.as_str());
+    let expires_at = match (grant.expires_at, written_expiry) {
+        (Some(at), Some(written)) if parse_time(written).ok() == Some(at) => Value::string(written),
+        (Some(at), _) => time(&at),
+        (None, _) => Value::Null,
+    };
+    state.set("expires_at", expires_at);
+    state.set("granted_by", grant.granted_by.as_str());
+    let status = match grant.status {
+        GrantStatus::Active => "active",
+        GrantStatus::Expired => "expired",
+        GrantStatus::Revoked => "revoked",
+    };
+    state.set("status", status);
+    state.set("expired", grant.status == GrantStatus::Expired);
+    state.set("revision", grant.revision);
+    state.set("created_at", time(&grant.created_at));
+    state
+}
+
+fn expiry(obj: &Obj, diags: &mut Diags) -> Result<Option<DateTime<Utc>>, ()> {
+    match obj.str("expires_at") {
+        None => Ok(None),
+        Some(text) => match parse_time(text) {
+            Ok(at) => Ok(Some(at)),
+            Err(problem) => {
+                diags.error_at("expires_at", "Invalid expires_at", problem);
+                Err(())
+            }
+        },
+    }
+}
+
+#[tonic::async_trait]
+impl Resource for GrantResource {
+    fn type_name(&self) -> &'static str {
+        "fanner_grant"
+    }
+
+    fn schema(&self) -> &Schema {
+        &SCHEMA
+    }
+
+    fn import_id_kind(&self) -> &'static str {
+        "the grant's id"
+    }
+
+    fn validate(&self, config: &Obj, diags: &mut Diags) {
+        check_str(config, "event", diags, |v| rules::check_name("event", v));
+        check_str(config, "grantee", diags, |v| {
+            rules::check_name("principal", v)
+        });
+        check_str(config, "reason", diags, rules::check_reason);
+        check_str(config, "expires_at", diags, |v| parse_time(v).map(|_| ()));
+    }
+
+    /// When the expiry is new or changes, checks it against the event's classification now, so
+    /// `terraform plan` says what the apply would be refused for.
+    async fn adjust_plan(
+        &self,
+        ctx: &Ctx,
+        prior: Option<&Obj>,
+        planned: &mut Obj,
+        diags: &mut Diags,
+    ) {
+        let expiry_changed = prior.is_none_or(|p| p.get("expires_at") != planned.get("expires_at"));
+        if expiry_changed
+            && let (Some(event), Some(grantee)) = (planned.str("event"), planned.str("grantee"))
+        {
+            ctx.pending.add_grant(event, grantee);
+        }
+        let expires_at = planned.get("expires_at");
+        if !expiry_changed || !expires_at.is_wholly_known() {
+            return;
+        }
+        let Ok(expires_at) = expiry(planned, diags) else {
+            return;
+        };
+        let now = Utc::now();
+        if let Some(at) = expires_at
+            && at <= now
+        {
+            diags.error_at(
+                "expires_at",
+                "Invalid expires_at",
+                format!("expires_at {} is not in the future", at.to_rfc3339()),
+            );
+            return;
+        }
+        let (Some(event), Some(client)) = (planned.str("event"), ctx.client(&mut Diags::default()))
+        else {
+            return;
+        };
+        // The event may be created by this same apply: then the server checks at apply time.
+        if let Ok(Some(event)) = super::event::lookup(ctx, client, event).await
+            && let Err(problem) = rules::check_grant_expiry(event.classification, expires_at, now)
+        {
+            diags.error_at("expires_at", "Invalid expires_at", problem);
+        }
+    }
+
+    async fn read(&self, ctx: &Ctx, state: &Obj, diags: &mut Diags) -> Option<Obj> {
+        let client = ctx.client(diags)?;
+        let id = required_str(state, "id", diags)?;
+        let found = cached_get(
+            &ctx.cache.grants,
+            id,
+            || client.list_grants(None, None),
+            |g| g.id.clone(),
+            || client.get_grant(id),
+        )
+        .await;
+        match found {
+            // A revoked grant is gone for good: plan to make a new one.
+            Ok(Some(grant)) if grant.status == GrantStatus::Revoked => None,
+            Ok(Some(grant)) => Some(state_of(&grant, state.str("expires_at"))),
+            Ok(None) => None,
+            Err(e) => {
+                diags.api(&format!("read grant {id:?}"), &e);
+                None
+            }
+        }
+    }
+
+    async fn create(&self, ctx: &Ctx, planned: &Obj, diags: &mut Diags) -> Option<Obj> {
+        let client = ctx.client(diags)?;
+        let event = required_str(planned, "event", diags)?;
+        let grantee = required_str(planned, "grantee", diags)?;
+        let reason = required_str(planned, "reason", diags)?;
+        let expires_at = expiry(planned, diags).ok()?;
+        let body = CreateGrant {
+            event: event.to_owned(),
+            grantee: grantee.to_owned(),
+            reason: reason.to_owned(),
+            expires_at,
+        };
+        ctx.cache.invalidate().await;
+        match client.create_grant(&body).await {
+            Ok(grant) => Some(state_of(&grant, planned.str("expires_at"))),
+            Err(e) => {
+                diags.api(&format!("grant event {event:?} to {grantee:?}"), &e);
+                None
+            }
+        }
+    }
+
+    async fn update(
+        &self,
+        ctx: &Ctx,
+        prior: &Obj,
+        planned: &Obj,
+        diags: &mut Diags,
+    ) -> Option<Obj> {
+        let client = ctx.client(diags)?;
+        let id = required_str(prior, "id", diags)?;
+        let reason = required_str(planned, "reason", diags)?;
+        let expires_at = expiry(planned, diags).ok()?;
+        let body = UpdateGrant {
+            reason: reason.to_owned(),
+            expires_at,
+            revision: prior.get("revision").as_i64(),
+        };
+        ctx.cache.invalidate().await;
+        match client.update_grant(id, &body).await {
+            Ok(grant) => Some(state_of(&grant, planned.str("expires_at"))),
+            Err(e) => {
+                diags.api(&format!("update grant {id:?}"), &e);
+                None
+            }
+        }
+    }
+
+    async fn delete(&self, ctx: &Ctx, prior: &Obj, diags: &mut Diags) {
+        let Some(client) = ctx.client(diags) else {
+            return;
+        };
+        let Some(id) = required_str(prior, "id", diags) else {
+            return;
+        };
+        ctx.cache.invalidate().await;
+        match client.revoke_grant(id).await {
+            Ok(_) => {}
+            Err(e) if e.is_not_found() => {}
+            Err(e) => diags.api(&format!("revoke grant {id:?}"), &e),
+        }
+    }
+}
+
+/// One grant as the access data source lists it.
+pub fn access_entry(grant: &Grant) -> Value {
+    let mut entry = Obj::default();
+    entry.set("id", grant.id.as_str());
+    entry.set("grantee", grant.grantee.as_str());
+    entry.set("reason", grant.reason.as_str());
+    entry.set("granted_by", grant.granted_by.as_str());
+    entry.set("created_at", time(&grant.created_at));
+    entry.set(
+        "expires_at",
+        grant.expires_at.as_ref().map_or(Value::Null, time),
+    );
+    entry.set(
+        "revoked_at",
+        grant.revoked_at.as_ref().map_or(Value::Null, time),
+    );
+    let status = match grant.status {
+        GrantStatus::Active => "active",
+        GrantStatus::Expired => "expired",
+        GrantStatus::Revoked => "revoked",
+    };
+    entry.set("status", status);
+    entry.into_value()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn grant(expires_at: &str) -> Grant {
+        let at = parse_time(expires_at).expect("valid");
+        Grant {
+            id: "g1".to_owned(),
+            event: "user_signed_up".to_owned(),
+            grantee: "fraud".to_owned(),
+            reason: "Fraud scoring.".to_owned(),
+            granted_by: "growth".to_owned(),
+            created_at: at,
+            expires_at: Some(at),
+            revoked_at: None,
+            revoked_by: None,
+            status: GrantStatus::Active,
+            revision: 1,
+        }
+    }
+
+    #[test]
+    fn the_written_expiry_survives_when_it_names_the_same_instant() {
+        #[track_caller]
+        fn check(api: &str, written: Option<&str>, expected: &str) {
+            let state = state_of(&grant(api), written);
+            assert_eq!(state.get("expires_at"), &Value::string(expected));
+        }
+        check(
+            "2027-06-30T00:00:00Z",
+            Some("2027-06-30T02:00:00+02:00"),
+            "2027-06-30T02:00:00+02:00",
+        );
+        check(
+            "2027-06-30T00:00:00Z",
+            Some("2027-06-30T00:00:00.000Z"),
+            "2027-06-30T00:00:00.000Z",
+        );
+        check(
+            "2027-06-30T00:00:00Z",
+            Some("2027-07-01T00:00:00Z"),
+            "2027-06-30T00:00:00Z",
+        );
+        check(
+            "2027-06-30T00:00:00Z",
+            Some("not a time"),
+            "2027-06-30T00:00:00Z",
+        );
+        check("2027-06-30T00:00:00Z", None, "2027-06-30T00:00:00Z");
+    }
+
+    #[test]
+    fn revoked_and_expired_grants_have_their_status() {
+        let mut expired = grant("2027-06-30T00:00:00Z");
+        expired.status = GrantStatus::Expired;
+        let state = state_of(&expired, None);
+        assert_eq!(state.get("status"), &Value::string("expired"));
+        assert_eq!(state.get("expired"), &Value::Bool(true));
+    }
+}

@@ -1,0 +1,319 @@
+use std::sync::LazyLock;
+
+use api::{
+    AccessProblem, CreateSubscription, DenialReason, Subscription, SubscriptionStatus,
+    UpdateSubscription, rules,
+};
+
+use super::{Ctx, Resource, cached_get, check_str, required_str, time};
+use crate::diag::Diags;
+use crate::schema::{Attr, Schema, Ty};
+use crate::value::{Obj, Value};
+
+pub struct SubscriptionResource;
+
+static SCHEMA: LazyLock<Schema> = LazyLock::new(|| Schema {
+    description: "Routes events to a stream. Access is checked for the stream's owner when you \
+                  run `terraform plan`: every event must be owned by that team or granted to it \
+                  by an active `fanner_grant`.",
+    attributes: vec![
+        Attr::computed(
+            "id",
+            Ty::String,
+            "The subscription's identifier, assigned by Fanner.",
+        ),
+        Attr::required(
+            "stream",
+            Ty::String,
+            "The name of the stream that receives the events.",
+        )
+        .force_new(),
+        Attr::required(
+            "events",
+            Ty::set_of_strings(),
+            "The names of the events to deliver to the stream. Changed in place.",
+        ),
+        Attr::computed(
+            "owner",
+            Ty::String,
+            "The stream's owner: the principal whose access to the events is checked.",
+        ),
+        Attr::computed(
+            "status",
+            Ty::String,
+            "`active`, or `failed` when the data plane cannot deliver to the stream (see \
+             `status_reason`).",
+        )
+        .changes_on_update(),
+        Attr::computed(
+            "status_reason",
+            Ty::String,
+            "Why the subscription failed; null while it is active.",
+        )
+        .changes_on_update(),
+        Attr::computed(
+            "revision",
+            Ty::Number,
+            "Increases with every change to the subscription.",
+        )
+        .changes_on_update(),
+        Attr::computed(
+            "created_at",
+            Ty::String,
+            "When the subscription was made (RFC 3339).",
+        ),
+        Attr::computed(
+            "updated_at",
+            Ty::String,
+            "When the subscription last changed (RFC 3339).",
+        )
+        .changes_on_update(),
+    ],
+});
+
+fn state_of(subscription: &Subscription) -> Obj {
+    let mut state = SCHEMA.empty_object();
+    state.set("id", subscription.id.as_str());
+    state.set("stream", subscription.stream.as_str());
+    state.set("events", subscription.events.clone());
+    state.set("owner", subscription.owner.as_str());
+    let status = match subscription.status {
+        SubscriptionStatus::Active => "active",
+        SubscriptionStatus::Failed => "failed",
+    };
+    state.set("status", status);
+    state.set(
+        "status_reason",
+        Value::opt_string(subscription.status_reason.as_deref()),
+    );
+    state.set("revision", subscription.revision);
+    state.set("created_at", time(&subscription.created_at));
+    state.set("updated_at", time(&subscription.updated_at));
+    state
+}
+
+/// A refusal this same plan fixes: the event or the grant is created (or renewed) before the
+/// subscription, because the subscription references it.
+fn resolved_by_this_plan(ctx: &Ctx, problem: &AccessProblem, owner: &str) -> bool {
+    match problem.reason {
+        DenialReason::Unknown => ctx.pending.has_event(&problem.event),
+        DenialReason::NotGranted | DenialReason::GrantExpired => {
+            ctx.pending.has_grant(&problem.event, owner)
+        }
+    }
+}
+
+fn events(obj: &Obj, diags: &mut Diags) -> Option<Vec<String>> {
+    let Some(events) = obj.get("events").as_strings() else {
+        diags.error_at(
+            "events",
+            "Missing events",
+            "events must be known at this point",
+        );
+        return None;
+    };
+    match rules::normalize_events(&events) {
+        Ok(events) => Some(events),
+        Err(problem) => {
+            diags.error_at("events", "Invalid events", problem);
+            None
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl Resource for SubscriptionResource {
+    fn type_name(&self) -> &'static str {
+        "fanner_subscription"
+    }
+
+    fn schema(&self) -> &Schema {
+        &SCHEMA
+    }
+
+    fn import_id_kind(&self) -> &'static str {
+        "the subscription's id"
+    }
+
+    fn validate(&self, config: &Obj, diags: &mut Diags) {
+        check_str(config, "stream", diags, |v| rules::check_name("stream", v));
+        let Some(items) = config.get("events").as_list() else {
+            return;
+        };
+        if items.is_empty() {
+            diags.error_at(
+                "events",
+                "Invalid events",
+                "events must name at least one event",
+            );
+        }
+        if items.len() > rules::MAX_SUBSCRIPTION_EVENTS {
+            diags.error_at(
+                "events",
+                "Invalid events",
+                format!(
+                    "a subscription names at most {} events",
+                    rules::MAX_SUBSCRIPTION_EVENTS
+                ),
+            );
+        }
+        for name in items.iter().filter_map(Value::as_str) {
+            if let Err(problem) = rules::check_name("event", name) {
+                diags.error_at("events", "Invalid events", problem);
+            }
+        }
+    }
+
+    /// Asks the control plane, at plan time, whether the stream's owner may receive every event,
+    /// so a refusal shows in `terraform plan` rather than halfway through an apply.
+    async fn adjust_plan(
+        &self,
+        ctx: &Ctx,
+        prior: Option<&Obj>,
+        planned: &mut Obj,
+        diags: &mut Diags,
+    ) {
+        let events_changed = prior.is_none_or(|p| {
+            let (mut a, mut b) = (
+                p.get("events").as_strings().unwrap_or_default(),
+                planned.get("events").as_strings().unwrap_or_default(),
+            );
+            a.sort();
+            b.sort();
+            a != b
+        });
+        if !events_changed {
+            return;
+        }
+        let (Some(stream), Some(events)) = (
+            planned.str("stream").map(str::to_owned),
+            planned.get("events").as_strings(),
+        ) else {
+            // Unknown until apply (e.g. the stream's name comes from another resource being
+            // created): the server checks again when the subscription is written.
+            return;
+        };
+        if !ctx.is_configured() {
+            return;
+        }
+        let Some(client) = ctx.client(diags) else {
+            return;
+        };
+        match ctx.cache.verdicts.check(client, &stream, &events).await {
+            Ok(verdict) if verdict.allowed => {}
+            Ok(verdict) => {
+                let problems: Vec<_> = verdict
+                    .problems
+                    .iter()
+                    .filter(|p| !resolved_by_this_plan(ctx, p, &verdict.owner))
+                    .collect();
+                for problem in &problems {
+                    diags.error_at(
+                        "events",
+                        format!(
+                            "Stream {stream:?} may not receive event {:?}: {}",
+                            problem.event,
+                            problem.reason.as_str()
+                        ),
+                        format!(
+                            "{}. Access is checked for the stream's owner, {:?}: an event must be \
+                             owned by that team or granted to it by an active fanner_grant. Ask \
+                             the event's owner for a grant, or remove {:?} from events.",
+                            problem.message.trim_end_matches('.'),
+                            verdict.owner,
+                            problem.event
+                        ),
+                    );
+                }
+                if verdict.problems.is_empty() {
+                    diags.error_at(
+                        "events",
+                        format!("Stream {stream:?} may not receive these events"),
+                        format!("The control plane refused access for {:?}.", verdict.owner),
+                    );
+                }
+            }
+            Err(e) => diags.api(
+                &format!("check access of stream {stream:?} to its events"),
+                &e,
+            ),
+        }
+    }
+
+    async fn read(&self, ctx: &Ctx, state: &Obj, diags: &mut Diags) -> Option<Obj> {
+        let client = ctx.client(diags)?;
+        let id = required_str(state, "id", diags)?;
+        let found = cached_get(
+            &ctx.cache.subscriptions,
+            id,
+            || client.list_subscriptions(None),
+            |s| s.id.clone(),
+            || client.get_subscription(id),
+        )
+        .await;
+        match found {
+            Ok(found) => found.as_ref().map(state_of),
+            Err(e) => {
+                diags.api(&format!("read subscription {id:?}"), &e);
+                None
+            }
+        }
+    }
+
+    async fn create(&self, ctx: &Ctx, planned: &Obj, diags: &mut Diags) -> Option<Obj> {
+        let client = ctx.client(diags)?;
+        let stream = required_str(planned, "stream", diags)?;
+        let events = events(planned, diags)?;
+        let body = CreateSubscription {
+            stream: stream.to_owned(),
+            events,
+        };
+        ctx.cache.invalidate().await;
+        match client.create_subscription(&body).await {
+            Ok(subscription) => Some(state_of(&subscription)),
+            Err(e) => {
+                diags.api(&format!("subscribe stream {stream:?}"), &e);
+                None
+            }
+        }
+    }
+
+    async fn update(
+        &self,
+        ctx: &Ctx,
+        prior: &Obj,
+        planned: &Obj,
+        diags: &mut Diags,
+    ) -> Option<Obj> {
+        let client = ctx.client(diags)?;
+        let id = required_str(prior, "id", diags)?;
+        let events = events(planned, diags)?;
+        let body = UpdateSubscription {
+            events,
+            revision: prior.get("revision").as_i64(),
+        };
+        ctx.cache.invalidate().await;
+        match client.update_subscription(id, &body).await {
+            Ok(subscription) => Some(state_of(&subscription)),
+            Err(e) => {
+                diags.api(&format!("update subscription {id:?}"), &e);
+                None
+            }
+        }
+    }
+
+    async fn delete(&self, ctx: &Ctx, prior: &Obj, diags: &mut Diags) {
+        let Some(client) = ctx.client(diags) else {
+            return;
+        };
+        let Some(id) = required_str(prior, "id", diags) else {
+            return;
+        };
+        ctx.cache.invalidate().await;
+        match client.delete_subscription(id).await {
+            Ok(_) => {}
+            Err(e) if e.is_not_found() => {}
+            Err(e) => diags.api(&format!("delete subscription {id:?}"), &e),
+        }
+    }
+}
