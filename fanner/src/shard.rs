@@ -614,10 +614,7 @@ impl Worker {
             let backend = self.shared.backend.clone();
             let name = target.name.clone();
             let generation = target.generation;
-            let policy = streams::RetryPolicy {
-                max_attempts: 1,
-                ..policy.clone()
-            };
+            let policy = policy.clone();
             self.io.push(Box::pin(async move {
                 let records: Vec<PutRecord> = batch
                     .iter()
