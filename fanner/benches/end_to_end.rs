@@ -48,6 +48,13 @@ async fn main() {
     let rate = sent as f64 / started.elapsed().as_secs_f64();
     tail.wait_for(sent / 2, Duration::from_secs(60)).await;
     let (p50, p99, max) = tail.percentiles().await;
+    let stored = setup.count_consumer().await;
+    if stored != sent / 2 {
+        println!(
+            "end_to_end embedded: the consumer stream holds {stored} records, not {}",
+            sent / 2
+        );
+    }
     println!(
         "end_to_end embedded: {sent} events at {rate:.0} events/s ({} delivered): \
          publish→consumer p50 {p50:.2} ms, p99 {p99:.2} ms, max {max:.2} ms",

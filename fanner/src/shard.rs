@@ -1093,28 +1093,16 @@ impl Worker {
             }
         }
         tally.flush();
-        let main_read = self.main.read.clone();
         let Some(Target {
-            mode: Mode::Behind {
-                reader, position, ..
-            },
+            mode: Mode::Behind { reader, .. },
             ..
         }) = self.targets.get_mut(name)
         else {
             return;
         };
-        if reached {
-            // The reader went past records this stream did not take; the main cursor feeds
-            // them once it is attached, or a new reader reads them.
-            *reader = Reader::Closed;
-        } else if batch.shard_end
-            || (batch.records.is_empty()
-                && batch.millis_behind == Some(0)
-                && cmp_pos(position, &main_read) == Ordering::Less)
-        {
-            // Nothing left to read although the main cursor is further on: the records in
-            // between were trimmed by retention.
-            *position = main_read;
+        if reached || batch.shard_end {
+            // Past records this stream did not take (the main cursor feeds them once the
+            // stream is attached, or a new reader reads them), or nothing more to read.
             *reader = Reader::Closed;
         }
     }

@@ -216,7 +216,10 @@ impl Setup {
                 loop {
                     let batch = match reader.next_batch(10_000).await {
                         Ok(batch) => batch,
-                        Err(_) => return,
+                        Err(error) => {
+                            eprintln!("the benchmark's consumer stopped reading: {error}");
+                            return;
+                        }
                     };
                     if batch.records.is_empty() {
                         reader.wait_for_records(Duration::from_millis(100)).await;
@@ -239,6 +242,32 @@ impl Setup {
             });
         }
         tail
+    }
+
+    /// Records on the consumer stream, read in full.
+    pub async fn count_consumer(&self) -> usize {
+        let mut count = 0;
+        for shard in self
+            .backend
+            .list_shards(&self.consumer)
+            .await
+            .unwrap_or_default()
+        {
+            let Ok(mut reader) = self
+                .backend
+                .open_reader(&self.consumer, &shard.id, StartPosition::TrimHorizon)
+                .await
+            else {
+                continue;
+            };
+            while let Ok(batch) = reader.next_batch(10_000).await {
+                if batch.records.is_empty() {
+                    break;
+                }
+                count += batch.records.len();
+            }
+        }
+        count
     }
 
     pub async fn stop(mut self) {
