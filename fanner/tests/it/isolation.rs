@@ -289,3 +289,43 @@ async fn partial_put_failures_resend_only_the_failed_entries_moto() {
     }
     engine.shutdown().await;
 }
+
+backend_tests!(a_stream_catching_up_misses_nothing_while_events_keep_coming);
+
+/// A stream stays behind (one of its records keeps failing) while events keep coming, so its
+/// own reader and the main cursor keep racing to the newest record; once the record goes
+/// through, the stream has received everything.
+async fn a_stream_catching_up_misses_nothing_while_events_keep_coming(kind: Kind) {
+    let Some(h) = Harness::start(kind, "catching_up_misses_nothing", 1).await else {
+        return;
+    };
+    let growth = h.team("growth").await;
+    h.event(&growth, "signup").await;
+    let stream = h.stream(&growth, "growth-own", 1).await;
+    h.subscribe(&growth, "growth-own", &["signup"]).await;
+    let mut config = h.config("engine-a");
+    config.max_stall = Duration::from_millis(100);
+    config.read_batch = 7;
+    let engine = h.engine(config);
+
+    let all = ids("event", 600);
+    h.faults.fail_key(&all[0], u32::MAX);
+    for chunk in all.chunks(3) {
+        h.publish(&events("signup", chunk)).await;
+        tokio::time::sleep(Duration::from_millis(3)).await;
+    }
+    eventually(Duration::from_secs(10), "the stream is behind", || async {
+        engine
+            .status
+            .shards()
+            .into_iter()
+            .flat_map(|s| s.targets)
+            .any(|t| t.backing_name == stream && t.mode == TargetMode::Behind)
+            .then_some(())
+    })
+    .await;
+    h.faults.fail_key(&all[0], 0);
+    let got = h.wait_for_ids(&stream, &all).await;
+    assert!(counts(&got).len() == all.len());
+    engine.shutdown().await;
+}
