@@ -307,6 +307,18 @@ impl Client {
             .await
     }
 
+    /// Marks a subscription failed (with why) or active again; the data plane's report (admins).
+    pub async fn set_subscription_status(
+        &self,
+        id: &str,
+        status: SubscriptionStatus,
+        reason: Option<&str>,
+    ) -> Result<Subscription, ClientError> {
+        let body = serde_json::json!({ "status": status, "reason": reason });
+        self.put(&format!("/v1/subscriptions/{}/status", segment(id)), &body)
+            .await
+    }
+
     /// The verdict a create or update would get, without writing anything.
     pub async fn check_subscription(
         &self,
@@ -365,32 +377,70 @@ impl Client {
         self.post("/v1/publish", body).await
     }
 
-    /// Records of `stream` after `cursor` (or from the start with `from_beginning`, else the end).
+    /// Streams the records of `stream` to `on_record` (from its start with `from_beginning`,
+    /// else only new ones) until `limit` records, until nothing new came for `idle`, or until
+    /// `on_record` returns `false`.
     pub async fn tail(
         &self,
         stream: &str,
-        cursor: Option<&str>,
         from_beginning: bool,
-        limit: u32,
-        wait: Duration,
-    ) -> Result<TailPage, ClientError> {
-        let mut query: Vec<(&str, String)> = vec![
-            ("limit", limit.to_string()),
-            ("wait_ms", wait.as_millis().to_string()),
-        ];
-        if let Some(cursor) = cursor {
-            query.push(("cursor", cursor.to_owned()));
-        } else if from_beginning {
+        limit: Option<u64>,
+        idle: Option<Duration>,
+        mut on_record: impl FnMut(TailRecord) -> bool,
+    ) -> Result<(), ClientError> {
+        let mut query: Vec<(&str, String)> = Vec::new();
+        if from_beginning {
             query.push(("from", "beginning".to_owned()));
         }
-        let request = self
-            .request(
-                Method::GET,
-                &format!("/v1/streams/{}/records", segment(stream)),
-            )
-            .query(&query)
-            .timeout(self.timeout + wait);
-        self.send(request).await
+        if let Some(limit) = limit {
+            query.push(("limit", limit.to_string()));
+        }
+        if let Some(idle) = idle {
+            query.push(("idle_ms", idle.as_millis().to_string()));
+        }
+        let mut request = self
+            .http
+            .get(format!(
+                "{}/v1/streams/{}/records",
+                self.endpoint,
+                segment(stream)
+            ))
+            .query(&query);
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token);
+        }
+        let mut response = request.send().await.map_err(|e| self.transport_error(e))?;
+        if !response.status().is_success() {
+            let status = response.status().as_u16();
+            let body = response
+                .bytes()
+                .await
+                .map_err(|e| self.transport_error(e))?;
+            return Err(match serde_json::from_slice::<ErrorBody>(&body) {
+                Ok(error) => ClientError::Api {
+                    status,
+                    detail: error.error,
+                },
+                Err(e) => ClientError::Decode(e.to_string()),
+            });
+        }
+        let mut pending: Vec<u8> = Vec::new();
+        while let Some(chunk) = response
+            .chunk()
+            .await
+            .map_err(|e| self.transport_error(e))?
+        {
+            pending.extend_from_slice(&chunk);
+            while let Some(end) = pending.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = pending.drain(..=end).collect();
+                let record: TailRecord = serde_json::from_slice(&line)
+                    .map_err(|e| ClientError::Decode(e.to_string()))?;
+                if !on_record(record) {
+                    return Ok(());
+                }
+            }
+        }
+        Ok(())
     }
 
     pub async fn healthz(&self) -> Result<(), ClientError> {

@@ -3,6 +3,7 @@
 //! and [`Client`], the one typed client the CLI, the Terraform provider and the data plane share.
 
 mod client;
+pub mod envelope;
 pub mod rules;
 mod types;
 

@@ -462,10 +462,3 @@ pub struct TailRecord {
     pub sequence: String,
     pub envelope: EnvelopeView,
 }
-
-#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
-pub struct TailPage {
-    pub records: Vec<TailRecord>,
-    /// Pass back as `cursor` to continue after the last record.
-    pub cursor: String,
-}

@@ -4,6 +4,7 @@
 
 mod catalog;
 mod commands;
+mod data;
 mod output;
 mod serve;
 
@@ -75,6 +76,29 @@ enum Command {
     Audit(AuditCommand),
     /// Who the token belongs to.
     Whoami,
+    /// Publish events onto the global event stream: one PAYLOAD (a JSON value, e.g.
+    /// `fanner publish user_signed_up --json '{"plan":"pro"}'`), or NDJSON on stdin: payloads of
+    /// EVENT, or, without EVENT, whole events (`{"event": ..., "payload": ...}`).
+    Publish {
+        event: Option<String>,
+        #[arg(allow_hyphen_values = true)]
+        payload: Option<String>,
+        #[arg(long)]
+        user_id: Option<String>,
+    },
+    /// Print a stream's envelopes as JSON lines (its owner, admins and auditors).
+    Tail {
+        stream: String,
+        /// Start at the oldest retained record instead of only new ones.
+        #[arg(long)]
+        from_beginning: bool,
+        /// Stop after N records.
+        #[arg(long)]
+        limit: Option<u64>,
+        /// Stop after this many seconds without a new record.
+        #[arg(long)]
+        idle: Option<f64>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -375,5 +399,16 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             AuditCommand::Export { format } => commands::audit_export(&conn, format).await,
         },
         Command::Whoami => commands::whoami(&conn).await,
+        Command::Publish {
+            event,
+            payload,
+            user_id,
+        } => data::publish(&conn, event, payload, user_id).await,
+        Command::Tail {
+            stream,
+            from_beginning,
+            limit,
+            idle,
+        } => data::tail(&conn, &stream, from_beginning, limit, idle).await,
     }
 }

@@ -12,6 +12,8 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 use streams::StreamBackend;
 use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
 
 #[derive(Args)]
 pub struct ServeArgs {
@@ -53,6 +55,32 @@ pub struct Config {
     pub database_url: Option<String>,
     pub log_format: LogFormat,
     pub streams: StreamsConfig,
+    pub components: Components,
+    /// The fan-out engine's tuning; its `ges` is always `streams.ges`.
+    pub engine: fanner::EngineConfig,
+    /// The persister's tuning; its `stream` is always `streams.ges`.
+    pub persister: persister::Config,
+    pub lake: LakeConfig,
+}
+
+/// Which parts run in this process besides the control plane.
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Components {
+    pub engine: bool,
+    pub persister: bool,
+}
+
+/// Where the persister writes.
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, tag = "sink", rename_all = "lowercase")]
+pub enum LakeConfig {
+    /// Files under `path` (default `<data_dir>/lake`).
+    Local { path: Option<PathBuf> },
+    /// Objects in an S3 bucket (AWS_ENDPOINT_URL and the credential chain are honoured).
+    S3 { bucket: String },
+    /// A Kinesis Firehose delivery stream that partitions by event name and hour.
+    Firehose { delivery_stream: String },
 }
 
 #[derive(Debug, Deserialize, Serialize)]
@@ -80,6 +108,13 @@ impl Default for Config {
                 ges_shards: 2,
                 backing_prefix: Settings::default().backing_prefix,
             },
+            components: Components {
+                engine: true,
+                persister: true,
+            },
+            engine: fanner::EngineConfig::default(),
+            persister: persister::Config::default(),
+            lake: LakeConfig::Local { path: None },
         }
     }
 }
@@ -115,6 +150,8 @@ impl Config {
             config.streams.ges,
             config.streams.backing_prefix
         );
+        config.engine.ges = config.streams.ges.clone();
+        config.persister.stream = config.streams.ges.clone();
         Ok(config)
     }
 }
@@ -190,6 +227,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         })?;
     let settings = Settings {
         backing_prefix: config.streams.backing_prefix.clone(),
+        ges: config.streams.ges.clone(),
     };
     let control_plane = ControlPlane::new(store, backend, settings, Clock::default()).await?;
 
@@ -207,16 +245,81 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let address = listener.local_addr()?;
+
+    let stop = CancellationToken::new();
+    let mut components = JoinSet::new();
+    if config.components.engine {
+        let link = Arc::new(fanner::InProcess::new(control_plane.clone()));
+        let engine = fanner::run(
+            config.engine.clone(),
+            control_plane.backend().clone(),
+            Arc::new(control_plane.store().clone()),
+            link.clone(),
+            link,
+            stop.clone().cancelled_owned(),
+        );
+        components.spawn(async move {
+            engine
+                .await
+                .map_err(|e| anyhow::anyhow!("fan-out engine: {e}"))
+        });
+    }
+    if config.components.persister {
+        let sink = open_lake(&config).await?;
+        let persister = persister::Persister::new(
+            &config.persister,
+            control_plane.backend().clone(),
+            Arc::new(control_plane.store().clone()),
+            sink,
+        )
+        .context("invalid persister configuration")?;
+        let stopped = stop.clone().cancelled_owned();
+        components.spawn(async move {
+            persister.run(stopped).await;
+            Ok(())
+        });
+    }
+
     tracing::info!(%address, data_dir = %config.data_dir.display(), backend = ?config.streams.backend, "Fanner is serving.");
     eprintln!("Fanner is listening on http://{address}");
-    control_plane::http::serve(
-        listener,
-        control_plane::http::app(control_plane),
-        shutdown_signal(),
-    )
-    .await?;
+    let http = control_plane::http::serve(listener, control_plane::http::app(control_plane), {
+        let stop = stop.clone();
+        async move { stop.cancelled().await }
+    });
+    tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            shutdown_signal().await;
+            stop.cancel();
+        }
+    });
+    let served = http.await;
+    stop.cancel();
+    while let Some(finished) = components.join_next().await {
+        finished.context("a component panicked")??;
+    }
+    served?;
     tracing::info!("Fanner stopped.");
     Ok(())
+}
+
+async fn open_lake(config: &Config) -> anyhow::Result<Arc<dyn persister::ObjectSink>> {
+    Ok(match &config.lake {
+        LakeConfig::Local { path } => {
+            let root = path.clone().unwrap_or_else(|| config.data_dir.join("lake"));
+            Arc::new(
+                persister::LocalFsSink::new(&root).with_context(|| {
+                    format!("cannot open the lake directory {}", root.display())
+                })?,
+            )
+        }
+        LakeConfig::S3 { bucket } => {
+            Arc::new(persister::S3Sink::from_env(bucket).context("cannot set up the S3 lake")?)
+        }
+        LakeConfig::Firehose { delivery_stream } => {
+            Arc::new(persister::FirehoseSink::from_env(delivery_stream).await)
+        }
+    })
 }
 
 async fn shutdown_signal() {

@@ -24,8 +24,8 @@ pub enum ApiError {
         message: String,
         problems: Vec<AccessProblem>,
     },
-    #[error("request body is larger than {0} bytes")]
-    PayloadTooLarge(usize),
+    #[error("request body is larger than this endpoint accepts")]
+    PayloadTooLarge,
     #[error("{0}")]
     Unavailable(String),
     #[error("internal error: {0}")]
@@ -40,7 +40,7 @@ impl ApiError {
             ApiError::Forbidden(_) | ApiError::AccessDenied { .. } => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
-            ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -54,7 +54,7 @@ impl ApiError {
             ApiError::NotFound(_) => "not_found",
             ApiError::Conflict(_) => "conflict",
             ApiError::AccessDenied { .. } => "access_denied",
-            ApiError::PayloadTooLarge(_) => "payload_too_large",
+            ApiError::PayloadTooLarge => "payload_too_large",
             ApiError::Unavailable(_) => "unavailable",
             ApiError::Internal(_) => "internal",
         }
@@ -64,7 +64,7 @@ impl ApiError {
     pub fn audit_outcome(&self) -> Option<&'static str> {
         match self {
             ApiError::Forbidden(_) | ApiError::AccessDenied { .. } => Some("denied"),
-            ApiError::BadRequest(_) | ApiError::NotFound(_) | ApiError::PayloadTooLarge(_) => {
+            ApiError::BadRequest(_) | ApiError::NotFound(_) | ApiError::PayloadTooLarge => {
                 Some("invalid")
             }
             ApiError::Conflict(_) => Some("conflict"),

@@ -1,9 +1,10 @@
 //! The embedded backend: every stream an append-only log in one redb file.
 //!
 //! Layout (one table each):
-//! - `streams`: name → JSON [`StreamMeta`] (settings, shards with hash ranges and parents).
+//! - `streams`: name → JSON `StreamMeta` (settings, shards with hash ranges and parents).
 //! - `shard_heads`: shard uid → (next sequence number, last arrival in ms).
-//! - `records`: (shard uid, sequence) → arrival ms (8 bytes LE), key length (2 bytes LE), key, data.
+//! - `records`: (shard uid, first sequence) → a chunk: the records one commit appended to the
+//!   shard (see `ChunkBuilder`). Retention drops whole chunks, once their newest record expired.
 //!
 //! Shard uids are unique in the file and never reused, so a record can never be mistaken for one
 //! of an earlier stream of the same name. Sequence numbers start at 1 in every shard and never go
@@ -50,6 +51,9 @@ const NEXT_UID: &str = "next_uid";
 pub const MAX_SHARDS: u32 = 1024;
 /// How much waiting put data the writer commits in one transaction.
 const GROUP_COMMIT_BYTES: usize = 16 * 1024 * 1024;
+/// A shard's records of one transaction are stored in values of about this size, so a read of a
+/// few records never decodes much more than it returns.
+const CHUNK_BYTES: usize = 512 * 1024;
 
 /// Settings of an [`EmbeddedBackend`].
 #[derive(Clone, Debug)]
@@ -204,39 +208,111 @@ fn now_millis(now: DateTime<Utc>) -> i64 {
     now.timestamp_millis()
 }
 
-fn encode_record(arrival_ms: i64, record: &PutRecord) -> Vec<u8> {
-    let key = record.partition_key.as_bytes();
-    let mut value = Vec::with_capacity(10 + key.len() + record.data.len());
-    value.extend_from_slice(&arrival_ms.to_le_bytes());
-    // Partition keys are at most 256 characters (1 KiB of UTF-8): validated before this.
-    value.extend_from_slice(&u16::try_from(key.len()).unwrap_or(u16::MAX).to_le_bytes());
-    value.extend_from_slice(key);
-    value.extend_from_slice(&record.data);
-    value
+/// Records of one shard written in one transaction, stored as one value so that appends and
+/// reads touch few B-tree entries: the newest arrival (8 bytes LE), then per record its arrival
+/// (8 bytes LE), key length (2 bytes LE), data length (4 bytes LE), key and data. Sequence
+/// numbers are consecutive from the one in the chunk's key.
+struct ChunkBuilder {
+    first_sequence: u64,
+    bytes: Vec<u8>,
 }
 
-fn arrival_of(value: &[u8]) -> Option<i64> {
-    Some(i64::from_le_bytes(value.get(..8)?.try_into().ok()?))
+impl ChunkBuilder {
+    fn new(first_sequence: u64) -> Self {
+        Self {
+            first_sequence,
+            bytes: vec![0; 8],
+        }
+    }
+
+    fn push(&mut self, arrival_ms: i64, record: &PutRecord) {
+        let key = record.partition_key.as_bytes();
+        // Both lengths were validated (a key of at most 256 characters, a record of at most
+        // 1 MiB) before the record got here.
+        let key_len = u16::try_from(key.len()).unwrap_or(u16::MAX);
+        let data_len = u32::try_from(record.data.len()).unwrap_or(u32::MAX);
+        self.bytes.reserve(14 + key.len() + record.data.len());
+        self.bytes.extend_from_slice(&arrival_ms.to_le_bytes());
+        self.bytes.extend_from_slice(&key_len.to_le_bytes());
+        self.bytes.extend_from_slice(&data_len.to_le_bytes());
+        self.bytes.extend_from_slice(key);
+        self.bytes.extend_from_slice(&record.data);
+        self.bytes[..8].copy_from_slice(&arrival_ms.to_le_bytes());
+    }
 }
 
-fn decode_record(sequence: u64, value: &[u8]) -> Result<Record> {
-    let bad = || StreamError::Backend(format!("embedded store: record {sequence} is malformed"));
-    let arrival = arrival_of(value).ok_or_else(bad)?;
-    let key_len = usize::from(u16::from_le_bytes(
-        value
-            .get(8..10)
-            .ok_or_else(bad)?
-            .try_into()
-            .map_err(|_| bad())?,
-    ));
-    let key = value.get(10..10 + key_len).ok_or_else(bad)?;
-    let data = value.get(10 + key_len..).ok_or_else(bad)?;
-    Ok(Record {
-        sequence: sequence.to_string(),
-        partition_key: String::from_utf8(key.to_vec()).map_err(|_| bad())?,
-        data: Bytes::copy_from_slice(data),
-        arrival_time: DateTime::from_timestamp_millis(arrival),
-    })
+/// The newest arrival in a chunk.
+fn chunk_newest(chunk: &[u8]) -> Option<i64> {
+    Some(i64::from_le_bytes(chunk.get(..8)?.try_into().ok()?))
+}
+
+/// How many records a chunk holds.
+fn chunk_len(chunk: &[u8]) -> usize {
+    let mut at = 8;
+    let mut count = 0;
+    while let Some(header) = chunk.get(at..at + 14) {
+        let key_len = usize::from(u16::from_le_bytes([header[8], header[9]]));
+        let data_len = u32::from_le_bytes([header[10], header[11], header[12], header[13]]);
+        at += 14 + key_len + usize::try_from(data_len).unwrap_or(usize::MAX - at);
+        count += 1;
+    }
+    count
+}
+
+/// Decodes the records of a chunk from sequence `from` on, at most `limit` of them; also says
+/// whether the chunk holds more after those.
+fn decode_chunk(
+    first_sequence: u64,
+    chunk: &[u8],
+    from: u64,
+    limit: usize,
+    out: &mut Vec<(Record, i64)>,
+) -> Result<bool> {
+    let bad = || {
+        StreamError::Backend(format!(
+            "embedded store: the chunk at sequence {first_sequence} is malformed"
+        ))
+    };
+    let shared = Bytes::copy_from_slice(chunk);
+    let mut at = 8;
+    let mut sequence = first_sequence;
+    let mut taken = 0;
+    while at < shared.len() {
+        let header = shared.get(at..at + 14).ok_or_else(bad)?;
+        let arrival = i64::from_le_bytes(header[..8].try_into().map_err(|_| bad())?);
+        let key_len = usize::from(u16::from_le_bytes(
+            header[8..10].try_into().map_err(|_| bad())?,
+        ));
+        let data_len = usize::try_from(u32::from_le_bytes(
+            header[10..14].try_into().map_err(|_| bad())?,
+        ))
+        .map_err(|_| bad())?;
+        let key_start = at + 14;
+        let data_start = key_start + key_len;
+        let end = data_start + data_len;
+        if end > shared.len() {
+            return Err(bad());
+        }
+        if sequence >= from {
+            if taken == limit {
+                return Ok(true);
+            }
+            let key = std::str::from_utf8(&shared[key_start..data_start]).map_err(|_| bad())?;
+            out.push((
+                Record {
+                    sequence: sequence.to_string(),
+                    partition_key: key.to_owned(),
+                    data: shared.slice(data_start..end),
+                    arrival_time: DateTime::from_timestamp_millis(arrival),
+                },
+                arrival,
+            ));
+            taken += 1;
+        }
+        sequence += 1;
+        at = end;
+    }
+    Ok(false)
 }
 
 fn read_meta(
@@ -506,6 +582,7 @@ impl Writer {
             let mut records_table = txn.open_table(RECORDS).map_err(storage)?;
             let mut metas: HashMap<&str, Option<StreamMeta>> = HashMap::new();
             let mut head_cache: HashMap<u64, (u64, i64)> = HashMap::new();
+            let mut chunks: HashMap<u64, ChunkBuilder> = HashMap::new();
             let now = now_millis(Utc::now());
             for (stream, records, _) in puts {
                 let meta = match metas.get(stream.as_str()) {
@@ -538,16 +615,25 @@ impl Writer {
                     // Arrival times never go back within a shard, so trimming can stop at the
                     // first record it keeps even if the wall clock steps back.
                     let arrival = now.max(head.1);
-                    records_table
-                        .insert(
-                            (shard.uid, sequence),
-                            encode_record(arrival, record).as_slice(),
-                        )
-                        .map_err(storage)?;
+                    let chunk = chunks
+                        .entry(shard.uid)
+                        .or_insert_with(|| ChunkBuilder::new(sequence));
+                    chunk.push(arrival, record);
+                    if chunk.bytes.len() >= CHUNK_BYTES {
+                        records_table
+                            .insert((shard.uid, chunk.first_sequence), chunk.bytes.as_slice())
+                            .map_err(storage)?;
+                        chunks.remove(&shard.uid);
+                    }
                     *head = (sequence + 1, arrival);
                     outcome.push(Ok(sequence.to_string()));
                 }
                 results.push(Ok(outcome));
+            }
+            for (uid, chunk) in chunks {
+                records_table
+                    .insert((uid, chunk.first_sequence), chunk.bytes.as_slice())
+                    .map_err(storage)?;
             }
             for (uid, head) in head_cache {
                 heads.insert(uid, head).map_err(storage)?;
@@ -584,11 +670,12 @@ impl Writer {
                         .map_err(storage)?
                     {
                         let (key, value) = entry.map_err(storage)?;
-                        if arrival_of(value.value()).is_some_and(|arrival| arrival >= cutoff) {
+                        // A chunk goes when its newest record has expired.
+                        if chunk_newest(value.value()).is_some_and(|newest| newest >= cutoff) {
                             first_kept = Some(key.value().1);
                             break;
                         }
-                        expired += 1;
+                        expired += chunk_len(value.value());
                     }
                     if expired > 0 {
                         let end = first_kept.unwrap_or(u64::MAX);
@@ -614,10 +701,12 @@ impl Writer {
                 }
             }
         }
-        txn.commit().map_err(storage)?;
-        if removed > 0 {
-            tracing::debug!(removed, "Trimmed expired records.");
+        if removed == 0 && touched.is_empty() {
+            txn.abort().map_err(storage)?;
+            return Ok(0);
         }
+        txn.commit().map_err(storage)?;
+        tracing::debug!(removed, "Trimmed expired records.");
         for name in touched {
             self.wakers.wake(&name);
         }
@@ -896,18 +985,35 @@ impl EmbeddedReader {
             .find(|shard| shard.uid == shard_uid)
             .is_none_or(|shard| shard.closed);
         let table = txn.open_table(RECORDS).map_err(storage)?;
-        let mut range = table
-            .range((shard_uid, after.saturating_add(1))..=(shard_uid, u64::MAX))
-            .map_err(storage)?;
-        let mut records = Vec::with_capacity(limit.min(1024));
-        let mut last_arrival = None;
-        for entry in range.by_ref().take(limit) {
+        let from = after.saturating_add(1);
+        // Start at the chunk holding `from`: the last one that begins at or before it.
+        let start = match table
+            .range((shard_uid, 0)..=(shard_uid, from))
+            .map_err(storage)?
+            .next_back()
+        {
+            Some(entry) => entry.map_err(storage)?.0.value().1,
+            None => from,
+        };
+        let mut decoded = Vec::with_capacity(limit.min(1024));
+        let mut more = false;
+        for entry in table
+            .range((shard_uid, start)..=(shard_uid, u64::MAX))
+            .map_err(storage)?
+        {
+            if decoded.len() == limit {
+                more = true;
+                break;
+            }
             let (key, value) = entry.map_err(storage)?;
-            let record = decode_record(key.value().1, value.value())?;
-            last_arrival = arrival_of(value.value());
-            records.push(record);
+            let left = limit - decoded.len();
+            if decode_chunk(key.value().1, value.value(), from, left, &mut decoded)? {
+                more = true;
+                break;
+            }
         }
-        let more = range.next().is_some();
+        let last_arrival = decoded.last().map(|(_, arrival)| *arrival);
+        let records = decoded.into_iter().map(|(record, _)| record).collect();
         Ok(Page {
             records,
             more,

@@ -39,7 +39,8 @@ pub struct StreamDescription {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Shard {
     pub id: String,
-    /// Shards this one was split or merged from; read them to their end first.
+    /// Shards this one was split or merged from; read them to their end first. A parent that is
+    /// no longer listed by [`StreamBackend::list_shards`] has expired and counts as finished.
     pub parents: Vec<String>,
     /// A closed shard takes no more writes; once read to its end it is finished.
     pub closed: bool,

@@ -10,6 +10,7 @@ use aws_sdk_kinesis::config::{ConfigBag, Intercept, RuntimeComponents};
 use aws_sdk_kinesis::error::BoxError;
 use aws_sdk_kinesis::operation::put_records::{PutRecordsInput, PutRecordsOutput};
 use aws_sdk_kinesis::types::PutRecordsResultEntry;
+use aws_smithy_runtime_api::client::interceptors::context::Output;
 use aws_smithy_types::config_bag::{Storable, StoreReplace};
 
 /// The error code the injected failures carry.
@@ -18,10 +19,8 @@ pub const INJECTED_CODE: &str = "ProvisionedThroughputExceededException";
 /// Fails chosen `PutRecords` entries as throttled, the way Kinesis does under load: the entries
 /// are taken out of the request (so the server never stores them) and put back into the response
 /// as failures at their original positions. Every call's partition keys, as the client sent them,
-/// are recorded.
-///
-/// If every entry of a call is marked, the last one goes through unfailed: a `PutRecords` call
-/// needs at least one record.
+/// are recorded. When every entry of a call fails, the server's answer to the emptied request,
+/// whatever it is, is replaced by an all-failed response.
 #[derive(Clone, Debug, Default)]
 pub struct PutRecordsFaults {
     state: Arc<Mutex<FaultState>>,
@@ -94,9 +93,6 @@ impl Intercept for PutRecordsFaults {
         state.calls.push(keys.clone());
         let mut positions = Vec::new();
         for (index, key) in keys.iter().enumerate() {
-            if positions.len() + 1 == keys.len() && index + 1 == keys.len() {
-                break;
-            }
             if let Some(left) = state.remaining.get_mut(key)
                 && *left > 0
             {
@@ -126,7 +122,20 @@ impl Intercept for PutRecordsFaults {
         let Some(removed) = cfg.load::<Removed>().cloned() else {
             return Ok(());
         };
-        let Some(Ok(output)) = context.output_or_error_mut() else {
+        let Some(result) = context.output_or_error_mut() else {
+            return Ok(());
+        };
+        if removed.positions.len() == removed.total {
+            let output = PutRecordsOutput::builder()
+                .set_records(Some(
+                    (0..removed.total).map(|_| injected_failure()).collect(),
+                ))
+                .failed_record_count(i32::try_from(removed.total).unwrap_or(i32::MAX))
+                .build()?;
+            *result = Ok(Output::erase(output));
+            return Ok(());
+        }
+        let Ok(output) = result else {
             return Ok(());
         };
         let Some(output) = output.downcast_mut::<PutRecordsOutput>() else {
@@ -136,12 +145,7 @@ impl Intercept for PutRecordsFaults {
         let mut entries = Vec::with_capacity(removed.total);
         for index in 0..removed.total {
             if removed.positions.contains(&index) {
-                entries.push(
-                    PutRecordsResultEntry::builder()
-                        .error_code(INJECTED_CODE)
-                        .error_message("Rate exceeded for shard (injected by the test).")
-                        .build(),
-                );
+                entries.push(injected_failure());
             } else if let Some(entry) = written.next() {
                 entries.push(entry);
             }
@@ -151,4 +155,11 @@ impl Intercept for PutRecordsFaults {
         output.failed_record_count = Some(output.failed_record_count.unwrap_or(0) + failed);
         Ok(())
     }
+}
+
+fn injected_failure() -> PutRecordsResultEntry {
+    PutRecordsResultEntry::builder()
+        .error_code(INJECTED_CODE)
+        .error_message("Rate exceeded for shard (injected by the test).")
+        .build()
 }

@@ -352,3 +352,191 @@ message NotAnEvent { string x = 1; }
     assert_eq!(refused.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&refused.stderr).contains("not a valid FileDescriptorSet"));
 }
+
+#[test]
+fn published_events_reach_granted_streams_and_the_lake() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = Server::start(dir.path());
+    let admin = server.admin_token.clone();
+    let growth = server
+        .ok(&admin, &["token", "create", "--principal", "growth"])
+        .trim()
+        .to_owned();
+    let fraud = server
+        .ok(&admin, &["token", "create", "--principal", "fraud"])
+        .trim()
+        .to_owned();
+    let ads = server
+        .ok(&admin, &["token", "create", "--principal", "ads"])
+        .trim()
+        .to_owned();
+    server.ok(
+        &growth,
+        &[
+            "event",
+            "create",
+            "user_signed_up",
+            "--classification",
+            "internal",
+        ],
+    );
+    server.ok(
+        &growth,
+        &[
+            "event",
+            "create",
+            "password_changed",
+            "--classification",
+            "internal",
+        ],
+    );
+    server.ok(
+        &growth,
+        &[
+            "grant",
+            "create",
+            "user_signed_up",
+            "--to",
+            "fraud",
+            "--reason",
+            "Fraud scoring.",
+        ],
+    );
+    server.ok(&fraud, &["stream", "create", "fraud-signals"]);
+    server.ok(
+        &fraud,
+        &[
+            "subscription",
+            "create",
+            "--stream",
+            "fraud-signals",
+            "--events",
+            "user_signed_up",
+        ],
+    );
+
+    // Only the owner publishes; unknown events are refused by name.
+    let foreign = server.run(&fraud, &["publish", "user_signed_up", "--json", "{}"]);
+    assert_eq!(foreign.status.code(), Some(1));
+    let unknown = server.run(&growth, &["publish", "ghost_event", "--json", "{}"]);
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("unknown events: ghost_event"));
+
+    let publish = std::process::Command::new(FANNER)
+        .args(["publish"])
+        .env("FANNER_ENDPOINT", &server.endpoint)
+        .env("FANNER_TOKEN", &growth)
+        .stdin(std::process::Stdio::piped())
+        .output_with_stdin(
+            r#"{"event": "user_signed_up", "payload": {"n": 1}, "user_id": "u1"}
+{"event": "password_changed", "payload": {"n": 2}}
+{"event": "user_signed_up", "payload_base64": "/wAQ"}
+"#,
+        );
+    assert!(
+        publish.status.success(),
+        "{}",
+        String::from_utf8_lossy(&publish.stderr)
+    );
+
+    let tailed = server.ok(
+        &fraud,
+        &[
+            "tail",
+            "fraud-signals",
+            "--from-beginning",
+            "--limit",
+            "2",
+            "--idle",
+            "20",
+        ],
+    );
+    let envelopes: Vec<api::EnvelopeView> = tailed
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON line"))
+        .collect();
+    assert_eq!(envelopes.len(), 2, "{tailed}");
+    assert!(
+        envelopes
+            .iter()
+            .all(|e| e.event_name == "user_signed_up" && e.producer == "growth")
+    );
+    let payloads: Vec<(Option<serde_json::Value>, Option<String>)> = envelopes
+        .iter()
+        .map(|e| (e.payload.clone(), e.payload_base64.clone()))
+        .collect();
+    assert!(payloads.contains(&(Some(serde_json::json!({"n": 1})), None)));
+    assert!(payloads.contains(&(None, Some("/wAQ".to_owned()))));
+    // password_changed was not granted: nothing more arrives.
+    let more = server.ok(
+        &fraud,
+        &[
+            "tail",
+            "fraud-signals",
+            "--from-beginning",
+            "--limit",
+            "3",
+            "--idle",
+            "2",
+        ],
+    );
+    assert_eq!(more.lines().count(), 2, "{more}");
+
+    let refused = server.run(
+        &ads,
+        &["tail", "fraud-signals", "--limit", "1", "--idle", "1"],
+    );
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("belongs to"));
+
+    // The persister writes every event (granted or not) under <event>/<yyyy-MM-dd:hh>/.
+    let lake = dir.path().join("lake");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let today = chrono::Utc::now().format("%Y-%m-%d").to_string();
+    loop {
+        let found = ["user_signed_up", "password_changed"].iter().all(|event| {
+            std::fs::read_dir(lake.join("events").join(event)).is_ok_and(|mut d| d.next().is_some())
+        });
+        if found {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "lake objects did not appear under {}",
+            lake.display()
+        );
+        // The persister flushes on age (5 s by default); poll rather than guess.
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let partitions: Vec<String> = std::fs::read_dir(lake.join("events/user_signed_up"))
+        .expect("partition dir")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        partitions
+            .iter()
+            .any(|p| p.starts_with(&today) && p.len() == "yyyy-MM-dd:hh".len()),
+        "{partitions:?}"
+    );
+}
+
+trait OutputWithStdin {
+    fn output_with_stdin(&mut self, input: &str) -> std::process::Output;
+}
+
+impl OutputWithStdin for std::process::Command {
+    fn output_with_stdin(&mut self, input: &str) -> std::process::Output {
+        use std::io::Write;
+        let mut child = self
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawns");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(input.as_bytes())
+            .expect("writes");
+        child.wait_with_output().expect("finishes")
+    }
+}

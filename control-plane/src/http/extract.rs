@@ -59,7 +59,7 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
             Err(JsonRejection::BytesRejection(e))
                 if e.status() == StatusCode::PAYLOAD_TOO_LARGE =>
             {
-                Err(ApiError::PayloadTooLarge(MAX_BODY_BYTES))
+                Err(ApiError::PayloadTooLarge)
             }
             Err(other) => Err(ApiError::BadRequest(other.body_text())),
         }

@@ -364,3 +364,65 @@ pub async fn routes(
     let table = cp.routes(&ctx, query.after, wait).await?;
     Ok(Json(RouteTable::clone(&table)))
 }
+
+/// The largest publish request body.
+pub const MAX_PUBLISH_BYTES: usize = 16 * 1024 * 1024;
+
+/// Wraps events in envelopes and appends them to the global event stream. Only an event's owner
+/// (or an admin) may publish it; unknown events are refused by name.
+#[utoipa::path(post, path = "/v1/publish", tag = "data", request_body = PublishRequest,
+    responses((status = 200, body = PublishResponse), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody)))]
+pub async fn publish(
+    State(cp): State<ControlPlane>,
+    ctx: Ctx,
+    Body(req): Body<PublishRequest>,
+) -> Result<Json<PublishResponse>> {
+    Ok(Json(cp.publish(&ctx, req).await?))
+}
+
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct TailQuery {
+    /// `beginning` to read from the oldest retained record; default: only new records.
+    from: Option<String>,
+    /// Stop after this many records.
+    limit: Option<u64>,
+    /// Stop after this many milliseconds without a new record.
+    idle_ms: Option<u64>,
+}
+
+/// Streams a consumer stream's envelopes as JSON lines (`TailRecord`), for its owner, admins and
+/// auditors.
+#[utoipa::path(get, path = "/v1/streams/{name}/records", tag = "data", params(("name" = String, Path), TailQuery),
+    responses((status = 200, description = "One TailRecord per line", content_type = "application/x-ndjson"),
+              (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn tail(
+    State(cp): State<ControlPlane>,
+    ctx: Ctx,
+    Path(name): Path<String>,
+    Params(query): Params<TailQuery>,
+) -> Result<axum::response::Response> {
+    let from_beginning = match query.from.as_deref() {
+        None | Some("latest") => false,
+        Some("beginning") => true,
+        Some(other) => {
+            return Err(ApiError::BadRequest(format!(
+                "from must be `beginning` or `latest`, not {other:?}"
+            )));
+        }
+    };
+    let idle = query.idle_ms.map(Duration::from_millis);
+    let receiver = cp
+        .tail(&ctx, &name, from_beginning, query.limit, idle)
+        .await?;
+    let lines = futures::stream::unfold(receiver, |mut receiver| async move {
+        receiver
+            .recv()
+            .await
+            .map(|line| (Ok::<_, std::convert::Infallible>(line), receiver))
+    });
+    axum::response::Response::builder()
+        .header(axum::http::header::CONTENT_TYPE, "application/x-ndjson")
+        .body(axum::body::Body::from_stream(lines))
+        .map_err(|e| ApiError::Internal(e.to_string()))
+}

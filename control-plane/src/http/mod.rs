@@ -89,6 +89,12 @@ fn api_router() -> (Router<ControlPlane>, utoipa::openapi::OpenApi) {
         .routes(routes!(handlers::audit_log))
         .routes(routes!(handlers::audit_verify))
         .routes(routes!(handlers::routes))
+        .routes(routes!(handlers::tail))
+        .merge(
+            OpenApiRouter::new()
+                .routes(routes!(handlers::publish))
+                .layer(DefaultBodyLimit::max(handlers::MAX_PUBLISH_BYTES)),
+        )
         .split_for_parts();
     (router, openapi)
 }

@@ -2,6 +2,7 @@
 //! mutation in one transaction together with its audit entry. HTTP handlers are thin wrappers
 //! around these methods, and `fanner serve` and the data plane call them in-process.
 
+mod data;
 mod events;
 mod grants;
 mod principals;
@@ -67,12 +68,15 @@ pub struct Settings {
     /// Prepended to a stream's name to name its backing stream, keeping Fanner's streams apart
     /// from the global event stream and anything else in the same account.
     pub backing_prefix: String,
+    /// The global event stream's name in the backend.
+    pub ges: String,
 }
 
 impl Default for Settings {
     fn default() -> Settings {
         Settings {
             backing_prefix: "fanner-".to_owned(),
+            ges: "global-events".to_owned(),
         }
     }
 }
@@ -125,6 +129,10 @@ impl ControlPlane {
 
     pub fn backend(&self) -> &Arc<dyn StreamBackend> {
         &self.inner.backend
+    }
+
+    pub fn ges(&self) -> &str {
+        &self.inner.settings.ges
     }
 
     /// The name of the backing stream of Fanner stream `name`.

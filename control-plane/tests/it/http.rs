@@ -115,6 +115,24 @@ async fn bad_input_gets_a_clear_4xx(db: Db) {
         );
         assert!(body.error.request_id.is_some());
     }
+    // The server answers before reading an oversized body and closes that connection, so this
+    // request gets a client of its own.
+    let oversized = reqwest::Client::new()
+        .post(server.url("/v1/events"))
+        .bearer_auth(&token)
+        .header("content-type", "application/json")
+        .body(vec![b' '; 2 * 1024 * 1024])
+        .send()
+        .await
+        .expect("response");
+    assert_eq!(oversized.status().as_u16(), 413);
+    let body: ErrorBody = oversized.json().await.expect("a JSON error body");
+    assert!(
+        body.error.message.contains("larger than"),
+        "{}",
+        body.error.message
+    );
+
     // Nothing was created by any of it.
     assert!(server.admin.list_events().await.expect("list").is_empty());
 }

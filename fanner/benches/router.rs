@@ -1,0 +1,192 @@
+//! The router alone, on one core: 1 KB envelopes, 1,000 event names, 100 subscriptions, about
+//! one event in ten routed somewhere.
+//!
+//! Rates are per CPU second of the benchmark's thread, so they hold on a busy machine.
+//!
+//! `cargo bench -p fanner --bench router` (set `FANNER_BENCH_SECONDS` to run longer).
+
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use api::{Route, RouteTable, RouteTarget};
+use bytes::Bytes;
+use chrono::Utc;
+use fanner::router::{self, RouteIndex, Routing};
+use prost::Message;
+use rand::{Rng, SeedableRng};
+
+const EVENTS: usize = 1000;
+const ROUTED_EVENTS: usize = 100;
+const SUBSCRIPTIONS: usize = 100;
+const RECORDS: usize = 100_000;
+const BATCH: usize = 1000;
+
+fn table(rng: &mut impl Rng) -> RouteTable {
+    let names: Vec<String> = (0..EVENTS)
+        .map(|n| format!("domain.event_{n:04}"))
+        .collect();
+    let mut routes: Vec<Route> = names[..ROUTED_EVENTS]
+        .iter()
+        .map(|event| Route {
+            event: event.clone(),
+            targets: Vec::new(),
+        })
+        .collect();
+    // Each subscription names one to three of the routed events; some access ends, some never.
+    for s in 0..SUBSCRIPTIONS {
+        for _ in 0..rng.random_range(1..=3) {
+            let route = &mut routes[rng.random_range(0..ROUTED_EVENTS)];
+            route.targets.push(RouteTarget {
+                subscription_id: format!("sub-{s:03}"),
+                stream: format!("stream-{s:03}"),
+                backing_name: format!("fanner-stream-{s:03}"),
+                owner: format!("team-{}", s % 20),
+                access_expires_at: (s % 3 == 0).then(|| Utc::now() + chrono::Duration::days(30)),
+            });
+        }
+    }
+    RouteTable {
+        revision: 1,
+        generated_at: Utc::now(),
+        known_events: names,
+        routes,
+    }
+}
+
+fn envelopes(table: &RouteTable, rng: &mut impl Rng) -> Vec<Bytes> {
+    (0..RECORDS)
+        .map(|n| {
+            let event = &table.known_events[rng.random_range(0..EVENTS)];
+            let mut envelope = proto::Envelope {
+                event_id: uuid::Uuid::new_v4().to_string(),
+                event_name: event.clone(),
+                event_time: Some(proto::Timestamp {
+                    seconds: 1_700_000_000 + n as i64,
+                    nanos: 0,
+                }),
+                ingest_time: Some(proto::Timestamp {
+                    seconds: 1_700_000_000 + n as i64,
+                    nanos: 0,
+                }),
+                producer: "team-7".to_owned(),
+                trace_id: format!("{:032x}", rng.random::<u128>()),
+                user_id: format!("user-{}", rng.random_range(0..1_000_000)),
+                device_id: format!("device-{}", rng.random_range(0..1_000_000)),
+                attributes: [("region".to_owned(), "eu-west-1".to_owned())].into(),
+                content_type: "application/json".to_owned(),
+                payload: Vec::new(),
+            };
+            let room = 1024usize.saturating_sub(envelope.encoded_len() + 3);
+            envelope.payload = vec![b'x'; room];
+            Bytes::from(envelope.encode_to_vec())
+        })
+        .collect()
+}
+
+/// CPU time this thread has used, from `/proc/thread-self/stat` (user + system, in the
+/// kernel's 100 Hz ticks): rates per CPU second hold on a busy machine, wall-clock rates do not.
+fn thread_cpu() -> Option<Duration> {
+    let stat = std::fs::read_to_string("/proc/thread-self/stat").ok()?;
+    // Fields after the command name (which may hold spaces) start at the last ')'.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some(Duration::from_millis(ticks * 10))
+}
+
+/// Runs `pass` over every record until `duration` is used up; returns records per CPU second
+/// of this thread (per wall-clock second where CPU time cannot be read).
+fn measure(records: &[Bytes], duration: Duration, mut pass: impl FnMut(&Bytes) -> usize) -> f64 {
+    let started = Instant::now();
+    let cpu_before = thread_cpu();
+    let mut done = 0usize;
+    let mut deliveries = 0usize;
+    while started.elapsed() < duration {
+        for record in records {
+            deliveries += pass(record);
+        }
+        done += records.len();
+    }
+    black_box(deliveries);
+    let spent = match (cpu_before, thread_cpu()) {
+        (Some(before), Some(after)) if after > before => after - before,
+        _ => started.elapsed(),
+    };
+    done as f64 / spent.as_secs_f64()
+}
+
+fn main() {
+    let seconds: u64 = std::env::var("FANNER_BENCH_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(2);
+    let duration = Duration::from_secs(seconds);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    let table = table(&mut rng);
+    let index = RouteIndex::compile(&table);
+    let records = envelopes(&table, &mut rng);
+    let now = Utc::now();
+    let average = records.iter().map(Bytes::len).sum::<usize>() / records.len();
+
+    let routed = records
+        .iter()
+        .filter(|r| match router::read_head(r) {
+            Ok(head) => matches!(router::route(head.event_name, &index, now), Routing::Known(routed) if routed.deliveries().next().is_some()),
+            Err(_) => false,
+        })
+        .count();
+    println!(
+        "router: {RECORDS} envelopes of {average} bytes, {EVENTS} events, {SUBSCRIPTIONS} subscriptions, \
+         {:.1}% routed somewhere",
+        100.0 * routed as f64 / RECORDS as f64
+    );
+
+    // Hot: the engine routes a read batch right after reading it, so its records are in cache.
+    // Cold: every record comes from memory (100 MB of envelopes), the worst case.
+    let hot = &records[..BATCH];
+    for (label, set) in [
+        ("hot, one 1,000-record batch", hot),
+        ("cold, 100 MB of records", &records[..]),
+    ] {
+        let rate = measure(set, duration, |record| {
+            match router::read_head(black_box(record)) {
+                Ok(head) => match router::route(head.event_name, &index, now) {
+                    Routing::Known(routed) => routed.deliveries().count(),
+                    Routing::Unknown => 0,
+                },
+                Err(_) => 0,
+            }
+        });
+        println!(
+            "router: read_head + route ({label}): {:>6.2} M events/s on one core",
+            rate / 1e6
+        );
+        let rate = measure(set, duration, |record| {
+            router::read_head(black_box(record)).map_or(0, |h| h.event_name.len())
+        });
+        println!(
+            "router:   read_head only      ({label}): {:>6.2} M events/s",
+            rate / 1e6
+        );
+        let rate = measure(set, duration, |record| {
+            proto::Envelope::decode(black_box(record.clone())).map_or(0, |e| e.event_name.len())
+        });
+        println!(
+            "router:   a full prost decode ({label}): {:>6.2} M events/s, for comparison",
+            rate / 1e6
+        );
+    }
+    let names: Vec<Bytes> = records
+        .iter()
+        .filter_map(|r| router::read_head(r).ok().map(|h| r.slice_ref(h.event_name)))
+        .collect();
+    let rate = measure(&names, duration, |name| {
+        match router::route(black_box(name), &index, now) {
+            Routing::Known(routed) => routed.deliveries().count(),
+            Routing::Unknown => 0,
+        }
+    });
+    println!(
+        "router:   route only, by name: {:>6.2} M events/s",
+        rate / 1e6
+    );
+}

@@ -1,0 +1,201 @@
+//! The engine's two needs from the control plane, and both ways of meeting them: in-process
+//! ([`InProcess`], for `fanner serve`) and over HTTP ([`Http`], for a standalone engine).
+//!
+//! - [`RouteSource`]: the route table, a way to wait for the next one, and the clock grant
+//!   expiries are judged by.
+//! - [`ControlPlaneLink`]: reporting a subscription whose stream cannot take deliveries.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use api::{RouteTable, SubscriptionStatus};
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use control_plane::auth::{Caller, Ctx};
+use control_plane::{ApiError, ControlPlane};
+
+/// The principal the engine acts as in-process; it appears as the actor on the audit trail.
+pub const ENGINE_PRINCIPAL: &str = "fanner-engine";
+
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    /// The object is gone (a subscription deleted meanwhile): nothing to report.
+    #[error("not found: {0}")]
+    NotFound(String),
+    /// Worth trying again later.
+    #[error("control plane unavailable: {0}")]
+    Unavailable(String),
+    /// The control plane refused: retrying will not help (a token without admin rights).
+    #[error("refused by the control plane: {0}")]
+    Refused(String),
+}
+
+/// Where the route table comes from.
+#[async_trait]
+pub trait RouteSource: Send + Sync + 'static {
+    /// The route table as of now.
+    async fn current(&self) -> Result<Arc<RouteTable>, LinkError>;
+
+    /// The route table once its revision is past `after`, or the current one after `wait`.
+    async fn next(&self, after: i64, wait: Duration) -> Result<Arc<RouteTable>, LinkError>;
+
+    /// Now, by the clock the control plane judges grant expiry with.
+    fn now(&self) -> DateTime<Utc> {
+        Utc::now()
+    }
+}
+
+/// What the engine tells the control plane.
+#[async_trait]
+pub trait ControlPlaneLink: Send + Sync + 'static {
+    /// Marks a subscription failed (`reason` says why) or, with `None`, active again.
+    async fn set_failed(&self, subscription: &str, reason: Option<&str>) -> Result<(), LinkError>;
+
+    /// The subscriptions currently marked failed, so a restarted engine can mark them active
+    /// again once their streams take deliveries.
+    async fn failed_subscriptions(&self) -> Result<Vec<String>, LinkError>;
+}
+
+/// The control plane in the same process.
+#[derive(Clone)]
+pub struct InProcess {
+    control_plane: ControlPlane,
+}
+
+impl InProcess {
+    pub fn new(control_plane: ControlPlane) -> InProcess {
+        InProcess { control_plane }
+    }
+
+    fn ctx(&self) -> Ctx {
+        Ctx {
+            caller: Caller {
+                principal: ENGINE_PRINCIPAL.to_owned(),
+                role: api::Role::Admin,
+            },
+            request_id: format!("engine-{}", uuid::Uuid::new_v4()),
+        }
+    }
+}
+
+fn from_api(error: ApiError) -> LinkError {
+    match error {
+        ApiError::NotFound(message) => LinkError::NotFound(message),
+        ApiError::Forbidden(message) | ApiError::BadRequest(message) => LinkError::Refused(message),
+        ApiError::Unauthorized => LinkError::Refused(error.to_string()),
+        other => LinkError::Unavailable(other.to_string()),
+    }
+}
+
+#[async_trait]
+impl RouteSource for InProcess {
+    async fn current(&self) -> Result<Arc<RouteTable>, LinkError> {
+        self.control_plane.route_table().await.map_err(from_api)
+    }
+
+    async fn next(&self, after: i64, wait: Duration) -> Result<Arc<RouteTable>, LinkError> {
+        self.control_plane
+            .routes(&self.ctx(), Some(after), wait)
+            .await
+            .map_err(from_api)
+    }
+
+    fn now(&self) -> DateTime<Utc> {
+        self.control_plane.now()
+    }
+}
+
+#[async_trait]
+impl ControlPlaneLink for InProcess {
+    async fn set_failed(&self, subscription: &str, reason: Option<&str>) -> Result<(), LinkError> {
+        let status = match reason {
+            Some(_) => SubscriptionStatus::Failed,
+            None => SubscriptionStatus::Active,
+        };
+        self.control_plane
+            .set_subscription_status(&self.ctx(), subscription, status, reason.map(str::to_owned))
+            .await
+            .map(drop)
+            .map_err(from_api)
+    }
+
+    async fn failed_subscriptions(&self) -> Result<Vec<String>, LinkError> {
+        let all = self
+            .control_plane
+            .list_subscriptions(&self.ctx(), None)
+            .await
+            .map_err(from_api)?;
+        Ok(all
+            .into_iter()
+            .filter(|s| s.status == SubscriptionStatus::Failed)
+            .map(|s| s.id)
+            .collect())
+    }
+}
+
+/// The control plane over its HTTP API; the client needs an admin token.
+#[derive(Clone, Debug)]
+pub struct Http {
+    client: api::Client,
+}
+
+impl Http {
+    pub fn new(client: api::Client) -> Http {
+        Http { client }
+    }
+}
+
+fn from_client(error: api::ClientError) -> LinkError {
+    match error.status() {
+        Some(404) => LinkError::NotFound(error.to_string()),
+        Some(400 | 401 | 403) => LinkError::Refused(error.to_string()),
+        _ => LinkError::Unavailable(error.to_string()),
+    }
+}
+
+#[async_trait]
+impl RouteSource for Http {
+    async fn current(&self) -> Result<Arc<RouteTable>, LinkError> {
+        self.client
+            .routes(None, Duration::ZERO)
+            .await
+            .map(Arc::new)
+            .map_err(from_client)
+    }
+
+    async fn next(&self, after: i64, wait: Duration) -> Result<Arc<RouteTable>, LinkError> {
+        self.client
+            .routes(Some(after), wait)
+            .await
+            .map(Arc::new)
+            .map_err(from_client)
+    }
+}
+
+#[async_trait]
+impl ControlPlaneLink for Http {
+    async fn set_failed(&self, subscription: &str, reason: Option<&str>) -> Result<(), LinkError> {
+        let status = match reason {
+            Some(_) => SubscriptionStatus::Failed,
+            None => SubscriptionStatus::Active,
+        };
+        self.client
+            .set_subscription_status(subscription, status, reason)
+            .await
+            .map(drop)
+            .map_err(from_client)
+    }
+
+    async fn failed_subscriptions(&self) -> Result<Vec<String>, LinkError> {
+        let all = self
+            .client
+            .list_subscriptions(None)
+            .await
+            .map_err(from_client)?;
+        Ok(all
+            .into_iter()
+            .filter(|s| s.status == SubscriptionStatus::Failed)
+            .map(|s| s.id)
+            .collect())
+    }
+}

@@ -1,0 +1,171 @@
+//! What the engine is doing, for people and tests, and its reports to the control plane about
+//! streams that cannot take deliveries.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use serde::Serialize;
+use tokio::sync::mpsc;
+
+use crate::link::{ControlPlaneLink, LinkError};
+
+/// One GES shard held by this process.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ShardStatus {
+    /// The shard's lease key, `<ges>/<shard id>`.
+    pub key: String,
+    /// The last record the main cursor routed.
+    pub read_position: Option<String>,
+    /// The main cursor's last checkpoint.
+    pub checkpoint: Option<String>,
+    /// How far the main cursor is behind the shard's newest record.
+    pub millis_behind: Option<i64>,
+    /// The shard is closed and read to its end.
+    pub read_to_end: bool,
+    pub targets: Vec<TargetStatus>,
+}
+
+/// One consumer stream (or the dead-letter stream) as seen from one GES shard.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct TargetStatus {
+    pub backing_name: String,
+    pub mode: TargetMode,
+    /// Why the stream is broken.
+    pub reason: Option<String>,
+    /// Every record up to here that was meant for the stream has been written to it.
+    pub position: Option<String>,
+    /// Deliveries waiting in memory or being written.
+    pub owed: usize,
+    /// GES records between the stream's position and the main cursor, when known.
+    pub lag_records: Option<u64>,
+    /// Age of the oldest record the stream still has to receive, when known.
+    pub lag_ms: Option<i64>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TargetMode {
+    /// Fed by the shard's main cursor.
+    Attached,
+    /// Fell behind: re-reads the GES from its own position until it reaches the main cursor.
+    Behind,
+    /// Its stream is missing or refuses writes: checked again every probe interval.
+    Broken,
+}
+
+/// A handle on the engine's live status; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct StatusBoard {
+    shards: Arc<Mutex<BTreeMap<String, ShardStatus>>>,
+    revision: Arc<AtomicI64>,
+}
+
+impl Default for StatusBoard {
+    fn default() -> Self {
+        StatusBoard {
+            shards: Arc::default(),
+            revision: Arc::new(AtomicI64::new(-1)),
+        }
+    }
+}
+
+impl StatusBoard {
+    /// The revision of the route table in use; -1 until the first one is loaded.
+    pub fn routes_revision(&self) -> i64 {
+        self.revision.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn set_routes_revision(&self, revision: i64) {
+        self.revision.store(revision, Ordering::Release);
+    }
+
+    /// Every shard this process holds now.
+    pub fn shards(&self) -> Vec<ShardStatus> {
+        self.lock().values().cloned().collect()
+    }
+
+    pub(crate) fn set(&self, status: ShardStatus) {
+        self.lock().insert(status.key.clone(), status);
+    }
+
+    pub(crate) fn remove(&self, key: &str) {
+        self.lock().remove(key);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, ShardStatus>> {
+        self.shards
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// What shard workers tell the reporter.
+#[derive(Debug)]
+pub(crate) enum Report {
+    /// These subscriptions' stream cannot take deliveries.
+    Failed {
+        subscriptions: Vec<String>,
+        reason: String,
+    },
+    /// These subscriptions' stream took a delivery.
+    Healthy { subscriptions: Vec<String> },
+}
+
+/// Marks subscriptions failed and active again, once per change, whichever shard noticed.
+pub(crate) async fn report(
+    link: Arc<dyn ControlPlaneLink>,
+    mut reports: mpsc::UnboundedReceiver<Report>,
+) {
+    let mut failed: HashSet<String> = match link.failed_subscriptions().await {
+        Ok(ids) => ids.into_iter().collect(),
+        Err(error) => {
+            tracing::warn!(%error, "Cannot list failed subscriptions; they stay failed until their stream fails again and recovers.");
+            HashSet::new()
+        }
+    };
+    while let Some(report) = reports.recv().await {
+        match report {
+            Report::Failed {
+                subscriptions,
+                reason,
+            } => {
+                for id in subscriptions {
+                    if failed.contains(&id) {
+                        continue;
+                    }
+                    if tell(link.as_ref(), &id, Some(&reason)).await {
+                        tracing::warn!(subscription = %id, %reason, "Marked subscription failed.");
+                        failed.insert(id);
+                    }
+                }
+            }
+            Report::Healthy { subscriptions } => {
+                for id in subscriptions {
+                    if failed.contains(&id) && tell(link.as_ref(), &id, None).await {
+                        tracing::info!(subscription = %id, "Marked subscription active again.");
+                        failed.remove(&id);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Whether the control plane took the report (a deleted subscription counts as taken).
+async fn tell(link: &dyn ControlPlaneLink, id: &str, reason: Option<&str>) -> bool {
+    for attempt in 0..3u32 {
+        match link.set_failed(id, reason).await {
+            Ok(()) | Err(LinkError::NotFound(_)) => return true,
+            Err(error @ LinkError::Refused(_)) => {
+                tracing::error!(subscription = id, %error, "The control plane refused a subscription status report.");
+                return false;
+            }
+            Err(error) => {
+                tracing::warn!(subscription = id, %error, attempt, "Cannot report a subscription's status; retrying.");
+                tokio::time::sleep(std::time::Duration::from_millis(200 << attempt)).await;
+            }
+        }
+    }
+    false
+}

@@ -1,0 +1,271 @@
+//! One stream's trouble is its own: throttled, deleted or failing streams do not hold back
+//! the others, and get what they missed once they recover.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use api::SubscriptionStatus;
+use fanner::TargetMode;
+use fanner::checkpoint::Checkpoint;
+use streams::kinesis::KinesisBackend;
+use streams::{Coordinator, StreamBackend, StreamSpec};
+
+use crate::support::{Harness, Kind, backend_tests, counts, events, eventually, ids, moto_options};
+
+backend_tests!(a_throttled_stream_does_not_hold_back_the_others);
+
+async fn a_throttled_stream_does_not_hold_back_the_others(kind: Kind) {
+    let Some(h) = Harness::start(kind, "a_throttled_stream_does_not_hold_back_the_others", 1).await
+    else {
+        return;
+    };
+    let growth = h.team("growth").await;
+    let fraud = h.team("fraud").await;
+    h.event(&growth, "signup").await;
+    h.grant(&growth, "signup", "fraud", None).await;
+    let slow = h.stream(&fraud, "fraud-signals", 1).await;
+    let healthy = h.stream(&growth, "growth-own", 1).await;
+    h.subscribe(&fraud, "fraud-signals", &["signup"]).await;
+    h.subscribe(&growth, "growth-own", &["signup"]).await;
+    let mut config = h.config("engine-a");
+    config.max_backlog = 50;
+    config.read_batch = 100;
+    let engine = h.engine(config);
+
+    h.faults.throttle(&slow, true);
+    let all = ids("signup", 500);
+    for chunk in all.chunks(100) {
+        h.publish(&events("signup", chunk)).await;
+    }
+    let got = h.wait_for_ids(&healthy, &all).await;
+    assert_eq!(
+        got.len(),
+        all.len(),
+        "the healthy stream gets everything once"
+    );
+    assert!(h.ids(&slow).await.is_empty());
+
+    let lag = eventually(
+        Duration::from_secs(10),
+        "the throttled stream is reported behind",
+        || async {
+            engine
+                .status
+                .shards()
+                .into_iter()
+                .flat_map(|s| s.targets)
+                .find(|t| t.backing_name == slow && t.mode == TargetMode::Behind)
+                .and_then(|t| t.lag_records.filter(|&n| n > 0))
+        },
+    )
+    .await;
+    eprintln!("throttled stream lags {lag} records");
+    let checkpoint = eventually(
+        Duration::from_secs(10),
+        "the checkpoint moves on without it",
+        || async {
+            let leases = h.store.leases("fanner").await.ok()?;
+            let lease = leases
+                .into_iter()
+                .find(|l| l.key.starts_with(&h.ges) && !l.key.contains('#'))?;
+            let checkpoint = Checkpoint::parse(lease.checkpoint.as_deref()?).ok()?;
+            let ges = h.records(&h.ges).await;
+            (checkpoint.main.as_deref() == ges.last().map(|r| r.sequence.as_str()))
+                .then_some(checkpoint)
+        },
+    )
+    .await;
+    assert!(
+        checkpoint.behind.contains_key(&slow),
+        "the throttled stream keeps its own position: {checkpoint:?}"
+    );
+
+    h.faults.throttle(&slow, false);
+    let got = h.wait_for_ids(&slow, &all).await;
+    eprintln!(
+        "after recovery the throttled stream got {} records for {}",
+        got.len(),
+        all.len()
+    );
+    eventually(
+        Duration::from_secs(10),
+        "the recovered stream is attached again",
+        || async {
+            engine
+                .status
+                .shards()
+                .into_iter()
+                .flat_map(|s| s.targets)
+                .any(|t| t.backing_name == slow && t.mode == TargetMode::Attached)
+                .then_some(())
+        },
+    )
+    .await;
+    engine.shutdown().await;
+}
+
+backend_tests!(a_deleted_stream_is_marked_failed_and_gets_its_backlog_when_recreated);
+
+async fn a_deleted_stream_is_marked_failed_and_gets_its_backlog_when_recreated(kind: Kind) {
+    let Some(h) = Harness::start(kind, "a_deleted_stream_is_marked_failed", 1).await else {
+        return;
+    };
+    let growth = h.team("growth").await;
+    let fraud = h.team("fraud").await;
+    h.event(&growth, "signup").await;
+    h.grant(&growth, "signup", "fraud", None).await;
+    let gone = h.stream(&fraud, "fraud-signals", 1).await;
+    let healthy = h.stream(&growth, "growth-own", 1).await;
+    let subscription = h.subscribe(&fraud, "fraud-signals", &["signup"]).await;
+    h.subscribe(&growth, "growth-own", &["signup"]).await;
+    let engine = h.engine(h.config("engine-a"));
+
+    let before = ids("before", 20);
+    h.publish(&events("signup", &before)).await;
+    h.wait_for_ids(&gone, &before).await;
+
+    // Deleted behind the control plane's back.
+    h.backend.delete_stream(&gone).await.expect("deleted");
+    let during = ids("during", 100);
+    h.publish(&events("signup", &during)).await;
+    let got = h.wait_for_ids(&healthy, &during).await;
+    assert_eq!(got.len(), before.len() + during.len());
+    let failed = eventually(
+        Duration::from_secs(10),
+        "the subscription is marked failed",
+        || async {
+            let s =
+                h.cp.get_subscription(&h.admin, &subscription.id)
+                    .await
+                    .ok()?;
+            (s.status == SubscriptionStatus::Failed).then_some(s)
+        },
+    )
+    .await;
+    let reason = failed.status_reason.unwrap_or_default();
+    assert!(
+        reason.contains("does not exist"),
+        "the reason says why: {reason:?}"
+    );
+    assert!(
+        engine
+            .status
+            .shards()
+            .iter()
+            .flat_map(|s| s.targets.iter())
+            .any(|t| t.backing_name == gone && t.mode == TargetMode::Broken),
+        "the stream is shown broken"
+    );
+
+    h.backend
+        .create_stream(&StreamSpec {
+            name: gone.clone(),
+            shard_count: 1,
+            retention_hours: 24,
+            tags: Default::default(),
+        })
+        .await
+        .expect("recreated");
+    let got = h.wait_for_ids(&gone, &during).await;
+    assert!(
+        !before.iter().any(|id| got.contains(id)),
+        "the recreated stream gets what it missed, not what its predecessor had"
+    );
+    eventually(
+        Duration::from_secs(10),
+        "the subscription is active again",
+        || async {
+            let s =
+                h.cp.get_subscription(&h.admin, &subscription.id)
+                    .await
+                    .ok()?;
+            (s.status == SubscriptionStatus::Active).then_some(())
+        },
+    )
+    .await;
+    engine.shutdown().await;
+}
+
+/// Entry keys sent per call, flattened into how often each key was sent.
+fn sends(calls: &[Vec<String>]) -> HashMap<String, usize> {
+    let mut sends = HashMap::new();
+    for key in calls.iter().flatten() {
+        *sends.entry(key.clone()).or_insert(0) += 1;
+    }
+    sends
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partial_put_failures_resend_only_the_failed_entries_embedded() {
+    let h = Harness::start(Kind::Embedded, "partial", 1)
+        .await
+        .expect("embedded is always available");
+    let growth = h.team("growth").await;
+    h.event(&growth, "signup").await;
+    let stream = h.stream(&growth, "growth-own", 1).await;
+    h.subscribe(&growth, "growth-own", &["signup"]).await;
+    h.faults.fail_key("e-3", 2);
+    h.faults.fail_key("e-7", 1);
+    let engine = h.engine(h.config("engine-a"));
+    let all = ids("e", 10);
+    h.publish(&events("signup", &all)).await;
+    let got = h.wait_for_ids(&stream, &all).await;
+    assert!(
+        counts(&got).values().all(|&n| n == 1),
+        "nothing written twice: {got:?}"
+    );
+    let sent = sends(&h.faults.calls(&stream));
+    for id in &all {
+        let expected = match id.as_str() {
+            "e-3" => 3,
+            "e-7" => 2,
+            _ => 1,
+        };
+        assert_eq!(sent.get(id), Some(&expected), "{id} sent {expected} times");
+    }
+    engine.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partial_put_failures_resend_only_the_failed_entries_moto() {
+    let faults = testkit::kinesis::PutRecordsFaults::new();
+    let interceptor = faults.clone();
+    let Some(h) = Harness::with_engine_backend("partial_moto", 1, move |config| {
+        let conf = aws_sdk_kinesis::config::Builder::from(config)
+            .interceptor(interceptor)
+            .build();
+        Arc::new(
+            KinesisBackend::from_client(aws_sdk_kinesis::Client::from_conf(conf))
+                .with_options(moto_options()),
+        ) as Arc<dyn StreamBackend>
+    })
+    .await
+    else {
+        return;
+    };
+    let growth = h.team("growth").await;
+    h.event(&growth, "signup").await;
+    let stream = h.stream(&growth, "growth-own", 1).await;
+    h.subscribe(&growth, "growth-own", &["signup"]).await;
+    faults.fail("e-3", 2);
+    faults.fail("e-7", 1);
+    let engine = h.engine(h.config("engine-a"));
+    let all = ids("e", 10);
+    h.publish(&events("signup", &all)).await;
+    let got = h.wait_for_ids(&stream, &all).await;
+    assert!(
+        counts(&got).values().all(|&n| n == 1),
+        "nothing written twice: {got:?}"
+    );
+    let sent = sends(&faults.calls());
+    for id in &all {
+        let expected = match id.as_str() {
+            "e-3" => 3,
+            "e-7" => 2,
+            _ => 1,
+        };
+        assert_eq!(sent.get(id), Some(&expected), "{id} sent {expected} times");
+    }
+    engine.shutdown().await;
+}

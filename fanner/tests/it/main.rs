@@ -1,0 +1,6 @@
+mod support;
+
+mod delivery;
+mod durability;
+mod ges;
+mod isolation;

@@ -1,0 +1,450 @@
+//! Turns a batch of buffered records into the bytes of one lake object.
+//!
+//! Lake objects are NDJSON (optionally gzip) or Parquet. An NDJSON line has the shape of the
+//! API's `EnvelopeView`, so what `fanner tail` shows and what the lake holds read the same. Error
+//! objects are always NDJSON: they keep the raw record so it can be repaired and replayed.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::sync::{Arc, LazyLock};
+
+use arrow_array::builder::{
+    BinaryBuilder, MapBuilder, StringBuilder, StringDictionaryBuilder, TimestampMicrosecondBuilder,
+};
+use arrow_array::types::Int32Type;
+use arrow_array::{ArrayRef, RecordBatch};
+use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use bytes::Bytes;
+use chrono::{DateTime, TimeZone, Utc};
+use flate2::write::GzEncoder;
+use parquet::arrow::ArrowWriter;
+use parquet::basic::Compression as ParquetCodec;
+use parquet::file::properties::WriterProperties;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use crate::partition::ErrorReason;
+
+/// The file format of lake objects. Its extension is part of every object name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ObjectFormat {
+    Ndjson,
+    NdjsonGzip,
+    Parquet,
+}
+
+impl ObjectFormat {
+    pub fn extension(self) -> &'static str {
+        match self {
+            ObjectFormat::Ndjson => "ndjson",
+            ObjectFormat::NdjsonGzip => "ndjson.gz",
+            ObjectFormat::Parquet => "parquet",
+        }
+    }
+
+    pub fn parse_extension(ext: &str) -> Option<ObjectFormat> {
+        [
+            ObjectFormat::Ndjson,
+            ObjectFormat::NdjsonGzip,
+            ObjectFormat::Parquet,
+        ]
+        .into_iter()
+        .find(|f| f.extension() == ext)
+    }
+
+    /// Error objects hold raw bytes that do not fit a columnar schema: they stay NDJSON, with the
+    /// lake's compression.
+    pub fn for_errors(self) -> ObjectFormat {
+        match self {
+            ObjectFormat::Ndjson => ObjectFormat::Ndjson,
+            ObjectFormat::NdjsonGzip | ObjectFormat::Parquet => ObjectFormat::NdjsonGzip,
+        }
+    }
+}
+
+/// Compression inside Parquet files.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ParquetCompression {
+    None,
+    #[default]
+    Snappy,
+}
+
+/// How objects are encoded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Encoding {
+    pub format: ObjectFormat,
+    /// zlib level 0–9 for gzip objects.
+    pub gzip_level: u32,
+    pub parquet_compression: ParquetCompression,
+}
+
+/// The default gzip level: see the benchmark notes in the crate docs for why it is low.
+pub const DEFAULT_GZIP_LEVEL: u32 = 1;
+
+impl Default for Encoding {
+    fn default() -> Self {
+        Encoding {
+            format: ObjectFormat::NdjsonGzip,
+            gzip_level: DEFAULT_GZIP_LEVEL,
+            parquet_compression: ParquetCompression::Snappy,
+        }
+    }
+}
+
+/// A record that could not be placed, with enough to repair and replay it.
+#[derive(Clone, Debug)]
+pub struct ErrorRecord {
+    pub reason: ErrorReason,
+    pub shard: String,
+    pub sequence: String,
+    pub arrival_time: Option<DateTime<Utc>>,
+    /// The record exactly as read from the stream.
+    pub data: Bytes,
+    /// The decoded envelope, when the bytes were one.
+    pub envelope: Option<proto::Envelope>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EncodeError {
+    #[error("writing JSON failed: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("compressing failed: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("writing Parquet failed: {0}")]
+    Parquet(#[from] parquet::errors::ParquetError),
+    #[error("building Arrow arrays failed: {0}")]
+    Arrow(#[from] arrow_schema::ArrowError),
+}
+
+/// One envelope in the shape of `api::EnvelopeView`, borrowing instead of copying. A JSON
+/// payload is written through verbatim when it is already on one line.
+#[derive(Serialize)]
+struct EnvelopeLine<'a> {
+    event_id: &'a str,
+    event_name: &'a str,
+    event_time: Option<DateTime<Utc>>,
+    ingest_time: Option<DateTime<Utc>>,
+    producer: &'a str,
+    trace_id: &'a str,
+    user_id: &'a str,
+    device_id: &'a str,
+    attributes: &'a BTreeMap<String, String>,
+    content_type: &'a str,
+    payload: Option<JsonPayload<'a>>,
+    payload_base64: Option<String>,
+}
+
+#[derive(Serialize)]
+#[serde(untagged)]
+enum JsonPayload<'a> {
+    Raw(&'a RawValue),
+    Parsed(serde_json::Value),
+}
+
+impl<'a> EnvelopeLine<'a> {
+    fn new(envelope: &'a proto::Envelope) -> Self {
+        let (payload, payload_base64) = match json_payload(&envelope.payload) {
+            Some(json) => (Some(json), None),
+            None => (None, Some(STANDARD.encode(&envelope.payload))),
+        };
+        EnvelopeLine {
+            event_id: &envelope.event_id,
+            event_name: &envelope.event_name,
+            event_time: envelope.event_time.as_ref().and_then(timestamp),
+            ingest_time: envelope.ingest_time.as_ref().and_then(timestamp),
+            producer: &envelope.producer,
+            trace_id: &envelope.trace_id,
+            user_id: &envelope.user_id,
+            device_id: &envelope.device_id,
+            attributes: &envelope.attributes,
+            content_type: &envelope.content_type,
+            payload,
+            payload_base64,
+        }
+    }
+}
+
+fn json_payload(payload: &[u8]) -> Option<JsonPayload<'_>> {
+    let raw: &RawValue = serde_json::from_slice(payload).ok()?;
+    // Whitespace between tokens may contain line breaks (inside strings they are escaped):
+    // those payloads are re-serialised compactly so each record stays on one line.
+    if raw.get().bytes().any(|b| b == b'\n' || b == b'\r') {
+        serde_json::from_str(raw.get())
+            .ok()
+            .map(JsonPayload::Parsed)
+    } else {
+        Some(JsonPayload::Raw(raw))
+    }
+}
+
+/// A protobuf timestamp as a UTC time, `None` when it is out of range.
+pub fn timestamp(t: &proto::Timestamp) -> Option<DateTime<Utc>> {
+    let nanos = u32::try_from(t.nanos).ok()?;
+    Utc.timestamp_opt(t.seconds, nanos).single()
+}
+
+#[derive(Serialize)]
+struct ErrorLine<'a> {
+    reason: &'static str,
+    shard: &'a str,
+    sequence: &'a str,
+    arrival_time: Option<DateTime<Utc>>,
+    data_base64: String,
+    envelope: Option<EnvelopeLine<'a>>,
+}
+
+/// Encodes good envelopes in the lake format.
+pub fn encode_envelopes(
+    encoding: &Encoding,
+    envelopes: &[proto::Envelope],
+    raw_bytes: usize,
+) -> Result<Vec<u8>, EncodeError> {
+    match encoding.format {
+        ObjectFormat::Ndjson => {
+            let mut out = Vec::with_capacity(raw_bytes + raw_bytes / 2);
+            write_envelope_lines(&mut out, envelopes)?;
+            Ok(out)
+        }
+        ObjectFormat::NdjsonGzip => {
+            let mut gz = GzEncoder::new(
+                Vec::with_capacity(raw_bytes / 4),
+                flate2::Compression::new(encoding.gzip_level),
+            );
+            write_envelope_lines(
+                &mut std::io::BufWriter::with_capacity(256 * 1024, &mut gz),
+                envelopes,
+            )?;
+            Ok(gz.finish()?)
+        }
+        ObjectFormat::Parquet => encode_parquet(encoding.parquet_compression, envelopes),
+    }
+}
+
+fn write_envelope_lines(
+    out: &mut impl Write,
+    envelopes: &[proto::Envelope],
+) -> Result<(), EncodeError> {
+    for envelope in envelopes {
+        serde_json::to_writer(&mut *out, &EnvelopeLine::new(envelope))?;
+        out.write_all(b"\n")?;
+    }
+    out.flush()?;
+    Ok(())
+}
+
+/// Encodes error records as NDJSON in the errors format of the lake format.
+pub fn encode_errors(encoding: &Encoding, records: &[ErrorRecord]) -> Result<Vec<u8>, EncodeError> {
+    let mut out = Vec::new();
+    for record in records {
+        let line = ErrorLine {
+            reason: record.reason.as_str(),
+            shard: &record.shard,
+            sequence: &record.sequence,
+            arrival_time: record.arrival_time,
+            data_base64: STANDARD.encode(&record.data),
+            envelope: record.envelope.as_ref().map(EnvelopeLine::new),
+        };
+        serde_json::to_writer(&mut out, &line)?;
+        out.push(b'\n');
+    }
+    match encoding.format.for_errors() {
+        ObjectFormat::NdjsonGzip => {
+            let mut gz = GzEncoder::new(Vec::new(), flate2::Compression::new(encoding.gzip_level));
+            gz.write_all(&out)?;
+            Ok(gz.finish()?)
+        }
+        ObjectFormat::Ndjson | ObjectFormat::Parquet => Ok(out),
+    }
+}
+
+/// The Parquet schema: one column per envelope field, the payload as bytes.
+pub fn parquet_schema() -> SchemaRef {
+    static SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
+        let time = DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()));
+        let text = |name: &str| Field::new(name, DataType::Utf8, false);
+        let entries = Field::new(
+            "entries",
+            DataType::Struct(
+                vec![
+                    Field::new("key", DataType::Utf8, false),
+                    Field::new("value", DataType::Utf8, true),
+                ]
+                .into(),
+            ),
+            false,
+        );
+        Arc::new(Schema::new(vec![
+            text("event_id"),
+            Field::new(
+                "event_name",
+                DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8)),
+                false,
+            ),
+            Field::new("event_time", time.clone(), true),
+            Field::new("ingest_time", time, true),
+            text("producer"),
+            text("trace_id"),
+            text("user_id"),
+            text("device_id"),
+            Field::new("attributes", DataType::Map(Arc::new(entries), false), false),
+            text("content_type"),
+            Field::new("payload", DataType::Binary, false),
+        ]))
+    });
+    SCHEMA.clone()
+}
+
+fn micros(t: &Option<proto::Timestamp>) -> Option<i64> {
+    let t = t.as_ref()?;
+    t.seconds
+        .checked_mul(1_000_000)?
+        .checked_add(i64::from(t.nanos / 1_000))
+}
+
+fn encode_parquet(
+    compression: ParquetCompression,
+    envelopes: &[proto::Envelope],
+) -> Result<Vec<u8>, EncodeError> {
+    let n = envelopes.len();
+    let mut event_id = StringBuilder::with_capacity(n, n * 36);
+    let mut event_name = StringDictionaryBuilder::<Int32Type>::new();
+    let mut event_time = TimestampMicrosecondBuilder::with_capacity(n).with_timezone("UTC");
+    let mut ingest_time = TimestampMicrosecondBuilder::with_capacity(n).with_timezone("UTC");
+    let mut producer = StringBuilder::new();
+    let mut trace_id = StringBuilder::new();
+    let mut user_id = StringBuilder::new();
+    let mut device_id = StringBuilder::new();
+    let mut attributes = MapBuilder::new(None, StringBuilder::new(), StringBuilder::new());
+    let mut content_type = StringBuilder::new();
+    let payload_bytes = envelopes.iter().map(|e| e.payload.len()).sum();
+    let mut payload = BinaryBuilder::with_capacity(n, payload_bytes);
+    for e in envelopes {
+        event_id.append_value(&e.event_id);
+        event_name.append_value(&e.event_name);
+        event_time.append_option(micros(&e.event_time));
+        ingest_time.append_option(micros(&e.ingest_time));
+        producer.append_value(&e.producer);
+        trace_id.append_value(&e.trace_id);
+        user_id.append_value(&e.user_id);
+        device_id.append_value(&e.device_id);
+        for (k, v) in &e.attributes {
+            attributes.keys().append_value(k);
+            attributes.values().append_value(v);
+        }
+        attributes.append(true)?;
+        content_type.append_value(&e.content_type);
+        payload.append_value(&e.payload);
+    }
+    let schema = parquet_schema();
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(event_id.finish()),
+        Arc::new(event_name.finish()),
+        Arc::new(event_time.finish()),
+        Arc::new(ingest_time.finish()),
+        Arc::new(producer.finish()),
+        Arc::new(trace_id.finish()),
+        Arc::new(user_id.finish()),
+        Arc::new(device_id.finish()),
+        Arc::new(attributes.finish()),
+        Arc::new(content_type.finish()),
+        Arc::new(payload.finish()),
+    ];
+    let batch = RecordBatch::try_new(schema.clone(), columns)?;
+    let codec = match compression {
+        ParquetCompression::None => ParquetCodec::UNCOMPRESSED,
+        ParquetCompression::Snappy => ParquetCodec::SNAPPY,
+    };
+    let props = WriterProperties::builder().set_compression(codec).build();
+    let mut out = Vec::with_capacity(payload_bytes / 2);
+    let mut writer = ArrowWriter::try_new(&mut out, schema, Some(props))?;
+    writer.write(&batch)?;
+    writer.close()?;
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn envelope(payload: &[u8]) -> proto::Envelope {
+        proto::Envelope {
+            event_id: "id-1".into(),
+            event_name: "orders.created".into(),
+            event_time: Some(proto::Timestamp {
+                seconds: 1_714_566_600,
+                nanos: 5,
+            }),
+            payload: payload.to_vec(),
+            ..Default::default()
+        }
+    }
+
+    fn line(payload: &[u8]) -> serde_json::Value {
+        let mut out = Vec::new();
+        write_envelope_lines(&mut out, &[envelope(payload)]).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(out.iter().filter(|b| **b == b'\n').count(), 1, "one line");
+        serde_json::from_slice(&out).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn encodings_are_deterministic_and_parquet_reads_back() {
+        let envelopes: Vec<_> = (0..50u8)
+            .map(|i| {
+                let mut e = envelope(&[i, b'x']);
+                e.attributes.insert("k".into(), i.to_string());
+                e
+            })
+            .collect();
+        for format in [
+            ObjectFormat::Ndjson,
+            ObjectFormat::NdjsonGzip,
+            ObjectFormat::Parquet,
+        ] {
+            let encoding = Encoding {
+                format,
+                ..Encoding::default()
+            };
+            let a = encode_envelopes(&encoding, &envelopes, 1000).unwrap_or_else(|e| panic!("{e}"));
+            let b = encode_envelopes(&encoding, &envelopes, 1000).unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(a, b, "{format:?} encodes the same batch to the same bytes");
+        }
+        let encoding = Encoding {
+            format: ObjectFormat::Parquet,
+            ..Encoding::default()
+        };
+        let bytes = encode_envelopes(&encoding, &envelopes, 1000).unwrap_or_else(|e| panic!("{e}"));
+        let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
+            Bytes::from(bytes),
+        )
+        .and_then(|b| b.build())
+        .unwrap_or_else(|e| panic!("{e}"));
+        let rows: usize = reader
+            .map(|batch| {
+                batch
+                    .map(|b| b.num_rows())
+                    .unwrap_or_else(|e| panic!("{e}"))
+            })
+            .sum();
+        assert_eq!(rows, 50);
+    }
+
+    #[test]
+    fn payloads_are_json_when_they_parse() {
+        let l = line(br#"{"a": [1, 2]}"#);
+        assert_eq!(l["payload"], serde_json::json!({"a": [1, 2]}));
+        assert_eq!(l["payload_base64"], serde_json::Value::Null);
+        let l = line(b"{\n  \"multi\": \"line\\n\"\n}\n");
+        assert_eq!(l["payload"], serde_json::json!({"multi": "line\n"}));
+        let l = line(&[0xff, 0x00, 0x01]);
+        assert_eq!(l["payload"], serde_json::Value::Null);
+        assert_eq!(l["payload_base64"], "/wAB");
+        let l = line(b"");
+        assert_eq!(l["payload_base64"], "");
+        assert_eq!(l["event_time"], "2024-05-01T12:30:00.000000005Z");
+    }
+}
