@@ -52,8 +52,8 @@ pub struct EngineConfig {
     /// How long shutdown waits for in-flight writes before checkpointing what was acknowledged.
     #[serde(rename = "drain_timeout_ms", with = "millis")]
     pub drain_timeout: Duration,
-    /// Write attempts per batch before the failed entries wait for the next try.
-    pub put_attempts: u32,
+    /// Entries a write could not store are sent again (only they) after a pause drawn from
+    /// `0..=put_backoff × 2^(failures-1)`, capped at `put_max_backoff`.
     #[serde(rename = "put_backoff_ms", with = "millis")]
     pub put_backoff: Duration,
     #[serde(rename = "put_max_backoff_ms", with = "millis")]
@@ -85,7 +85,6 @@ impl EngineConfig {
             checkpoint_interval: Duration::from_millis(200),
             probe_interval: Duration::from_secs(5),
             drain_timeout: Duration::from_secs(5),
-            put_attempts: 3,
             put_backoff: Duration::from_millis(50),
             put_max_backoff: Duration::from_secs(2),
         }
@@ -103,9 +102,11 @@ impl EngineConfig {
         format!("{}/{shard}", self.ges)
     }
 
+    /// One attempt per write: entries that fail go back to the head of their stream's queue and
+    /// are retried by the worker, so a stream's retries never hold anything else up.
     pub(crate) fn retry_policy(&self) -> RetryPolicy {
         RetryPolicy {
-            max_attempts: self.put_attempts.max(1),
+            max_attempts: 1,
             base_delay: self.put_backoff,
             max_delay: self.put_max_backoff,
         }

@@ -13,7 +13,9 @@
 //! - [`router`] is the pure core: [`router::read_head`] reads the event id and name from the
 //!   envelope without copying it, [`router::route`] looks the name up in the compiled route table
 //!   ([`router::RouteIndex`]) and yields the streams whose access has not ended. Unknown events
-//!   (not in the catalog) are dead-lettered; known events nobody subscribed to are counted.
+//!   (not in the catalog) are dead-lettered, but only by a table generated after the record
+//!   arrived (an older table is refreshed first, so an event registered just before it was
+//!   published is not taken for unknown); known events nobody subscribed to are counted.
 //! - [`routes::LiveRoutes`] holds the table in an `ArcSwap`: the hot path loads it with one
 //!   atomic read; a follower task swaps in each new table the control plane announces (long poll
 //!   or in-process watch), so a revoked grant stops delivery as soon as the table arrives.
@@ -33,10 +35,11 @@
 //!
 //! - **attached**: fed by the main cursor; at most one `PutRecords` in flight; entries that fail
 //!   are put back at the head of its queue and retried (only they) after a jittered backoff.
-//! - **behind**: its queue passed `max_backlog`, or its writes kept failing for `max_stall`. Its
-//!   queue is dropped and it re-reads the GES from its own position with its own reader (at most
-//!   `max_catchup_readers` per shard), routing for itself only, until it reaches the main cursor
-//!   and is attached again. The main cursor meanwhile moves on for everyone else.
+//! - **behind**: its queue passed `max_backlog`, or its writes kept failing for `max_stall`. The
+//!   main cursor stops feeding it (and so no longer waits for it); what is queued keeps being
+//!   written, and once the queue is down to half the backlog the stream reads on from the GES
+//!   with its own reader (at most `max_catchup_readers` per shard), routing for itself only.
+//!   When its reader reaches the main cursor and its queue is short, it is attached again.
 //! - **broken**: its backing stream is missing (or refuses writes). Its subscriptions are marked
 //!   failed through the [`link::ControlPlaneLink`], its position is kept, and the stream is
 //!   probed every `probe_interval`; when it exists again it catches up from its position (so a
@@ -50,18 +53,20 @@
 //! A shard's checkpoint ([`checkpoint::Checkpoint`], JSON in the lease) is `main` plus `behind`:
 //! `main` is the lowest position of the attached streams (never moving back), and `behind` lists
 //! every stream whose position is lower than `main`, with that position. Restarting from it
-//! re-reads at most what was in flight, so a crash at any instant loses nothing, and duplicates
-//! are bounded by what was read since the last checkpoint (written every
-//! `checkpoint_interval`). A closed shard whose main cursor reached its end is marked
+//! loses nothing, whenever a crash happens; what is delivered again is bounded by what was
+//! delivered since the last checkpoint (written at most every `checkpoint_interval`, one
+//! write in flight per shard). A closed shard whose main cursor reached its end is marked
 //! `main_done`; its children are started only then, so a key's records are read parent first.
 //!
 //! # Leases
 //!
 //! Each shard has one holder at a time (fenced leases of the [`streams::Coordinator`], group
 //! `fanner`, key `<ges>/<shard id>`), renewed every third of `lease_ttl`. A worker that cannot
-//! renew in time, or whose renewal or checkpoint is refused, stops at once. A process that dies
+//! renew in time (it gives up a tenth of the TTL early), or whose renewal or checkpoint is
+//! refused, stops at once. A process that dies
 //! leaves its leases to expire; another process takes them within `lease_ttl` plus one scan.
-//! Processes also hold a membership lease each and take at most a fair share of the shards,
+//! Processes also hold a membership lease each (`<ges>#engine/<owner>`) and take at most a
+//! fair share of the shards,
 //! handing surplus shards over (drain, checkpoint, release) when another process joins.
 //!
 //! # Entry point

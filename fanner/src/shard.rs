@@ -72,6 +72,12 @@ const REFRESH_GAP: Duration = Duration::from_secs(1);
 /// Batch marks kept for estimating lag in records.
 const MAX_MARKS: usize = 10_000;
 
+/// When a lease obtained at `from` must be considered gone: a tenth of the TTL early, for the
+/// time between the store's clock and ours and between acquisition and the worker's start.
+fn lease_deadline(from: Instant, ttl: Duration) -> Instant {
+    from + ttl - ttl / 10
+}
+
 /// Everything a shard worker shares with the rest of the engine.
 pub(crate) struct Shared {
     pub config: EngineConfig,
@@ -258,7 +264,8 @@ pub(crate) struct Worker {
     /// When the lease would run out without a renewal, by this process's clock.
     lease_deadline: Instant,
     next_renew: Instant,
-    renewing: bool,
+    /// When the renewal in flight was sent: the new lease runs from then, not from its answer.
+    renewing: Option<Instant>,
     main: Main,
     targets: HashMap<Arc<str>, Target>,
     io: FuturesUnordered<BoxFuture<'static, Io>>,
@@ -312,9 +319,9 @@ impl Worker {
             key: lease.key.clone(),
             shard,
             lease,
-            lease_deadline: now + ttl,
+            lease_deadline: lease_deadline(now, ttl),
             next_renew: now + ttl / 3,
-            renewing: false,
+            renewing: None,
             main: Main {
                 reader: Reader::Closed,
                 read: main_read.clone(),
@@ -380,7 +387,7 @@ impl Worker {
 
     fn next_wake(&self) -> Instant {
         let mut wake = self.lease_deadline;
-        if !self.renewing {
+        if self.renewing.is_none() {
             wake = wake.min(self.next_renew);
         }
         if !self.checkpointing {
@@ -416,8 +423,8 @@ impl Worker {
             self.exit = Some(Exit::Lost);
             return;
         }
-        if !self.renewing && now >= self.next_renew {
-            self.renewing = true;
+        if self.renewing.is_none() && now >= self.next_renew {
+            self.renewing = Some(now);
             let coordinator = self.shared.coordinator.clone();
             let lease = self.lease.clone();
             let ttl = self.shared.config.lease_ttl;
@@ -607,10 +614,7 @@ impl Worker {
             let backend = self.shared.backend.clone();
             let name = target.name.clone();
             let generation = target.generation;
-            let policy = streams::RetryPolicy {
-                max_attempts: 1,
-                ..policy.clone()
-            };
+            let policy = policy.clone();
             self.io.push(Box::pin(async move {
                 let records: Vec<PutRecord> = batch
                     .iter()
@@ -791,14 +795,13 @@ impl Worker {
                 }
             }
             Io::Renew { result } => {
-                self.renewing = false;
+                let sent = self.renewing.take().unwrap_or_else(Instant::now);
                 match result {
                     Ok(lease) => {
-                        let now = Instant::now();
                         let ttl = self.shared.config.lease_ttl;
                         self.lease = lease;
-                        self.lease_deadline = now + ttl;
-                        self.next_renew = now + ttl / 3;
+                        self.lease_deadline = lease_deadline(sent, ttl);
+                        self.next_renew = sent + ttl / 3;
                     }
                     Err(CoordinatorError::LeaseLost { .. }) => {
                         tracing::warn!(shard = %self.key, "Lease taken over; stopping.");

@@ -4,3 +4,4 @@ mod delivery;
 mod durability;
 mod ges;
 mod isolation;
+mod observability;
