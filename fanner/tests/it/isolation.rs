@@ -148,15 +148,21 @@ async fn a_deleted_stream_is_marked_failed_and_gets_its_backlog_when_recreated(k
         reason.contains("does not exist"),
         "the reason says why: {reason:?}"
     );
-    assert!(
-        engine
-            .status
-            .shards()
-            .iter()
-            .flat_map(|s| s.targets.iter())
-            .any(|t| t.backing_name == gone && t.mode == TargetMode::Broken),
-        "the stream is shown broken"
-    );
+    // The subscription is marked failed before the status board shows the new mode.
+    eventually(
+        Duration::from_secs(10),
+        "the stream is shown broken",
+        || async {
+            engine
+                .status
+                .shards()
+                .iter()
+                .flat_map(|s| s.targets.iter())
+                .any(|t| t.backing_name == gone && t.mode == TargetMode::Broken)
+                .then_some(())
+        },
+    )
+    .await;
 
     h.backend
         .create_stream(&StreamSpec {
