@@ -44,7 +44,12 @@ impl Bench {
 
     /// Median `terraform plan` times of two working directories, run alternately so that load
     /// from anything else on the machine weighs on both alike.
-    fn median_plans(&self, a: &Path, b: &Path, refresh: bool) -> anyhow::Result<(Duration, Duration)> {
+    fn median_plans(
+        &self,
+        a: &Path,
+        b: &Path,
+        refresh: bool,
+    ) -> anyhow::Result<(Duration, Duration)> {
         let mut args = vec!["plan", "-input=false", "-no-color", "-lock=false"];
         if !refresh {
             args.push("-refresh=false");

@@ -176,7 +176,9 @@ async fn failures_are_diagnostics() -> anyhow::Result<()> {
         let run = ws.run(&["apply", "-input=false", "-auto-approve", "-no-color"])?;
         ensure!(
             run.code == 1
-                && run.stderr.contains(r#"Cannot create stream "fraud-signals""#)
+                && run
+                    .stderr
+                    .contains(r#"Cannot create stream "fraud-signals""#)
                 && run.stderr.contains("FANNER_TOKEN")
                 && run.stderr.contains(r#"fanner_stream.signals"#),
             "a refused token must be a diagnostic on the resource:\n{run}"
@@ -210,7 +212,9 @@ async fn failures_are_diagnostics() -> anyhow::Result<()> {
         let run = ws.run(&["apply", "-input=false", "-auto-approve", "-no-color"])?;
         ensure!(
             run.code == 1
-                && run.stderr.contains(r#"Cannot create stream "fraud-signals""#)
+                && run
+                    .stderr
+                    .contains(r#"Cannot create stream "fraud-signals""#)
                 && run.stderr.contains("terraform import"),
             "a name taken by another team must be a diagnostic:\n{run}"
         );

@@ -163,8 +163,9 @@ async fn a_deleted_stream_is_marked_failed_and_gets_its_backlog_when_recreated(k
         reason.contains("does not exist"),
         "the reason says why: {reason:?}"
     );
+    // The subscription is marked failed before the status board shows the new mode.
     eventually(
-        Duration::from_secs(5),
+        Duration::from_secs(10),
         "the stream is shown broken",
         || async {
             engine
