@@ -442,20 +442,21 @@ impl Worker {
                 None => tokio::time::sleep(timeout).await,
             }
         };
+        let puts = &mut self.puts;
         let put = async {
-            if self.puts.is_empty() {
+            if puts.is_empty() {
                 std::future::pending().await
             } else {
-                self.puts.join_next().await
+                puts.join_next().await
             }
         };
-        let stop = self.stop.clone();
-        let lease = self.lease.clone();
+        // On the worker's own receivers, never clones: a clone would see each lease renewal as
+        // news forever after and turn every wait into a spin.
         let result = tokio::select! {
             r = put => r,
             _ = sleep => None,
-            _ = changed(stop) => None,
-            _ = changed(lease) => None,
+            _ = until(&mut self.stop, |stop| *stop) => None,
+            _ = until(&mut self.lease, |state| state.lost) => None,
         };
         if let Some(result) = result {
             self.on_put(result)?;
@@ -493,8 +494,9 @@ impl Worker {
     }
 }
 
-async fn changed<T>(mut rx: watch::Receiver<T>) {
-    if rx.changed().await.is_err() {
+/// Returns once `condition` holds; never when the sender is gone without it holding.
+async fn until<T>(rx: &mut watch::Receiver<T>, condition: impl FnMut(&T) -> bool) {
+    if rx.wait_for(condition).await.is_err() {
         std::future::pending::<()>().await;
     }
 }

@@ -11,7 +11,7 @@ use chrono::Utc;
 use persister::{Config, LocalFsSink, ObjectSink, Persister, Stats};
 use streams::{Coordinator, StreamBackend};
 
-use crate::support::{Lab, Running, encoded, envelope, eventually, read_lake};
+use crate::support::{CountingReads, Lab, Running, encoded, envelope, eventually, read_lake};
 
 fn config(owner: &str) -> Config {
     Config {
@@ -159,5 +159,47 @@ async fn resharding_finishes_parents_before_children() -> Result<()> {
         *counts.entry(id).or_default() += 1;
     }
     ensure!(counts.len() == 2500 && counts.values().all(|n| *n == 1));
+    Ok(())
+}
+
+/// Lease renewals are frequent (every third of the TTL); between them an idle persister waits
+/// for records instead of asking the GES again and again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_persister_waits_between_reads_while_renewing_its_leases() -> Result<()> {
+    let lab = Lab::new(2).await?;
+    let dir = tempfile::tempdir()?;
+    let lake: Arc<dyn ObjectSink> = Arc::new(LocalFsSink::new(dir.path())?);
+    let ges = CountingReads::new(lab.streams());
+    let config = Config {
+        lease_ttl_ms: 300,
+        poll_interval_ms: 200,
+        max_object_age_ms: 1_000,
+        ..config("idle")
+    };
+    let running = Running::start(Persister::new(
+        &config,
+        ges.clone(),
+        lab.coordinator(),
+        lake.clone(),
+    )?);
+    shards_held(&[&running.stats], &[2]).await?;
+    publish(&lab, 0, 10).await?;
+    lake_holds(&lake, 10).await?;
+
+    let idle = Duration::from_secs(2);
+    let before = ges.reads.load(std::sync::atomic::Ordering::SeqCst);
+    tokio::time::sleep(idle).await;
+    let reads = ges.reads.load(std::sync::atomic::Ordering::SeqCst) - before;
+    // Each shard reads at most once per poll interval or flush tick when nothing arrives.
+    let allowed = 2 * (idle.as_millis() / 100) as usize;
+    ensure!(
+        reads <= allowed,
+        "{reads} reads of 2 idle shards in {idle:?} (at most {allowed} expected)"
+    );
+    running.stop().await?;
+    ensure!(
+        read_lake(lake.as_ref(), "events/").await?.len() == 10,
+        "the lake holds the 10 events once"
+    );
     Ok(())
 }

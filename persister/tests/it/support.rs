@@ -17,8 +17,8 @@ use persister::{ObjectSink, SinkError};
 use proto::Message;
 use streams::embedded::EmbeddedBackend;
 use streams::{
-    Coordinator, CoordinatorError, Lease, PutRecord, Record, StartPosition, StreamBackend,
-    StreamSpec,
+    Coordinator, CoordinatorError, Lease, PutOutcome, PutRecord, ReadBatch, Record, Shard,
+    ShardReader, StartPosition, StreamBackend, StreamDescription, StreamSpec,
 };
 use testkit::moto::MotoServer;
 use tokio::sync::Notify;
@@ -107,6 +107,85 @@ impl Lab {
             out.insert(shard.id, records);
         }
         Ok(out)
+    }
+}
+
+/// The lab's GES, counting how often anyone asks a shard for records.
+pub struct CountingReads {
+    inner: Arc<dyn StreamBackend>,
+    pub reads: Arc<AtomicUsize>,
+}
+
+impl CountingReads {
+    pub fn new(inner: Arc<dyn StreamBackend>) -> Arc<CountingReads> {
+        Arc::new(CountingReads {
+            inner,
+            reads: Arc::default(),
+        })
+    }
+}
+
+struct CountedReader {
+    inner: Box<dyn ShardReader>,
+    reads: Arc<AtomicUsize>,
+}
+
+#[async_trait]
+impl ShardReader for CountedReader {
+    async fn next_batch(&mut self, limit: usize) -> streams::Result<ReadBatch> {
+        self.reads.fetch_add(1, Ordering::SeqCst);
+        self.inner.next_batch(limit).await
+    }
+
+    async fn wait_for_records(&mut self, max_wait: Duration) {
+        self.inner.wait_for_records(max_wait).await;
+    }
+}
+
+#[async_trait]
+impl StreamBackend for CountingReads {
+    fn kind(&self) -> &'static str {
+        self.inner.kind()
+    }
+
+    async fn create_stream(&self, spec: &StreamSpec) -> streams::Result<StreamDescription> {
+        self.inner.create_stream(spec).await
+    }
+
+    async fn update_stream(&self, spec: &StreamSpec) -> streams::Result<StreamDescription> {
+        self.inner.update_stream(spec).await
+    }
+
+    async fn delete_stream(&self, name: &str) -> streams::Result<()> {
+        self.inner.delete_stream(name).await
+    }
+
+    async fn describe_stream(&self, name: &str) -> streams::Result<Option<StreamDescription>> {
+        self.inner.describe_stream(name).await
+    }
+
+    async fn list_shards(&self, stream: &str) -> streams::Result<Vec<Shard>> {
+        self.inner.list_shards(stream).await
+    }
+
+    async fn open_reader(
+        &self,
+        stream: &str,
+        shard: &str,
+        from: StartPosition,
+    ) -> streams::Result<Box<dyn ShardReader>> {
+        Ok(Box::new(CountedReader {
+            inner: self.inner.open_reader(stream, shard, from).await?,
+            reads: self.reads.clone(),
+        }))
+    }
+
+    async fn put_records(
+        &self,
+        stream: &str,
+        records: &[PutRecord],
+    ) -> streams::Result<PutOutcome> {
+        self.inner.put_records(stream, records).await
     }
 }
 
