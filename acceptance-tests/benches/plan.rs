@@ -1,6 +1,7 @@
 //! `terraform plan` over 1,000 `fanner_subscription`s against `fanner serve`, next to the same
-//! plan over 1,000 `null_resource`s of the Go null provider (v2.1.2), on the newest Terraform in
-//! FANNER_TERRAFORM_BINS. Prints medians and the ratio; asserts nothing.
+//! plan over 1,000 `null_resource`s of the Go null provider (v2.1.2) whose `triggers` carry the
+//! same expressions, on the newest Terraform in FANNER_TERRAFORM_BINS. Prints medians and the
+//! ratio; asserts nothing. `FANNER_PLAN_RESOURCES` changes the count.
 //!
 //! cargo build --release --bins && cargo bench -p acceptance-tests --bench plan
 
@@ -11,9 +12,10 @@ use std::time::{Duration, Instant};
 use acceptance_tests::{PROVIDER_VERSION, Server, bin_dir, install_mirror};
 use anyhow::{Context, ensure};
 
-const RESOURCES: usize = 1000;
+const DEFAULT_RESOURCES: usize = 1000;
 const STREAMS: usize = 10;
-const RUNS: usize = 5;
+const RUNS: usize = 7;
+const NULL_PROVIDER: &str = "terraform {\n  required_providers {\n    null = {\n      source  = \"hashicorp/null\"\n      version = \"2.1.2\"\n    }\n  }\n}\n\n";
 
 struct Bench {
     terraform: PathBuf,
@@ -82,6 +84,10 @@ async fn main() -> anyhow::Result<()> {
         .map(|d| PathBuf::from(d).join("terraform-provider-null"))
         .context("set FANNER_TOOLS_BIN (scripts/setup-tools) for the Go null provider")?;
     println!("binaries from {}", bin_dir()?.display());
+    let resources = match std::env::var("FANNER_PLAN_RESOURCES") {
+        Ok(n) => n.parse().context("FANNER_PLAN_RESOURCES must be a count")?,
+        Err(_) => DEFAULT_RESOURCES,
+    };
 
     let server = Server::start().await?;
     let admin = server.admin()?;
@@ -134,23 +140,32 @@ async fn main() -> anyhow::Result<()> {
         scratch.path(),
         "fanner",
         &format!(
-            "terraform {{\n  required_providers {{\n    fanner = {{\n      source  = \"fanner/fanner\"\n      version = \"{PROVIDER_VERSION}\"\n    }}\n  }}\n}}\n\nresource \"fanner_subscription\" \"s\" {{\n  count  = {RESOURCES}\n  stream = \"bench-${{count.index % {STREAMS}}}\"\n  events = [\"bench_event\"]\n}}\n"
+            "terraform {{\n  required_providers {{\n    fanner = {{\n      source  = \"fanner/fanner\"\n      version = \"{PROVIDER_VERSION}\"\n    }}\n  }}\n}}\n\nresource \"fanner_subscription\" \"s\" {{\n  count  = {resources}\n  stream = \"bench-${{count.index % {STREAMS}}}\"\n  events = [\"bench_event\"]\n}}\n"
         ),
     )?;
+    // The same expressions on both sides (Terraform evaluates `count.index` per instance and
+    // builds a function table for it); the bare null_resource is printed for reference.
     let null = workdir(
         scratch.path(),
         "null",
         &format!(
-            "terraform {{\n  required_providers {{\n    null = {{\n      source  = \"hashicorp/null\"\n      version = \"2.1.2\"\n    }}\n  }}\n}}\n\nresource \"null_resource\" \"n\" {{\n  count = {RESOURCES}\n}}\n"
+            "{NULL_PROVIDER}resource \"null_resource\" \"n\" {{\n  count = {resources}\n  triggers = {{\n    stream = \"bench-${{count.index % {STREAMS}}}\"\n    events = \"bench_event\"\n  }}\n}}\n"
         ),
     )?;
-    for dir in [&fanner, &null] {
+    let bare = workdir(
+        scratch.path(),
+        "bare",
+        &format!("{NULL_PROVIDER}resource \"null_resource\" \"n\" {{\n  count = {resources}\n}}\n"),
+    )?;
+    for dir in [&fanner, &null, &bare] {
         bench.run(dir, &["init", "-input=false", "-no-color"])?;
     }
 
-    println!("terraform plan, {RESOURCES} resources, median of {RUNS}:");
+    println!("terraform plan, {resources} resources, median of {RUNS}:");
     let (fresh_fanner, fresh_null) = bench.median_plans(&fanner, &null, true)?;
     report("fresh (nothing applied)", fresh_fanner, fresh_null);
+    let (fresh_fanner, fresh_bare) = bench.median_plans(&fanner, &bare, true)?;
+    report("fresh, bare null_resource", fresh_fanner, fresh_bare);
 
     for dir in [&fanner, &null] {
         let took = bench.run(
