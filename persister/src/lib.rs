@@ -26,9 +26,9 @@
 //! [`Config::max_buffered_bytes`] bytes (oldest first), and at shutdown.
 //!
 //! The default gzip level is 1. In `benches/persister.rs` (617-byte envelopes with JSON
-//! payloads), gzip's encode stage ran at ~125 MB/s of raw input at level 1, ~95 MB/s at
-//! level 3 and ~55 MB/s at level 6, for objects of 11.6 %, 8.2 % and 8.0 % of the raw size:
-//! level 6 halves throughput to save a few percent, level 1 keeps compression off the
+//! payloads), the encode stage (JSON and gzip) ran at ~100 MB/s of raw input at level 1,
+//! ~85 MB/s at level 3 and ~66 MB/s at level 6, for objects of 11.6 %, 8.2 % and 8.0 % of the
+//! raw size: level 6 costs a third of the throughput to save a few percent, level 1 keeps compression off the
 //! critical path. Set `gzip_level` for smaller objects.
 
 use std::collections::{HashMap, HashSet};
