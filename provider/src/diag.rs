@@ -51,6 +51,19 @@ impl Diags {
         self.error(format!("Cannot {what}"), explain(error));
     }
 
+    /// The call's value, or `None` with an error diagnostic naming `what` was attempted.
+    pub fn api_value<T>(&mut self, what: &str, result: Result<T, ClientError>) -> Option<T> {
+        result.map_err(|e| self.api(what, &e)).ok()
+    }
+
+    /// Records a failed delete; an object that is already gone is what a delete wants.
+    pub fn api_deleted<T>(&mut self, what: &str, result: Result<T, ClientError>) {
+        match result {
+            Err(e) if !e.is_not_found() => self.api(what, &e),
+            _ => {}
+        }
+    }
+
     pub fn has_errors(&self) -> bool {
         self.0.iter().any(|d| d.severity == Severity::Error as i32)
     }

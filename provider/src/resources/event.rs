@@ -155,13 +155,13 @@ impl Resource for EventResource {
     async fn read(&self, ctx: &Ctx, state: &Obj, diags: &mut Diags) -> Option<Obj> {
         let client = ctx.client(diags)?;
         let name = required_str(state, "id", diags)?;
-        match lookup(ctx, client, name).await {
-            Ok(found) => found.as_ref().map(state_of),
-            Err(e) => {
-                diags.api(&format!("read event {name:?}"), &e);
-                None
-            }
-        }
+        diags
+            .api_value(
+                &format!("read event {name:?}"),
+                lookup(ctx, client, name).await,
+            )?
+            .as_ref()
+            .map(state_of)
     }
 
     async fn create(&self, ctx: &Ctx, planned: &Obj, diags: &mut Diags) -> Option<Obj> {
@@ -175,13 +175,12 @@ impl Resource for EventResource {
             owner: planned.str("owner").map(str::to_owned),
         };
         ctx.cache.invalidate().await;
-        match client.create_event(&body).await {
-            Ok(event) => Some(state_of(&event)),
-            Err(e) => {
-                diags.api(&format!("create event {name:?}"), &e);
-                None
-            }
-        }
+        diags
+            .api_value(
+                &format!("create event {name:?}"),
+                client.create_event(&body).await,
+            )
+            .map(|event| state_of(&event))
     }
 
     async fn update(
@@ -200,13 +199,12 @@ impl Resource for EventResource {
             revision: prior.get("revision").as_i64(),
         };
         ctx.cache.invalidate().await;
-        match client.update_event(name, &body).await {
-            Ok(event) => Some(state_of(&event)),
-            Err(e) => {
-                diags.api(&format!("update event {name:?}"), &e);
-                None
-            }
-        }
+        diags
+            .api_value(
+                &format!("update event {name:?}"),
+                client.update_event(name, &body).await,
+            )
+            .map(|event| state_of(&event))
     }
 
     async fn delete(&self, ctx: &Ctx, prior: &Obj, diags: &mut Diags) {
@@ -217,11 +215,10 @@ impl Resource for EventResource {
             return;
         };
         ctx.cache.invalidate().await;
-        match client.delete_event(name).await {
-            Ok(_) => {}
-            Err(e) if e.is_not_found() => {}
-            Err(e) => diags.api(&format!("delete event {name:?}"), &e),
-        }
+        diags.api_deleted(
+            &format!("delete event {name:?}"),
+            client.delete_event(name).await,
+        );
     }
 }
 

@@ -211,13 +211,12 @@ impl Resource for GrantResource {
             expires_at,
         };
         ctx.cache.invalidate().await;
-        match client.create_grant(&body).await {
-            Ok(grant) => Some(state_of(&grant, planned.str("expires_at"))),
-            Err(e) => {
-                diags.api(&format!("grant event {event:?} to {grantee:?}"), &e);
-                None
-            }
-        }
+        diags
+            .api_value(
+                &format!("grant event {event:?} to {grantee:?}"),
+                client.create_grant(&body).await,
+            )
+            .map(|grant| state_of(&grant, planned.str("expires_at")))
     }
 
     async fn update(
@@ -237,13 +236,12 @@ impl Resource for GrantResource {
             revision: prior.get("revision").as_i64(),
         };
         ctx.cache.invalidate().await;
-        match client.update_grant(id, &body).await {
-            Ok(grant) => Some(state_of(&grant, planned.str("expires_at"))),
-            Err(e) => {
-                diags.api(&format!("update grant {id:?}"), &e);
-                None
-            }
-        }
+        diags
+            .api_value(
+                &format!("update grant {id:?}"),
+                client.update_grant(id, &body).await,
+            )
+            .map(|grant| state_of(&grant, planned.str("expires_at")))
     }
 
     async fn delete(&self, ctx: &Ctx, prior: &Obj, diags: &mut Diags) {
@@ -254,11 +252,10 @@ impl Resource for GrantResource {
             return;
         };
         ctx.cache.invalidate().await;
-        match client.revoke_grant(id).await {
-            Ok(_) => {}
-            Err(e) if e.is_not_found() => {}
-            Err(e) => diags.api(&format!("revoke grant {id:?}"), &e),
-        }
+        diags.api_deleted(
+            &format!("revoke grant {id:?}"),
+            client.revoke_grant(id).await,
+        );
     }
 }
 

@@ -152,13 +152,10 @@ impl Resource for StreamResource {
             || client.get_stream(name),
         )
         .await;
-        match found {
-            Ok(found) => found.as_ref().map(state_of),
-            Err(e) => {
-                diags.api(&format!("read stream {name:?}"), &e);
-                None
-            }
-        }
+        diags
+            .api_value(&format!("read stream {name:?}"), found)?
+            .as_ref()
+            .map(state_of)
     }
 
     async fn create(&self, ctx: &Ctx, planned: &Obj, diags: &mut Diags) -> Option<Obj> {
@@ -175,13 +172,12 @@ impl Resource for StreamResource {
             tags: tags(planned),
         };
         ctx.cache.invalidate().await;
-        match client.create_stream(&body).await {
-            Ok(stream) => Some(state_of(&stream)),
-            Err(e) => {
-                diags.api(&format!("create stream {name:?}"), &e);
-                None
-            }
-        }
+        diags
+            .api_value(
+                &format!("create stream {name:?}"),
+                client.create_stream(&body).await,
+            )
+            .map(|stream| state_of(&stream))
     }
 
     async fn update(
@@ -200,13 +196,12 @@ impl Resource for StreamResource {
             revision: prior.get("revision").as_i64(),
         };
         ctx.cache.invalidate().await;
-        match client.update_stream(name, &body).await {
-            Ok(stream) => Some(state_of(&stream)),
-            Err(e) => {
-                diags.api(&format!("update stream {name:?}"), &e);
-                None
-            }
-        }
+        diags
+            .api_value(
+                &format!("update stream {name:?}"),
+                client.update_stream(name, &body).await,
+            )
+            .map(|stream| state_of(&stream))
     }
 
     async fn delete(&self, ctx: &Ctx, prior: &Obj, diags: &mut Diags) {
@@ -217,10 +212,9 @@ impl Resource for StreamResource {
             return;
         };
         ctx.cache.invalidate().await;
-        match client.delete_stream(name).await {
-            Ok(_) => {}
-            Err(e) if e.is_not_found() => {}
-            Err(e) => diags.api(&format!("delete stream {name:?}"), &e),
-        }
+        diags.api_deleted(
+            &format!("delete stream {name:?}"),
+            client.delete_stream(name).await,
+        );
     }
 }

@@ -251,13 +251,10 @@ impl Resource for SubscriptionResource {
             || client.get_subscription(id),
         )
         .await;
-        match found {
-            Ok(found) => found.as_ref().map(state_of),
-            Err(e) => {
-                diags.api(&format!("read subscription {id:?}"), &e);
-                None
-            }
-        }
+        diags
+            .api_value(&format!("read subscription {id:?}"), found)?
+            .as_ref()
+            .map(state_of)
     }
 
     async fn create(&self, ctx: &Ctx, planned: &Obj, diags: &mut Diags) -> Option<Obj> {
@@ -269,13 +266,12 @@ impl Resource for SubscriptionResource {
             events,
         };
         ctx.cache.invalidate().await;
-        match client.create_subscription(&body).await {
-            Ok(subscription) => Some(state_of(&subscription)),
-            Err(e) => {
-                diags.api(&format!("subscribe stream {stream:?}"), &e);
-                None
-            }
-        }
+        diags
+            .api_value(
+                &format!("subscribe stream {stream:?}"),
+                client.create_subscription(&body).await,
+            )
+            .map(|subscription| state_of(&subscription))
     }
 
     async fn update(
@@ -293,13 +289,12 @@ impl Resource for SubscriptionResource {
             revision: prior.get("revision").as_i64(),
         };
         ctx.cache.invalidate().await;
-        match client.update_subscription(id, &body).await {
-            Ok(subscription) => Some(state_of(&subscription)),
-            Err(e) => {
-                diags.api(&format!("update subscription {id:?}"), &e);
-                None
-            }
-        }
+        diags
+            .api_value(
+                &format!("update subscription {id:?}"),
+                client.update_subscription(id, &body).await,
+            )
+            .map(|subscription| state_of(&subscription))
     }
 
     async fn delete(&self, ctx: &Ctx, prior: &Obj, diags: &mut Diags) {
@@ -310,10 +305,9 @@ impl Resource for SubscriptionResource {
             return;
         };
         ctx.cache.invalidate().await;
-        match client.delete_subscription(id).await {
-            Ok(_) => {}
-            Err(e) if e.is_not_found() => {}
-            Err(e) => diags.api(&format!("delete subscription {id:?}"), &e),
-        }
+        diags.api_deleted(
+            &format!("delete subscription {id:?}"),
+            client.delete_subscription(id).await,
+        );
     }
 }
