@@ -8,7 +8,9 @@
 //! 2. Lake freshness at default settings on the embedded backend: the time from publishing an
 //!    event until an object holding it is visible in the lake (p50, p99, max).
 //!
-//! `cargo bench -p persister` (add `-- throughput` or `-- freshness` for one part).
+//! `cargo bench -p persister` (add `-- throughput` or `-- freshness` for one part;
+//! `FANNER_BENCH_ENVELOPES` sets the throughput input, 200,000 envelopes by default, and
+//! `FANNER_BENCH_CASE=parquet` picks the cases whose label contains it).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -91,6 +93,7 @@ struct Stages {
 fn pipeline(
     runtime: &tokio::runtime::Runtime,
     sink: &LocalFsSink,
+    prefix: &str,
     encoding: &Encoding,
     records: &[Bytes],
     object_records: usize,
@@ -98,14 +101,15 @@ fn pipeline(
     let mut stages = Stages::default();
     for (chunk_no, chunk) in records.chunks(object_records * 20).enumerate() {
         let started = Instant::now();
-        let mut partitions: HashMap<String, (Vec<proto::Envelope>, usize)> = HashMap::new();
+        let mut partitions: HashMap<String, (Vec<Bytes>, usize)> = HashMap::new();
         let now = Utc::now();
         for data in chunk {
-            let envelope = proto::Envelope::decode(data.as_ref())?;
-            let key = persister::partition(&envelope, now).map_err(|r| r.to_string())?;
+            let envelope = proto::EnvelopeRef::decode(data)?;
+            let key = persister::partition(envelope.event_name, envelope.event_time.as_ref(), now)
+                .map_err(|r| r.to_string())?;
             let entry = partitions.entry(key.path()).or_default();
             entry.1 += data.len();
-            entry.0.push(envelope);
+            entry.0.push(Bytes::copy_from_slice(data));
         }
         stages.decode += started.elapsed();
         for (path, (envelopes, raw)) in partitions {
@@ -114,7 +118,7 @@ fn pipeline(
             stages.encode += started.elapsed();
             stages.written += body.len();
             let key = format!(
-                "bench/{path}/shard-{chunk_no}.{}",
+                "{prefix}/{path}/shard-{chunk_no}.{}",
                 encoding.format.extension()
             );
             let started = Instant::now();
@@ -125,17 +129,24 @@ fn pipeline(
     Ok(stages)
 }
 
+/// Measured passes per throughput case.
+const PASSES: usize = 3;
+
 fn throughput() -> Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     let names = names(20);
-    let records: Vec<Bytes> = (0..200_000)
+    let count = std::env::var("FANNER_BENCH_ENVELOPES")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(200_000);
+    let records: Vec<Bytes> = (0..count)
         .map(|i| Bytes::from(envelope(i, &names).encode_to_vec()))
         .collect();
     let raw: usize = records.iter().map(Bytes::len).sum();
     println!(
-        "throughput, one thread: {} envelopes, {:.1} MB raw ({} B each), 20 names over 2 hours, ~2000-record objects",
+        "throughput, one thread: {} envelopes, {:.1} MB raw ({} B each), 20 names over 2 hours, ~2000-record objects, best of {PASSES} passes",
         records.len(),
         raw as f64 / 1e6,
         raw / records.len()
@@ -172,26 +183,56 @@ fn throughput() -> Result<()> {
             ..Encoding::default()
         },
     ));
-    for (label, encoding) in cases {
-        let dir = tempfile::tempdir()?;
-        let sink = LocalFsSink::new(dir.path())?;
+    if let Ok(wanted) = std::env::var("FANNER_BENCH_CASE") {
+        cases.retain(|(label, _)| label.contains(&wanted));
+    }
+    // Nothing is deleted until the end: ext4 spends a lot of CPU allocating inodes next to
+    // freshly deleted ones, which a lake that only grows never sees.
+    let dir = tempfile::tempdir()?;
+    let sink = LocalFsSink::new(dir.path())?;
+    for (case, (label, encoding)) in cases.into_iter().enumerate() {
         // One warm-up pass over a tenth of the input.
         pipeline(
             &runtime,
             &sink,
+            &format!("case-{case}/warm-up"),
             &encoding,
             &records[..records.len() / 10],
             2000,
         )?;
-        let started = Instant::now();
-        let cpu_before = thread_cpu();
-        let stages = pipeline(&runtime, &sink, &encoding, &records, 2000)?;
-        let secs = started.elapsed().as_secs_f64();
-        let cpu = match (cpu_before, thread_cpu()) {
-            (Some(before), Some(after)) => {
-                format!("{:>6.1}", raw as f64 / 1e6 / (after - before).as_secs_f64())
+        // The best of three passes: on a shared machine the slow ones measure the neighbours.
+        let mut best: Option<(Duration, f64, Stages)> = None;
+        for pass in 0..PASSES {
+            let started = Instant::now();
+            let cpu_before = thread_cpu();
+            let stages = pipeline(
+                &runtime,
+                &sink,
+                &format!("case-{case}/pass-{pass}"),
+                &encoding,
+                &records,
+                2000,
+            )?;
+            let wall = started.elapsed();
+            let cpu = match (cpu_before, thread_cpu()) {
+                (Some(before), Some(after)) => (after - before).as_secs_f64(),
+                _ => f64::NAN,
+            };
+            if best
+                .as_ref()
+                .is_none_or(|(w, c, _)| cpu < *c || (c.is_nan() && wall < *w))
+            {
+                best = Some((wall, cpu, stages));
             }
-            _ => "  n/a".to_owned(),
+        }
+        let Some((wall, cpu, stages)) = best else {
+            continue;
+        };
+        let secs = wall.as_secs_f64();
+        let cpu = if cpu.is_nan() {
+            "  n/a".to_owned()
+        } else {
+            format!("{:>6.1}", raw as f64 / 1e6 / cpu)
         };
         let rate = |d: Duration| raw as f64 / 1e6 / d.as_secs_f64();
         println!(

@@ -4,7 +4,6 @@
 //! API's `EnvelopeView`, so what `fanner tail` shows and what the lake holds read the same. Error
 //! objects are always NDJSON: they keep the raw record so it can be repaired and replayed.
 
-use std::collections::BTreeMap;
 use std::io::Write;
 use std::sync::{Arc, LazyLock};
 
@@ -23,6 +22,7 @@ use parquet::arrow::ArrowWriter;
 use parquet::basic::Compression as ParquetCodec;
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::schema::types::ColumnPath;
+use proto::EnvelopeRef;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
@@ -104,10 +104,9 @@ pub struct ErrorRecord {
     pub shard: String,
     pub sequence: String,
     pub arrival_time: Option<DateTime<Utc>>,
-    /// The record exactly as read from the stream.
+    /// The record exactly as read from the stream; written out decoded too when it is an
+    /// envelope.
     pub data: Bytes,
-    /// The decoded envelope, when the bytes were one.
-    pub envelope: Option<proto::Envelope>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -120,6 +119,8 @@ pub enum EncodeError {
     Parquet(#[from] parquet::errors::ParquetError),
     #[error("building Arrow arrays failed: {0}")]
     Arrow(#[from] arrow_schema::ArrowError),
+    #[error("a record placed in the lake is no longer an envelope: {0}")]
+    NotAnEnvelope(#[from] proto::ViewError),
 }
 
 /// One envelope in the shape of `api::EnvelopeView`, borrowing instead of copying. A JSON
@@ -134,7 +135,7 @@ struct EnvelopeLine<'a> {
     trace_id: &'a str,
     user_id: &'a str,
     device_id: &'a str,
-    attributes: &'a BTreeMap<String, String>,
+    attributes: Attributes<'a>,
     content_type: &'a str,
     payload: Option<JsonPayload<'a>>,
     payload_base64: Option<String>,
@@ -147,15 +148,24 @@ enum JsonPayload<'a> {
     Parsed(serde_json::Value),
 }
 
+/// Attribute pairs, already in key order, written as a JSON object.
+struct Attributes<'a>(&'a [(&'a str, &'a str)]);
+
+impl Serialize for Attributes<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_map(self.0.iter().copied())
+    }
+}
+
 impl<'a> EnvelopeLine<'a> {
-    fn new(envelope: &'a proto::Envelope) -> Self {
-        let (payload, payload_base64) = match json_payload(&envelope.payload) {
+    fn new(envelope: &'a EnvelopeRef<'a>) -> Self {
+        let (payload, payload_base64) = match json_payload(envelope.payload) {
             Some(json) => (Some(json), None),
-            None => (None, Some(STANDARD.encode(&envelope.payload))),
+            None => (None, Some(STANDARD.encode(envelope.payload))),
         };
         EnvelopeLine {
-            event_id: &envelope.event_id,
-            event_name: &envelope.event_name,
+            event_id: envelope.event_id,
+            event_name: envelope.event_name,
             event_time: envelope
                 .event_time
                 .as_ref()
@@ -166,12 +176,12 @@ impl<'a> EnvelopeLine<'a> {
                 .as_ref()
                 .and_then(timestamp)
                 .map(Rfc3339),
-            producer: &envelope.producer,
-            trace_id: &envelope.trace_id,
-            user_id: &envelope.user_id,
-            device_id: &envelope.device_id,
-            attributes: &envelope.attributes,
-            content_type: &envelope.content_type,
+            producer: envelope.producer,
+            trace_id: envelope.trace_id,
+            user_id: envelope.user_id,
+            device_id: envelope.device_id,
+            attributes: Attributes(&envelope.attributes),
+            content_type: envelope.content_type,
             payload,
             payload_base64,
         }
@@ -182,12 +192,7 @@ fn json_payload(payload: &[u8]) -> Option<JsonPayload<'_>> {
     let raw: &RawValue = serde_json::from_slice(payload).ok()?;
     // Whitespace between tokens may contain line breaks (inside strings they are escaped):
     // those payloads are re-serialised compactly so each record stays on one line.
-    // A fold without early exit, so the compiler vectorises the scan.
-    let has_line_break = raw
-        .get()
-        .bytes()
-        .fold(false, |found, b| found | (b == b'\n') | (b == b'\r'));
-    if has_line_break {
+    if memchr::memchr2(b'\n', b'\r', raw.get().as_bytes()).is_some() {
         serde_json::from_str(raw.get())
             .ok()
             .map(JsonPayload::Parsed)
@@ -272,10 +277,10 @@ struct ErrorLine<'a> {
     envelope: Option<EnvelopeLine<'a>>,
 }
 
-/// Encodes good envelopes in the lake format.
+/// Encodes good envelopes, given as their protobuf bytes, in the lake format.
 pub fn encode_envelopes(
     encoding: &Encoding,
-    envelopes: &[proto::Envelope],
+    envelopes: &[Bytes],
     raw_bytes: usize,
 ) -> Result<Vec<u8>, EncodeError> {
     match encoding.format {
@@ -299,12 +304,10 @@ pub fn encode_envelopes(
     }
 }
 
-fn write_envelope_lines(
-    out: &mut impl Write,
-    envelopes: &[proto::Envelope],
-) -> Result<(), EncodeError> {
-    for envelope in envelopes {
-        serde_json::to_writer(&mut *out, &EnvelopeLine::new(envelope))?;
+fn write_envelope_lines(out: &mut impl Write, envelopes: &[Bytes]) -> Result<(), EncodeError> {
+    for data in envelopes {
+        let envelope = EnvelopeRef::decode(data)?;
+        serde_json::to_writer(&mut *out, &EnvelopeLine::new(&envelope))?;
         out.write_all(b"\n")?;
     }
     out.flush()?;
@@ -315,13 +318,14 @@ fn write_envelope_lines(
 pub fn encode_errors(encoding: &Encoding, records: &[ErrorRecord]) -> Result<Vec<u8>, EncodeError> {
     let mut out = Vec::new();
     for record in records {
+        let envelope = EnvelopeRef::decode(&record.data).ok();
         let line = ErrorLine {
             reason: record.reason.as_str(),
             shard: &record.shard,
             sequence: &record.sequence,
             arrival_time: record.arrival_time,
             data_base64: STANDARD.encode(&record.data),
-            envelope: record.envelope.as_ref().map(EnvelopeLine::new),
+            envelope: envelope.as_ref().map(EnvelopeLine::new),
         };
         serde_json::to_writer(&mut out, &line)?;
         out.push(b'\n');
@@ -382,8 +386,12 @@ fn micros(t: &Option<proto::Timestamp>) -> Option<i64> {
 
 fn encode_parquet(
     compression: ParquetCompression,
-    envelopes: &[proto::Envelope],
+    envelopes: &[Bytes],
 ) -> Result<Vec<u8>, EncodeError> {
+    let envelopes = envelopes
+        .iter()
+        .map(|data| EnvelopeRef::decode(data))
+        .collect::<Result<Vec<_>, _>>()?;
     let n = envelopes.len();
     let mut event_id = StringBuilder::with_capacity(n, n * 36);
     let mut event_name = StringDictionaryBuilder::<Int32Type>::new();
@@ -397,22 +405,22 @@ fn encode_parquet(
     let mut content_type = StringBuilder::new();
     let payload_bytes = envelopes.iter().map(|e| e.payload.len()).sum();
     let mut payload = BinaryBuilder::with_capacity(n, payload_bytes);
-    for e in envelopes {
-        event_id.append_value(&e.event_id);
-        event_name.append_value(&e.event_name);
+    for e in &envelopes {
+        event_id.append_value(e.event_id);
+        event_name.append_value(e.event_name);
         event_time.append_option(micros(&e.event_time));
         ingest_time.append_option(micros(&e.ingest_time));
-        producer.append_value(&e.producer);
-        trace_id.append_value(&e.trace_id);
-        user_id.append_value(&e.user_id);
-        device_id.append_value(&e.device_id);
+        producer.append_value(e.producer);
+        trace_id.append_value(e.trace_id);
+        user_id.append_value(e.user_id);
+        device_id.append_value(e.device_id);
         for (k, v) in &e.attributes {
             attributes.keys().append_value(k);
             attributes.values().append_value(v);
         }
         attributes.append(true)?;
-        content_type.append_value(&e.content_type);
-        payload.append_value(&e.payload);
+        content_type.append_value(e.content_type);
+        payload.append_value(e.payload);
     }
     let schema = parquet_schema();
     let columns: Vec<ArrayRef> = vec![
@@ -452,6 +460,8 @@ fn encode_parquet(
 
 #[cfg(test)]
 mod tests {
+    use proto::Message;
+
     use super::*;
 
     fn envelope(payload: &[u8]) -> proto::Envelope {
@@ -469,7 +479,8 @@ mod tests {
 
     fn line(payload: &[u8]) -> serde_json::Value {
         let mut out = Vec::new();
-        write_envelope_lines(&mut out, &[envelope(payload)]).unwrap_or_else(|e| panic!("{e}"));
+        write_envelope_lines(&mut out, &[envelope(payload).encode_to_vec().into()])
+            .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(out.iter().filter(|b| **b == b'\n').count(), 1, "one line");
         serde_json::from_slice(&out).unwrap_or_else(|e| panic!("{e}"))
     }
@@ -480,7 +491,7 @@ mod tests {
             .map(|i| {
                 let mut e = envelope(&[i, b'x']);
                 e.attributes.insert("k".into(), i.to_string());
-                e
+                Bytes::from(e.encode_to_vec())
             })
             .collect();
         for format in [

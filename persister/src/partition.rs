@@ -150,24 +150,22 @@ impl Target {
 /// record's arrival time on the stream when the backend reports it, so that replaying the same
 /// record always gives the same answer.
 pub fn partition(
-    envelope: &proto::Envelope,
+    event_name: &str,
+    event_time: Option<&proto::Timestamp>,
     now: DateTime<Utc>,
 ) -> Result<PartitionKey, ErrorReason> {
-    if envelope.event_name.is_empty() {
+    if event_name.is_empty() {
         return Err(ErrorReason::MissingEventName);
     }
     // Each input byte becomes at most three output bytes: names this long cannot fit.
-    if envelope.event_name.len() > MAX_NAME_SEGMENT * 3 {
+    if event_name.len() > MAX_NAME_SEGMENT * 3 {
         return Err(ErrorReason::EventNameTooLong);
     }
-    let name_segment = encode_segment(&envelope.event_name);
+    let name_segment = encode_segment(event_name);
     if name_segment.len() > MAX_NAME_SEGMENT {
         return Err(ErrorReason::EventNameTooLong);
     }
-    let time = envelope
-        .event_time
-        .as_ref()
-        .ok_or(ErrorReason::MissingEventTime)?;
+    let time = event_time.ok_or(ErrorReason::MissingEventTime)?;
     let nanos = u32::try_from(time.nanos).map_err(|_| ErrorReason::InvalidEventTime)?;
     let time = Utc
         .timestamp_opt(time.seconds, nanos)
@@ -245,7 +243,8 @@ mod tests {
 
     /// `expected` is the partition path or the error reason.
     fn check(input: &proto::Envelope, expected: Result<&str, ErrorReason>) {
-        let got = partition(input, at(NOW)).map(|k| k.path());
+        let got =
+            partition(&input.event_name, input.event_time.as_ref(), at(NOW)).map(|k| k.path());
         assert_eq!(
             got.as_deref().map_err(|e| *e),
             expected,
@@ -254,7 +253,10 @@ mod tests {
             input.event_time
         );
         if let Ok(path) = got {
-            let key = Target::Lake(partition(input, at(NOW)).unwrap_or_else(|_| unreachable!()));
+            let key = Target::Lake(
+                partition(&input.event_name, input.event_time.as_ref(), at(NOW))
+                    .unwrap_or_else(|_| unreachable!()),
+            );
             assert_eq!(Target::parse(&path), Some(key), "path {path:?} parses back");
             assert!(
                 !path

@@ -33,7 +33,6 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
-use proto::Message;
 use serde::{Deserialize, Serialize};
 use streams::{Record, cmp_sequence};
 
@@ -92,13 +91,14 @@ pub enum StateError {
 /// One record, ready for its object.
 #[derive(Clone, Debug)]
 pub(crate) enum Row {
-    Lake(proto::Envelope),
+    /// The bytes of an envelope that decodes; the encoder reads them in place.
+    Lake(Bytes),
     Error(ErrorRecord),
 }
 
 #[derive(Debug, Default)]
 pub(crate) struct Rows {
-    pub lake: Vec<proto::Envelope>,
+    pub lake: Vec<Bytes>,
     pub errors: Vec<ErrorRecord>,
 }
 
@@ -313,17 +313,24 @@ impl ShardState {
         let raw_len = record.data.len();
         // Decided by the record's arrival time, so a replay decides the same.
         let now = record.arrival_time.unwrap_or(wall_now);
-        let (target, row) = match proto::Envelope::decode(record.data.as_ref()) {
-            Ok(envelope) => match partition(&envelope, now) {
-                Ok(key) => (Target::Lake(key), Row::Lake(envelope)),
-                Err(reason) => (
-                    Target::Errors(reason),
-                    Row::Error(self.error_record(reason, &record, Some(envelope))),
-                ),
-            },
+        let (target, row) = match proto::EnvelopeRef::decode(&record.data) {
+            Ok(envelope) => {
+                match partition(envelope.event_name, envelope.event_time.as_ref(), now) {
+                    // A copy of its own: the record may be a slice of a whole read chunk,
+                    // which the buffer would otherwise keep alive unaccounted.
+                    Ok(key) => (
+                        Target::Lake(key),
+                        Row::Lake(Bytes::copy_from_slice(&record.data)),
+                    ),
+                    Err(reason) => (
+                        Target::Errors(reason),
+                        Row::Error(self.error_record(reason, &record)),
+                    ),
+                }
+            }
             Err(_) => (
                 Target::Errors(ErrorReason::Undecodable),
-                Row::Error(self.error_record(ErrorReason::Undecodable, &record, None)),
+                Row::Error(self.error_record(ErrorReason::Undecodable, &record)),
             ),
         };
         let target_path = target.path();
@@ -338,19 +345,13 @@ impl ShardState {
         }
     }
 
-    fn error_record(
-        &self,
-        reason: ErrorReason,
-        record: &Record,
-        envelope: Option<proto::Envelope>,
-    ) -> ErrorRecord {
+    fn error_record(&self, reason: ErrorReason, record: &Record) -> ErrorRecord {
         ErrorRecord {
             reason,
             shard: self.shard.clone(),
             sequence: record.sequence.clone(),
             arrival_time: record.arrival_time,
-            data: Bytes::clone(&record.data),
-            envelope,
+            data: Bytes::copy_from_slice(&record.data),
         }
     }
 
