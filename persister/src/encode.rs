@@ -540,6 +540,8 @@ fn encode_parquet(
 #[cfg(test)]
 mod tests {
     use proto::Message;
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
 
     use super::*;
 
@@ -608,13 +610,7 @@ mod tests {
 
     #[test]
     fn times_are_spelled_as_chrono_spells_them() {
-        let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
-        let mut next = move || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed
-        };
+        let mut rng = StdRng::seed_from_u64(0x9e37_79b9_7f4a_7c15);
         let nanos = [
             0,
             5,
@@ -627,11 +623,11 @@ mod tests {
         ];
         let mut checked = 0;
         for i in 0..20_000 {
-            let seconds = (next() % 400_000_000_000) as i64 - 100_000_000_000;
+            let seconds = rng.random_range(-100_000_000_000..300_000_000_000_i64);
             let nano = if i < 1000 {
                 nanos[i % nanos.len()]
             } else {
-                (next() % 1_000_000_000) as u32
+                rng.random_range(0..1_000_000_000)
             };
             let Some(time) = Utc.timestamp_opt(seconds, nano).single() else {
                 continue;
@@ -646,29 +642,21 @@ mod tests {
 
     #[test]
     fn lines_are_written_exactly_as_serde_json_writes_them() {
-        struct Gen(u64);
-        impl Gen {
-            fn pick(&mut self, n: usize) -> usize {
-                self.0 ^= self.0 << 13;
-                self.0 ^= self.0 >> 7;
-                self.0 ^= self.0 << 17;
-                (self.0 % n as u64) as usize
-            }
-            fn text(&mut self) -> String {
-                const TEXT: [&str; 8] = [
-                    "",
-                    "orders",
-                    "é😊",
-                    "\"",
-                    "\\",
-                    "\u{1}\n\t",
-                    "\u{7f}",
-                    "a/b<c>",
-                ];
-                let piece = TEXT[self.pick(TEXT.len())];
-                piece.repeat(1 + self.pick(3))
-            }
+        const TEXT: [&str; 8] = [
+            "",
+            "orders",
+            "é😊",
+            "\"",
+            "\\",
+            "\u{1}\n\t",
+            "\u{7f}",
+            "a/b<c>",
+        ];
+        fn text(rng: &mut StdRng) -> String {
+            let piece = TEXT[rng.random_range(0..TEXT.len())];
+            piece.repeat(rng.random_range(1..4))
         }
+        let mut rng = StdRng::seed_from_u64(0x2545_f491_4f6c_dd1d);
         const PAYLOADS: [&[u8]; 6] = [
             br#"{"a":[1,2.5e3,"x\"y"],"b":null}"#,
             b"{\n  \"multi\": \"line\\n\"\n}",
@@ -677,29 +665,31 @@ mod tests {
             &[0xff, 0x00, 0x01],
             b"{\"unterminated\":",
         ];
-        let mut g = Gen(0x2545_f491_4f6c_dd1d);
         for case in 0..5_000 {
             let mut envelope = proto::Envelope {
-                event_id: g.text(),
-                event_name: g.text(),
-                producer: g.text(),
-                trace_id: g.text(),
-                user_id: g.text(),
-                device_id: g.text(),
-                content_type: g.text(),
+                event_id: text(&mut rng),
+                event_name: text(&mut rng),
+                producer: text(&mut rng),
+                trace_id: text(&mut rng),
+                user_id: text(&mut rng),
+                device_id: text(&mut rng),
+                content_type: text(&mut rng),
                 ..Default::default()
             };
-            for _ in 0..g.pick(3) {
-                envelope.attributes.insert(g.text(), g.text());
+            for _ in 0..rng.random_range(0..3) {
+                envelope.attributes.insert(text(&mut rng), text(&mut rng));
             }
-            let seconds = [0, 1_714_566_600, -62_135_596_800, 253_402_300_800][g.pick(4)];
-            let nanos = [0, 5, 120_000, 999_999_999][g.pick(4)];
-            envelope.event_time = (g.pick(4) > 0).then_some(proto::Timestamp { seconds, nanos });
-            envelope.ingest_time = (g.pick(2) > 0).then_some(proto::Timestamp {
+            let seconds =
+                [0, 1_714_566_600, -62_135_596_800, 253_402_300_800][rng.random_range(0..4)];
+            let nanos = [0, 5, 120_000, 999_999_999][rng.random_range(0..4)];
+            envelope.event_time = rng
+                .random_bool(0.75)
+                .then_some(proto::Timestamp { seconds, nanos });
+            envelope.ingest_time = rng.random_bool(0.5).then_some(proto::Timestamp {
                 seconds: 1_714_566_600,
                 nanos: 1_000_000,
             });
-            envelope.payload = PAYLOADS[g.pick(PAYLOADS.len())].to_vec();
+            envelope.payload = PAYLOADS[rng.random_range(0..PAYLOADS.len())].to_vec();
             let view = EnvelopeRef::from(&envelope);
             let line = EnvelopeLine::new(&view);
             let mut ours = Vec::new();
