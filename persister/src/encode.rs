@@ -286,7 +286,7 @@ pub fn encode_envelopes(
     match encoding.format {
         ObjectFormat::Ndjson => {
             let mut out = Vec::with_capacity(raw_bytes + raw_bytes / 2);
-            write_envelope_lines(&mut out, envelopes)?;
+            write_envelope_lines(&mut out, envelopes, |_| Ok(()))?;
             Ok(out)
         }
         ObjectFormat::NdjsonGzip => {
@@ -294,27 +294,38 @@ pub fn encode_envelopes(
                 Vec::with_capacity(raw_bytes / 4),
                 flate2::Compression::new(encoding.gzip_level),
             );
-            write_envelope_lines(
-                &mut std::io::BufWriter::with_capacity(256 * 1024, &mut gz),
-                envelopes,
-            )?;
+            let mut chunk = Vec::with_capacity(LINE_CHUNK * 2);
+            write_envelope_lines(&mut chunk, envelopes, |chunk| {
+                gz.write_all(chunk)?;
+                chunk.clear();
+                Ok(())
+            })?;
             Ok(gz.finish()?)
         }
         ObjectFormat::Parquet => encode_parquet(encoding.parquet_compression, envelopes),
     }
 }
 
-fn write_envelope_lines(out: &mut impl Write, envelopes: &[Bytes]) -> Result<(), EncodeError> {
-    let mut line = Vec::with_capacity(4096);
+/// How much NDJSON gathers before [`write_envelope_lines`] hands it on: long runs for the
+/// compressor, still in cache.
+const LINE_CHUNK: usize = 256 * 1024;
+
+/// Appends one line per envelope to `out`, and calls `spill` whenever `out` holds
+/// [`LINE_CHUNK`] bytes or more, and at the end.
+fn write_envelope_lines(
+    out: &mut Vec<u8>,
+    envelopes: &[Bytes],
+    mut spill: impl FnMut(&mut Vec<u8>) -> Result<(), EncodeError>,
+) -> Result<(), EncodeError> {
     for data in envelopes {
         let envelope = EnvelopeRef::decode(data)?;
-        line.clear();
-        write_line(&mut line, &EnvelopeLine::new(&envelope))?;
-        line.push(b'\n');
-        out.write_all(&line)?;
+        write_line(out, &EnvelopeLine::new(&envelope))?;
+        out.push(b'\n');
+        if out.len() >= LINE_CHUNK {
+            spill(out)?;
+        }
     }
-    out.flush()?;
-    Ok(())
+    spill(out)
 }
 
 /// Writes `line` exactly as serde_json serialises it, but with the field names as literals and
@@ -560,8 +571,12 @@ mod tests {
 
     fn line(payload: &[u8]) -> serde_json::Value {
         let mut out = Vec::new();
-        write_envelope_lines(&mut out, &[envelope(payload).encode_to_vec().into()])
-            .unwrap_or_else(|e| panic!("{e}"));
+        write_envelope_lines(
+            &mut out,
+            &[envelope(payload).encode_to_vec().into()],
+            |_| Ok(()),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(out.iter().filter(|b| **b == b'\n').count(), 1, "one line");
         serde_json::from_slice(&out).unwrap_or_else(|e| panic!("{e}"))
     }
