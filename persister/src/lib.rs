@@ -26,10 +26,11 @@
 //! [`Config::max_buffered_bytes`] bytes (oldest first), and at shutdown.
 //!
 //! The default gzip level is 1. In `benches/persister.rs` (617-byte envelopes with JSON
-//! payloads, one thread, decode to written file), level 1 ran at ~200 MB/s of raw input per
-//! CPU-second, level 3 at ~150 and level 6 at ~95, for objects of 11.6 %, 8.2 % and 8.0 % of
-//! the raw size: level 6 halves the throughput to save a few percent. Set `gzip_level` for
-//! smaller objects. Parquet with Snappy ran at ~230 MB/s for 13.6 %.
+//! payloads, one thread, decode to written file), level 1 ran at 199–206 MB/s of raw input
+//! per CPU-second, level 3 at ~150 and level 6 at ~95, for objects of 11.6 %, 8.2 % and 8.0 %
+//! of the raw size: level 6 halves the throughput to save a few percent. Set `gzip_level` for
+//! smaller objects. Parquet with Snappy ran at 188–233 MB/s for 13.6 % (runs on a shared
+//! machine vary that much).
 //!
 //! Records are buffered as the bytes read from the stream and read in place
 //! ([`proto::EnvelopeRef`]) when classified and again when encoded: no owned envelope is ever
