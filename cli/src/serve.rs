@@ -52,6 +52,13 @@ pub enum LogFormat {
 pub struct Config {
     pub listen: SocketAddr,
     pub data_dir: PathBuf,
+    /// This process's name on shard leases. Default: the name kept in `<data_dir>/instance`,
+    /// made on first start, so a restart on the same data dir takes its shards back at once.
+    /// Two live processes must never share it (one data dir is locked by one process).
+    pub instance: Option<String>,
+    /// How long a graceful shutdown (SIGTERM, Ctrl-C) may take: open tails are ended, requests
+    /// and shard jobs drain within it, then the process exits.
+    pub shutdown_timeout_ms: u64,
     pub database_url: Option<String>,
     pub log_format: LogFormat,
     pub streams: StreamsConfig,
@@ -93,6 +100,8 @@ pub struct StreamsConfig {
     pub ges_shards: u32,
     /// Prefix of consumer streams' backing names.
     pub backing_prefix: String,
+    /// The embedded log's page cache, in MiB.
+    pub embedded_cache_mb: usize,
 }
 
 impl Default for Config {
@@ -100,6 +109,8 @@ impl Default for Config {
         Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 7878)),
             data_dir: PathBuf::from("fanner-data"),
+            instance: None,
+            shutdown_timeout_ms: 10_000,
             database_url: None,
             log_format: LogFormat::Text,
             streams: StreamsConfig {
@@ -107,6 +118,7 @@ impl Default for Config {
                 ges: "global-events".to_owned(),
                 ges_shards: 2,
                 backing_prefix: Settings::default().backing_prefix,
+                embedded_cache_mb: streams::embedded::DEFAULT_CACHE_BYTES / (1024 * 1024),
             },
             components: Components {
                 engine: true,
@@ -172,18 +184,22 @@ async fn open_backend(config: &Config) -> anyhow::Result<Arc<dyn StreamBackend>>
     Ok(match config.streams.backend {
         BackendKind::Embedded => {
             let path = config.data_dir.join("streams.redb");
+            let options = streams::embedded::EmbeddedOptions {
+                cache_bytes: config.streams.embedded_cache_mb.saturating_mul(1024 * 1024),
+                ..Default::default()
+            };
             Arc::new(
-                streams::embedded::EmbeddedBackend::open(&path).with_context(|| {
-                    format!("cannot open the embedded stream store {}", path.display())
-                })?,
+                streams::embedded::EmbeddedBackend::open_with(&path, options).with_context(
+                    || format!("cannot open the embedded stream store {}", path.display()),
+                )?,
             )
         }
         BackendKind::Kinesis => Arc::new(streams::kinesis::KinesisBackend::from_env().await),
     })
 }
 
-/// Writes the first admin's token where only this user can read it.
-fn write_token(path: &Path, token: &str) -> anyhow::Result<()> {
+/// Writes a secret or an identity where only this user can read it, durably.
+fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let mut file = std::fs::OpenOptions::new()
@@ -193,7 +209,7 @@ fn write_token(path: &Path, token: &str) -> anyhow::Result<()> {
         .mode(0o600)
         .open(path)
         .with_context(|| format!("cannot write {}", path.display()))?;
-    writeln!(file, "{token}")?;
+    writeln!(file, "{text}")?;
     file.sync_all()?;
     Ok(())
 }
@@ -203,6 +219,11 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     init_logging(config.log_format);
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create data directory {}", config.data_dir.display()))?;
+    let identity = Identity::claim(&config.data_dir, config.instance.as_deref())?;
+    let mut config = config;
+    config.engine.owner = identity.name.clone();
+    config.persister.owner = Some(identity.name.clone());
+    let shutdown_timeout = std::time::Duration::from_millis(config.shutdown_timeout_ms);
 
     let store = match &config.database_url {
         Some(url) => Store::open(url).await.context("cannot open the store")?,
@@ -233,7 +254,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
 
     if let Some(token) = control_plane.bootstrap().await? {
         let path = config.data_dir.join("admin.token");
-        write_token(&path, &token)?;
+        write_private(&path, &token)?;
         eprintln!(
             "Created the admin principal; its token is in {} (export FANNER_TOKEN=$(cat {}))",
             path.display(),
@@ -249,7 +270,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let stop = CancellationToken::new();
     let mut components = JoinSet::new();
     if config.components.engine {
-        let link = Arc::new(fanner::InProcess::new(control_plane.clone()));
+        let link = Arc::new(cli::link::InProcess::new(control_plane.clone()));
         let engine = fanner::run(
             config.engine.clone(),
             control_plane.backend().clone(),
@@ -280,12 +301,17 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         });
     }
 
-    tracing::info!(%address, data_dir = %config.data_dir.display(), backend = ?config.streams.backend, "Fanner is serving.");
+    tracing::info!(%address, data_dir = %config.data_dir.display(), backend = ?config.streams.backend, instance = %identity.name, "Fanner is serving.");
     eprintln!("Fanner is listening on http://{address}");
-    let http = control_plane::http::serve(listener, control_plane::http::app(control_plane), {
-        let stop = stop.clone();
-        async move { stop.cancelled().await }
-    });
+    let http = control_plane::http::serve(
+        listener,
+        control_plane::http::app(control_plane.clone()),
+        {
+            let stop = stop.clone();
+            async move { stop.cancelled().await }
+        },
+        shutdown_timeout,
+    );
     tokio::spawn({
         let stop = stop.clone();
         async move {
@@ -293,14 +319,87 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             stop.cancel();
         }
     });
-    let served = http.await;
-    stop.cancel();
-    while let Some(finished) = components.join_next().await {
-        finished.context("a component panicked")??;
+    let stopping = {
+        let stop = stop.clone();
+        async move {
+            stop.cancelled().await;
+            // Tails would otherwise hold the HTTP server open for as long as their clients.
+            control_plane.close();
+            tokio::time::Instant::now() + shutdown_timeout
+        }
+    };
+    let (served, deadline) = tokio::join!(http, stopping);
+    let drained = tokio::time::timeout_at(deadline, async {
+        while let Some(finished) = components.join_next().await {
+            finished.context("a component panicked")??;
+        }
+        anyhow::Ok(())
+    })
+    .await;
+    match drained {
+        Ok(result) => result?,
+        Err(_) => tracing::warn!(
+            ?shutdown_timeout,
+            "Shard jobs did not drain in time; their leases are taken back at the next start."
+        ),
     }
     served?;
+    drop(identity);
     tracing::info!("Fanner stopped.");
     Ok(())
+}
+
+/// This process's stable name on shard leases, and the lock that keeps a second process off the
+/// same data dir (which would share the name and so its leases).
+struct Identity {
+    name: String,
+    _lock: std::fs::File,
+}
+
+impl Identity {
+    fn claim(data_dir: &Path, configured: Option<&str>) -> anyhow::Result<Identity> {
+        let lock_path = data_dir.join("fanner.lock");
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .with_context(|| format!("cannot open {}", lock_path.display()))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => anyhow::bail!(
+                "another process is serving from {}: one data directory, one process",
+                data_dir.display()
+            ),
+            Err(std::fs::TryLockError::Error(error)) => {
+                return Err(error).with_context(|| format!("cannot lock {}", lock_path.display()));
+            }
+        }
+        let name = match configured {
+            Some("") => anyhow::bail!("instance must not be empty"),
+            Some(name) => name.to_owned(),
+            None => {
+                let path = data_dir.join("instance");
+                let kept = match std::fs::read_to_string(&path) {
+                    Ok(text) => Some(text.trim().to_owned()).filter(|name| !name.is_empty()),
+                    Err(error) if error.kind() == std::io::ErrorKind::NotFound => None,
+                    Err(error) => {
+                        return Err(error)
+                            .with_context(|| format!("cannot read {}", path.display()));
+                    }
+                };
+                match kept {
+                    Some(name) => name,
+                    None => {
+                        let name = format!("fanner-{}", uuid::Uuid::new_v4().simple());
+                        write_private(&path, &name)?;
+                        name
+                    }
+                }
+            }
+        };
+        Ok(Identity { name, _lock: lock })
+    }
 }
 
 async fn open_lake(config: &Config) -> anyhow::Result<Arc<dyn persister::ObjectSink>> {

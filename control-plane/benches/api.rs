@@ -82,6 +82,7 @@ async fn bench(store_name: &str, url: &str, dir: &std::path::Path, duration: Dur
         listener,
         control_plane::http::app(cp),
         std::future::pending(),
+        std::time::Duration::from_secs(1),
     ));
     let admin = Client::new(&endpoint, Some(token)).expect("client");
     let member = admin

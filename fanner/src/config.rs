@@ -74,8 +74,8 @@ impl EngineConfig {
             dead_letter_stream: None,
             dead_letter_retention_hours: 168,
             owner: format!("engine-{}", uuid::Uuid::new_v4()),
-            lease_ttl: Duration::from_secs(10),
-            scan_interval: Duration::from_secs(2),
+            lease_ttl: shard_runtime::DEFAULT_LEASE_TTL,
+            scan_interval: shard_runtime::DEFAULT_SCAN_INTERVAL,
             max_shards: usize::MAX,
             read_batch: 1000,
             idle_wait: Duration::from_secs(1),
@@ -84,7 +84,7 @@ impl EngineConfig {
             max_catchup_readers: 4,
             checkpoint_interval: Duration::from_millis(200),
             probe_interval: Duration::from_secs(5),
-            drain_timeout: Duration::from_secs(5),
+            drain_timeout: shard_runtime::DEFAULT_DRAIN_TIMEOUT,
             put_backoff: Duration::from_millis(50),
             put_max_backoff: Duration::from_secs(2),
         }
@@ -100,6 +100,18 @@ impl EngineConfig {
     /// The group and key of a shard's lease.
     pub fn lease_key(&self, shard: &str) -> String {
         format!("{}/{shard}", self.ges)
+    }
+
+    /// How the shard runtime shares the GES's shards for this engine.
+    pub fn runtime_settings(&self) -> shard_runtime::Settings {
+        shard_runtime::Settings {
+            owner: self.owner.clone(),
+            lease_ttl: self.lease_ttl,
+            scan_interval: self.scan_interval,
+            max_shards: self.max_shards,
+            drain_timeout: self.drain_timeout,
+            ..shard_runtime::Settings::new(self.owner.clone())
+        }
     }
 
     /// One attempt per write: entries that fail go back to the head of their stream's queue and
@@ -124,10 +136,7 @@ impl EngineConfig {
                 "read_batch, max_backlog and max_catchup_readers must be positive".to_owned(),
             );
         }
-        if self.lease_ttl < Duration::from_millis(300) {
-            return Err("lease_ttl must be at least 300 ms".to_owned());
-        }
-        Ok(())
+        self.runtime_settings().validate()
     }
 }
 

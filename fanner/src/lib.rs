@@ -72,8 +72,8 @@
 //! # Entry point
 //!
 //! [`run`] (or [`Engine::new`] + [`Engine::run`]) with a backend, a coordinator, a
-//! [`link::RouteSource`] and a [`link::ControlPlaneLink`]: [`link::InProcess`] for an engine in
-//! the control plane's process, [`link::Http`] for a standalone one.
+//! [`link::RouteSource`] and a [`link::ControlPlaneLink`]: `fanner serve`'s in-process link for
+//! an engine in the control plane's process, [`link::Http`] for a standalone one.
 
 pub mod checkpoint;
 pub mod config;
@@ -90,9 +90,10 @@ use std::sync::Arc;
 
 pub use config::EngineConfig;
 pub use engine::{Engine, EngineError};
-pub use link::{ControlPlaneLink, Http, InProcess, LinkError, RouteSource};
+pub use link::{ControlPlaneLink, Http, LinkError, RouteSource};
+use shard_runtime::Coordinator;
 pub use status::{ShardStatus, StatusBoard, TargetMode, TargetStatus};
-use streams::{Coordinator, StreamBackend};
+use streams::StreamBackend;
 
 /// Runs the fan-out engine until `shutdown` completes, then drains (see [`Engine::run`]).
 pub async fn run(

@@ -2,7 +2,7 @@
 //! and the checkpoint that ties them together.
 //!
 //! A worker is a single task that owns all of the shard's state. Every slow operation (a read,
-//! a write to a stream, a checkpoint, a lease renewal, a probe of a broken stream) runs as a
+//! a write to a stream, a checkpoint, a probe of a broken stream) runs as a
 //! future in one `FuturesUnordered` and hands its result back to the loop, so one stream's
 //! slow write never waits for another's and no state is shared between tasks.
 
@@ -16,12 +16,14 @@ use chrono::{DateTime, Utc};
 use futures::future::BoxFuture;
 use futures::stream::{FuturesUnordered, StreamExt};
 use streams::{
-    Coordinator, CoordinatorError, Lease, MAX_PARTITION_KEY_CHARS, MAX_PUT_BYTES, MAX_PUT_RECORDS,
-    MAX_RECORD_BYTES, PutAllOutcome, PutRecord, ReadBatch, Record, ShardReader, StartPosition,
-    StreamBackend, StreamError, StreamSpec,
+    MAX_PARTITION_KEY_CHARS, MAX_PUT_BYTES, MAX_PUT_RECORDS, MAX_RECORD_BYTES, PutAllOutcome,
+    PutRecord, ReadBatch, Record, ShardReader, StartPosition, StreamBackend, StreamError,
+    StreamSpec,
 };
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
+
+use shard_runtime::{CoordinatorError, Exit, LeaseHandle};
 
 use crate::checkpoint::{self, Checkpoint};
 use crate::config::EngineConfig;
@@ -72,31 +74,13 @@ const REFRESH_GAP: Duration = Duration::from_secs(1);
 /// Batch marks kept for estimating lag in records.
 const MAX_MARKS: usize = 10_000;
 
-/// When a lease obtained at `from` must be considered gone: a tenth of the TTL early, for the
-/// time between the store's clock and ours and between acquisition and the worker's start.
-fn lease_deadline(from: Instant, ttl: Duration) -> Instant {
-    from + ttl - ttl / 10
-}
-
 /// Everything a shard worker shares with the rest of the engine.
 pub(crate) struct Shared {
     pub config: EngineConfig,
     pub backend: Arc<dyn StreamBackend>,
-    pub coordinator: Arc<dyn Coordinator>,
     pub routes: Arc<LiveRoutes>,
     pub reports: mpsc::UnboundedSender<Report>,
     pub status: StatusBoard,
-}
-
-/// Why a worker stopped.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Exit {
-    /// Closed, read to its end, and delivered everywhere: never needs reading again.
-    Finished,
-    /// Another process holds the lease now (or this one could not renew it in time).
-    Lost,
-    /// Shutdown: drained and released.
-    Stopped,
 }
 
 /// One record on its way to one stream.
@@ -236,9 +220,6 @@ enum Io {
         checkpoint: Checkpoint,
         result: Result<(), CoordinatorError>,
     },
-    Renew {
-        result: Result<Lease, CoordinatorError>,
-    },
 }
 
 struct Main {
@@ -260,12 +241,7 @@ pub(crate) struct Worker {
     shared: Arc<Shared>,
     shard: String,
     key: String,
-    lease: Lease,
-    /// When the lease would run out without a renewal, by this process's clock.
-    lease_deadline: Instant,
-    next_renew: Instant,
-    /// When the renewal in flight was sent: the new lease runs from then, not from its answer.
-    renewing: Option<Instant>,
+    lease: LeaseHandle,
     main: Main,
     targets: HashMap<Arc<str>, Target>,
     io: FuturesUnordered<BoxFuture<'static, Io>>,
@@ -279,21 +255,21 @@ pub(crate) struct Worker {
 }
 
 impl Worker {
-    pub(crate) fn new(shared: Arc<Shared>, shard: String, lease: Lease) -> Worker {
+    /// A worker resuming from `checkpoint`, which the scheduler has already read successfully
+    /// (an unreadable one refuses the shard there, before any worker starts).
+    pub(crate) fn new(
+        shared: Arc<Shared>,
+        shard: String,
+        lease: LeaseHandle,
+        checkpoint: Option<&str>,
+    ) -> Result<Worker, String> {
         let now = Instant::now();
-        let written = match lease.checkpoint.as_deref().map(Checkpoint::parse) {
+        let written = match checkpoint.map(Checkpoint::parse) {
             None => Checkpoint {
                 v: checkpoint::VERSION,
                 ..Checkpoint::default()
             },
-            Some(Ok(checkpoint)) => checkpoint,
-            Some(Err(error)) => {
-                tracing::error!(shard = %lease.key, %error, "Unreadable checkpoint; reading the shard from its start.");
-                Checkpoint {
-                    v: checkpoint::VERSION,
-                    ..Checkpoint::default()
-                }
-            }
+            Some(parsed) => parsed?,
         };
         let main_read = from_position(&written.main);
         let mut targets = HashMap::new();
@@ -313,15 +289,11 @@ impl Worker {
             };
             targets.insert(name, target);
         }
-        let ttl = shared.config.lease_ttl;
         let revision = shared.routes.load().revision;
         let mut worker = Worker {
-            key: lease.key.clone(),
+            key: lease.key(),
             shard,
             lease,
-            lease_deadline: lease_deadline(now, ttl),
-            next_renew: now + ttl / 3,
-            renewing: None,
             main: Main {
                 reader: Reader::Closed,
                 read: main_read.clone(),
@@ -344,7 +316,7 @@ impl Worker {
             shared,
         };
         worker.sync_targets();
-        worker
+        Ok(worker)
     }
 
     pub(crate) async fn run(mut self, mut stop: watch::Receiver<bool>) -> Exit {
@@ -362,6 +334,7 @@ impl Worker {
             tokio::select! {
                 Some(io) = self.io.next(), if !self.io.is_empty() => self.handle(io).await,
                 () = tokio::time::sleep_until(wake) => {}
+                () = self.lease.lost() => self.exit = Some(Exit::Lost),
                 changed = stop.changed(), if self.draining.is_none() => {
                     if changed.is_err() || *stop.borrow_and_update() {
                         tracing::info!(shard = %self.key, "Draining shard.");
@@ -375,21 +348,14 @@ impl Worker {
                 }
             }
         };
-        if exit == Exit::Finished
-            && let Err(error) = self.shared.coordinator.release(&self.lease).await
-        {
-            tracing::debug!(shard = %self.key, %error, "Cannot release a finished shard's lease.");
-        }
         self.shared.status.remove(&self.key);
         tracing::info!(shard = %self.key, ?exit, "Stopped reading shard.");
         exit
     }
 
     fn next_wake(&self) -> Instant {
-        let mut wake = self.lease_deadline;
-        if self.renewing.is_none() {
-            wake = wake.min(self.next_renew);
-        }
+        // Nothing due: sleep until IO, a route change, a stop or the loss of the lease.
+        let mut wake = Instant::now() + Duration::from_secs(3600);
         if !self.checkpointing {
             wake = wake.min(self.next_checkpoint);
         }
@@ -418,21 +384,9 @@ impl Worker {
     /// Starts whatever IO is due.
     fn start_io(&mut self) {
         let now = Instant::now();
-        if now >= self.lease_deadline {
-            tracing::warn!(shard = %self.key, "Could not renew the lease in time; stopping so another process can take over.");
+        if self.lease.is_lost() {
             self.exit = Some(Exit::Lost);
             return;
-        }
-        if self.renewing.is_none() && now >= self.next_renew {
-            self.renewing = Some(now);
-            let coordinator = self.shared.coordinator.clone();
-            let lease = self.lease.clone();
-            let ttl = self.shared.config.lease_ttl;
-            self.io.push(Box::pin(async move {
-                Io::Renew {
-                    result: coordinator.renew(&lease, ttl).await,
-                }
-            }));
         }
         self.stall_check(now);
         if self.draining.is_none() {
@@ -455,10 +409,9 @@ impl Worker {
 
     fn write_checkpoint(&mut self, checkpoint: Checkpoint) {
         self.checkpointing = true;
-        let coordinator = self.shared.coordinator.clone();
         let lease = self.lease.clone();
         self.io.push(Box::pin(async move {
-            let result = coordinator.checkpoint(&lease, &checkpoint.to_json()).await;
+            let result = lease.checkpoint(&checkpoint.to_json()).await;
             Io::Checkpoint { checkpoint, result }
         }));
     }
@@ -718,7 +671,7 @@ impl Worker {
     }
 
     /// Whether a drain in progress is over; if so, the last checkpoint is written and the
-    /// lease released.
+    /// runtime releases the lease.
     async fn finished_draining(&mut self) -> Option<Exit> {
         let deadline = self.draining?;
         let busy = self.targets.values().any(|t| {
@@ -733,10 +686,8 @@ impl Worker {
         let checkpoint = self.compose();
         if checkpoint != self.written {
             let result = tokio::time::timeout(
-                self.shared.config.drain_timeout,
-                self.shared
-                    .coordinator
-                    .checkpoint(&self.lease, &checkpoint.to_json()),
+                shard_runtime::FINAL_CHECKPOINT_WAIT,
+                self.lease.checkpoint(&checkpoint.to_json()),
             )
             .await;
             match result {
@@ -747,10 +698,7 @@ impl Worker {
                 Err(_) => tracing::warn!(shard = %self.key, "Final checkpoint timed out."),
             }
         }
-        if let Err(error) = self.shared.coordinator.release(&self.lease).await {
-            tracing::warn!(shard = %self.key, %error, "Cannot release the lease; it expires by itself.");
-        }
-        Some(Exit::Stopped)
+        Some(Exit::Released)
     }
 
     async fn handle(&mut self, io: Io) {
@@ -791,25 +739,6 @@ impl Worker {
                     Err(error) => {
                         tracing::warn!(shard = %self.key, %error, "Checkpoint failed; retrying.");
                         self.next_checkpoint = Instant::now() + RETRY_PAUSE;
-                    }
-                }
-            }
-            Io::Renew { result } => {
-                let sent = self.renewing.take().unwrap_or_else(Instant::now);
-                match result {
-                    Ok(lease) => {
-                        let ttl = self.shared.config.lease_ttl;
-                        self.lease = lease;
-                        self.lease_deadline = lease_deadline(sent, ttl);
-                        self.next_renew = sent + ttl / 3;
-                    }
-                    Err(CoordinatorError::LeaseLost { .. }) => {
-                        tracing::warn!(shard = %self.key, "Lease taken over; stopping.");
-                        self.exit = Some(Exit::Lost);
-                    }
-                    Err(error) => {
-                        tracing::warn!(shard = %self.key, %error, "Lease renewal failed; retrying.");
-                        self.next_renew = Instant::now() + RETRY_PAUSE;
                     }
                 }
             }

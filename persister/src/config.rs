@@ -77,13 +77,17 @@ impl Default for Config {
             max_checkpoint_cuts: 1024,
             read_batch: 1000,
             poll_interval_ms: 200,
-            lease_ttl_ms: 30_000,
-            discovery_interval_ms: 10_000,
-            drain_timeout_ms: 30_000,
+            lease_ttl_ms: millis(shard_runtime::DEFAULT_LEASE_TTL),
+            discovery_interval_ms: millis(shard_runtime::DEFAULT_SCAN_INTERVAL),
+            drain_timeout_ms: millis(shard_runtime::DEFAULT_DRAIN_TIMEOUT),
             initial_position: InitialPosition::TrimHorizon,
             owner: None,
         }
     }
+}
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -114,11 +118,10 @@ pub(crate) struct Settings {
     pub max_checkpoint_cuts: usize,
     pub read_batch: usize,
     pub poll_interval: Duration,
-    pub lease_ttl: Duration,
-    pub discovery_interval: Duration,
-    pub drain_timeout: Duration,
     pub initial_position: InitialPosition,
     pub owner: String,
+    /// How the shard runtime shares the stream's shards for this persister.
+    pub runtime: shard_runtime::Settings,
 }
 
 impl Settings {
@@ -179,6 +182,7 @@ impl Config {
         if self.lease_ttl_ms < 300 {
             return Err(invalid("lease_ttl_ms", "must be at least 300"));
         }
+        positive("drain_timeout_ms", self.drain_timeout_ms)?;
         let owner = match &self.owner {
             Some(owner) if owner.is_empty() => return Err(invalid("owner", "must not be empty")),
             Some(owner) => owner.clone(),
@@ -204,10 +208,13 @@ impl Config {
             max_checkpoint_cuts: self.max_checkpoint_cuts,
             read_batch: self.read_batch,
             poll_interval: Duration::from_millis(self.poll_interval_ms),
-            lease_ttl: Duration::from_millis(self.lease_ttl_ms),
-            discovery_interval: Duration::from_millis(self.discovery_interval_ms),
-            drain_timeout: Duration::from_millis(self.drain_timeout_ms),
             initial_position: self.initial_position,
+            runtime: shard_runtime::Settings {
+                lease_ttl: Duration::from_millis(self.lease_ttl_ms),
+                scan_interval: Duration::from_millis(self.discovery_interval_ms),
+                drain_timeout: Duration::from_millis(self.drain_timeout_ms),
+                ..shard_runtime::Settings::new(owner.clone())
+            },
             owner,
         })
     }

@@ -1,7 +1,7 @@
 //! The persister: every event of the global event stream (GES), written to a partitioned lake.
 //!
 //! It reads the GES through [`streams::StreamBackend`] with its own cursors, shares the shards
-//! among persister processes through [`streams::Coordinator`] leases (group `persister`) and
+//! among persister processes through [`shard_runtime::Coordinator`] leases (group `persister`) and
 //! writes objects through one [`sink::ObjectSink`] (S3, local files, or Firehose).
 //!
 //! * [`partition`] is the pure core: envelope → `<event name>/yyyy-MM-dd:hh` by **event time**
@@ -9,13 +9,12 @@
 //! * [`encode`] turns a batch into NDJSON (gzip) or Parquet bytes.
 //! * `state` keeps one shard's buffers and its checkpoint; its module docs state the invariant
 //!   that makes every event land in exactly one object across crashes and restarts.
-//! * `worker` runs one leased shard; [`Persister`] discovers shards, takes leases and runs
-//!   workers until its shutdown future completes.
+//! * `worker` runs one leased shard; [`Persister`] is the job the [`shard_runtime::Scheduler`]
+//!   runs on every shard this process holds.
 //!
-//! Processes share the shards: each holds a member lease while it runs, takes free shards up
-//! to its fair share and hands surplus shards over (written, checkpointed, released) when
-//! another process joins; a crashed process's shards are taken over when their leases expire.
-//! Children of a reshard start once their parents are read to the end and written.
+//! Processes share the shards through the shard runtime: fair shares, hand-over when another
+//! process joins, take-over when one dies, children of a reshard once their parents are read to
+//! the end and written, and shards with an unreadable checkpoint refused.
 //!
 //! Every event is in exactly one object with the S3 and local-file sinks, whose puts replace.
 //! Firehose names objects itself, so through it delivery is at least once.
@@ -36,15 +35,14 @@
 //! ([`proto::EnvelopeRef`]) when classified and again when encoded: no owned envelope is ever
 //! built, which was most of the allocation work.
 
-use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
 
-use chrono::Utc;
-use streams::{Coordinator, CoordinatorError, Lease, StreamBackend, StreamError};
-use tokio::sync::{Notify, watch};
-use tokio::task::JoinSet;
+use async_trait::async_trait;
+use shard_runtime::{Assignment, Coordinator, Exit, Job, Progress, Scheduler};
+use streams::StreamBackend;
+use tokio::sync::Notify;
 
 pub mod config;
 pub mod encode;
@@ -60,7 +58,6 @@ pub use sink::{FirehoseSink, LocalFsSink, ObjectSink, S3Sink, SinkError};
 pub use state::{CHECKPOINT_VERSION, Checkpoint, CutRecord};
 
 use config::Settings;
-use worker::Exit;
 
 /// The lease group persister processes share shards in.
 pub const GROUP: &str = "persister";
@@ -167,10 +164,25 @@ impl Stats {
         metrics::gauge!("fanner_persister_buffered_bytes").set(now as f64);
     }
 
+    /// Counts a running shard worker until the guard drops, however the worker ends: the
+    /// process-wide budgets are shared among the shards actually running.
+    fn count_shard(self: &Arc<Self>) -> ShardCount {
+        self.shards.fetch_add(1, Ordering::AcqRel);
+        ShardCount(self.clone())
+    }
+
     fn record_written(&self, events: usize) {
         self.events_written
             .fetch_add(events as u64, Ordering::Relaxed);
         self.objects_written.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+pub(crate) struct ShardCount(Arc<Stats>);
+
+impl Drop for ShardCount {
+    fn drop(&mut self) {
+        self.0.shards.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -186,6 +198,7 @@ pub(crate) struct Shared {
 /// A configured persister process.
 pub struct Persister {
     shared: Arc<Shared>,
+    shards: shard_runtime::Status,
 }
 
 impl Persister {
@@ -210,6 +223,7 @@ impl Persister {
                 sink,
                 stats: Arc::new(Stats::default()),
             }),
+            shards: shard_runtime::Status::default(),
         })
     }
 
@@ -222,65 +236,28 @@ impl Persister {
         &self.shared.settings.owner
     }
 
+    /// Which shards this process holds or refuses, as the shard runtime sees them.
+    pub fn shards(&self) -> shard_runtime::Status {
+        self.shards.clone()
+    }
+
     /// Persists until `shutdown` completes, then writes what is buffered (within the drain
     /// timeout), stores final checkpoints and gives the leases back. Dropping the future
     /// instead stops everything at once, as a crash would: the next run replays from the
     /// checkpoints and the lake still holds every event once.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         let shared = self.shared;
-        let mut workers: JoinSet<(String, Exit)> = JoinSet::new();
-        let mut running: HashMap<String, watch::Sender<bool>> = HashMap::new();
-        let mut discovery = tokio::time::interval(shared.settings.discovery_interval);
-        discovery.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        tokio::pin!(shutdown);
         tracing::info!(owner = %shared.settings.owner, stream = %shared.settings.stream, sink = shared.sink.kind(), "Persister started.");
-        loop {
-            tokio::select! {
-                _ = &mut shutdown => break,
-                _ = discovery.tick() => {
-                    if let Err(e) = discover(&shared, &mut workers, &mut running).await {
-                        tracing::warn!(error = %e, "Looking for shards failed.");
-                        metrics::counter!("fanner_persister_errors_total", "reason" => "discovery").increment(1);
-                    }
-                }
-                Some(joined) = workers.join_next(), if !workers.is_empty() => {
-                    on_exit(&shared, &mut running, joined);
-                }
-            }
-        }
-        tracing::info!("Persister stopping; writing what is buffered.");
-        for stop in running.values() {
-            stop.send_replace(true);
-        }
-        let drain = async {
-            while let Some(joined) = workers.join_next().await {
-                on_exit(&shared, &mut running, joined);
-            }
-        };
-        if tokio::time::timeout(shared.settings.drain_timeout, drain)
-            .await
-            .is_err()
-        {
-            let shards: Vec<&String> = running.keys().collect();
-            tracing::warn!(
-                ?shards,
-                "Shutdown timed out; the next owner replays what was not written."
-            );
-        }
-        let member = Lease {
-            group: GROUP.to_owned(),
-            key: member_key(&shared.settings.owner),
-            owner: shared.settings.owner.clone(),
-            token: 0,
-            expires_at: Utc::now(),
-            checkpoint: None,
-        };
-        if let Ok(Some(held)) = shared.coordinator.leases(GROUP).await.map(|all| {
-            all.into_iter()
-                .find(|l| l.key == member.key && l.owner == member.owner)
-        }) {
-            shared.coordinator.release(&held).await.ok();
-        }
+        Scheduler::new(
+            shared.settings.runtime.clone(),
+            shared.backend.clone(),
+            shared.coordinator.clone(),
+            Arc::new(Persist(shared.clone())),
+        )
+        .reporting_to(self.shards)
+        .run(shutdown)
+        .await;
+        tracing::info!(owner = %shared.settings.owner, "Persister stopped.");
     }
 }
 
@@ -299,151 +276,35 @@ pub async fn run(
     Ok(())
 }
 
-fn on_exit(
-    shared: &Shared,
-    running: &mut HashMap<String, watch::Sender<bool>>,
-    joined: Result<(String, Exit), tokio::task::JoinError>,
-) {
-    let (shard, exit) = match joined {
-        Ok(done) => done,
-        Err(e) => {
-            tracing::error!(error = %e, "A shard worker panicked.");
-            return;
-        }
-    };
-    running.remove(&shard);
-    shared.stats.shards.store(running.len(), Ordering::Relaxed);
-    match exit {
-        Exit::Released => tracing::info!(shard, "Shard released."),
-        Exit::Finished => tracing::info!(shard, "Shard finished."),
-        Exit::LeaseLost => tracing::warn!(shard, "Lease lost to another process."),
-        Exit::Failed(e) => {
-            metrics::counter!("fanner_persister_errors_total", "reason" => "worker").increment(1);
-            tracing::error!(shard, error = %e, "Shard worker failed; it restarts from its checkpoint.");
-        }
+/// The persister's work on one GES shard.
+struct Persist(Arc<Shared>);
+
+#[async_trait]
+impl Job for Persist {
+    fn group(&self) -> &str {
+        GROUP
     }
-}
 
-#[derive(Debug, thiserror::Error)]
-enum DiscoveryError {
-    #[error(transparent)]
-    Stream(#[from] StreamError),
-    #[error(transparent)]
-    Coordinator(#[from] CoordinatorError),
-}
+    fn stream(&self) -> &str {
+        &self.0.settings.stream
+    }
 
-/// Each process holds a lease on this key while it runs, so the others know to share shards
-/// with it even before it holds one.
-fn member_key(owner: &str) -> String {
-    format!("{MEMBERS}/{owner}")
-}
-
-const MEMBERS: &str = "_members";
-
-fn lease_key(stream: &str, shard: &str) -> String {
-    format!("{stream}/{shard}")
-}
-
-fn finished(checkpoint: Option<&str>) -> bool {
-    checkpoint
-        .and_then(|c| serde_json::from_str::<Checkpoint>(c).ok())
-        .is_some_and(|c| c.end)
-}
-
-/// Announces this process, takes free shards up to its fair share and starts their workers,
-/// and hands shards back when it holds more than its share (another process joined). Children
-/// of a split or merge wait until their parents are fully written, so event order per key
-/// holds.
-async fn discover(
-    shared: &Arc<Shared>,
-    workers: &mut JoinSet<(String, Exit)>,
-    running: &mut HashMap<String, watch::Sender<bool>>,
-) -> Result<(), DiscoveryError> {
-    let settings = &shared.settings;
-    shared
-        .coordinator
-        .try_acquire(
-            GROUP,
-            &member_key(&settings.owner),
-            &settings.owner,
-            settings.lease_ttl,
-        )
-        .await?;
-    let shards = shared.backend.list_shards(&settings.stream).await?;
-    let leases: HashMap<String, Lease> = shared
-        .coordinator
-        .leases(GROUP)
-        .await?
-        .into_iter()
-        .map(|l| (l.key.clone(), l))
-        .collect();
-    let listed: HashSet<&str> = shards.iter().map(|s| s.id.as_str()).collect();
-    let is_finished = |shard: &str| {
-        leases
-            .get(&lease_key(&settings.stream, shard))
-            .is_some_and(|l| finished(l.checkpoint.as_deref()))
-    };
-    let eligible: Vec<&streams::Shard> = shards
-        .iter()
-        .filter(|s| !is_finished(&s.id))
-        .filter(|s| {
-            s.parents
-                .iter()
-                .all(|p| !listed.contains(p.as_str()) || is_finished(p))
+    fn progress(&self, checkpoint: &str) -> Result<Progress, String> {
+        let checkpoint = Checkpoint::parse(checkpoint).map_err(|e| e.to_string())?;
+        Ok(Progress {
+            children_may_start: checkpoint.end,
+            finished: checkpoint.end,
         })
-        .collect();
-    let now = Utc::now();
-    let members: HashSet<&str> = leases
-        .values()
-        .filter(|l| l.key.starts_with(MEMBERS) && l.expires_at > now)
-        .map(|l| l.owner.as_str())
-        .chain([settings.owner.as_str()])
-        .collect();
-    let fair = eligible.len().div_ceil(members.len());
-    let stopping = running.values().filter(|s| *s.borrow()).count();
-    let active = running.len() - stopping;
-    if active > fair {
-        // Hand the surplus back: those workers write what they hold, checkpoint and release,
-        // and the newcomer picks the shards up on its next look.
-        let surplus: Vec<String> = running
-            .iter()
-            .filter(|(_, stop)| !*stop.borrow())
-            .map(|(shard, _)| shard.clone())
-            .take(active - fair)
-            .collect();
-        for shard in surplus {
-            tracing::info!(
-                shard,
-                members = members.len(),
-                "Handing a shard over to share the load."
-            );
-            if let Some(stop) = running.get(&shard) {
-                stop.send_replace(true);
-            }
-        }
-        return Ok(());
     }
-    for shard in eligible {
-        if running.len() >= fair {
-            break;
-        }
-        if running.contains_key(&shard.id) {
-            continue;
-        }
-        let key = lease_key(&settings.stream, &shard.id);
-        let Some(lease) = shared
-            .coordinator
-            .try_acquire(GROUP, &key, &settings.owner, settings.lease_ttl)
-            .await?
-        else {
-            continue;
-        };
-        let (stop_tx, stop_rx) = watch::channel(false);
-        running.insert(shard.id.clone(), stop_tx);
-        shared.stats.shards.store(running.len(), Ordering::Relaxed);
-        let shard_id = shard.id.clone();
-        let worker = worker::run_shard(shared.clone(), shard_id.clone(), lease, stop_rx);
-        workers.spawn(async move { (shard_id, worker.await) });
+
+    async fn run(self: Arc<Self>, assignment: Assignment) -> Exit {
+        worker::run_shard(
+            self.0.clone(),
+            assignment.shard.id,
+            assignment.checkpoint.as_deref(),
+            assignment.lease,
+            assignment.stop,
+        )
+        .await
     }
-    Ok(())
 }

@@ -80,6 +80,31 @@ pub struct CutRecord {
 
 pub const CHECKPOINT_VERSION: u32 = 1;
 
+impl Checkpoint {
+    /// Reads a stored checkpoint of this version, whose every cut names a lake target.
+    pub fn parse(text: &str) -> Result<Checkpoint, StateError> {
+        let checkpoint: Checkpoint = serde_json::from_str(text)
+            .map_err(|e| StateError::BadCheckpoint(format!("{text:.200?}: {e}")))?;
+        if checkpoint.v != CHECKPOINT_VERSION {
+            return Err(StateError::BadCheckpoint(format!(
+                "format {} is not {CHECKPOINT_VERSION}: written by another version",
+                checkpoint.v
+            )));
+        }
+        if let Some(cut) = checkpoint
+            .cuts
+            .iter()
+            .find(|c| Target::parse(&c.target).is_none())
+        {
+            return Err(StateError::BadCheckpoint(format!(
+                "target {:?} is not a lake target",
+                cut.target
+            )));
+        }
+        Ok(checkpoint)
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
     #[error("checkpoint is not a persister checkpoint: {0}")]
@@ -253,18 +278,11 @@ impl ShardState {
         let Some(text) = checkpoint else {
             return Ok(state);
         };
-        let cp: Checkpoint =
-            serde_json::from_str(text).map_err(|e| StateError::BadCheckpoint(e.to_string()))?;
-        if cp.v != CHECKPOINT_VERSION {
-            return Err(StateError::BadCheckpoint(format!("version {}", cp.v)));
-        }
+        let cp = Checkpoint::parse(text)?;
         state.last_read = cp.after.clone();
         state.end = cp.end;
         let now = Instant::now();
         for c in cp.cuts {
-            if Target::parse(&c.target).is_none() {
-                return Err(StateError::BadCheckpoint(format!("target {:?}", c.target)));
-            }
             let id = state.next_cut_id;
             state.next_cut_id += 1;
             state.cuts.push(Cut {

@@ -6,7 +6,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use chrono::Utc;
-use streams::{CoordinatorError, Lease, Record, ShardReader, StartPosition, StreamError};
+use shard_runtime::{CoordinatorError, Exit, LeaseHandle};
+use streams::{Record, ShardReader, StartPosition, StreamError};
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 
@@ -15,18 +16,6 @@ use crate::encode::{self, EncodeError};
 use crate::partition::Target;
 use crate::state::{Applied, Flush, ShardState, StateError};
 use crate::{GROUP, Shared};
-
-/// How a shard's worker ended.
-#[derive(Debug)]
-pub(crate) enum Exit {
-    /// Shutdown: everything buffered was written and the lease given back.
-    Released,
-    /// The shard is closed and fully written.
-    Finished,
-    /// Another process holds the lease now; it continues from our last checkpoint.
-    LeaseLost,
-    Failed(WorkerError),
-}
 
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum WorkerError {
@@ -44,17 +33,12 @@ pub(crate) enum WorkerError {
     LeaseLost,
 }
 
-#[derive(Clone, Debug)]
-struct LeaseState {
-    lease: Lease,
-    lost: bool,
-}
-
 /// Runs one leased shard until shutdown, shard end, lease loss or failure.
 pub(crate) async fn run_shard(
     shared: Arc<Shared>,
     shard: String,
-    lease: Lease,
+    checkpoint: Option<&str>,
+    lease: LeaseHandle,
     stop: watch::Receiver<bool>,
 ) -> Exit {
     let state = match ShardState::restore(
@@ -62,19 +46,17 @@ pub(crate) async fn run_shard(
         &shared.settings.base_prefix,
         shared.settings.encoding.format,
         shared.settings.max_object_bytes,
-        lease.checkpoint.as_deref(),
+        checkpoint,
     ) {
         Ok(state) => state,
-        Err(e) => return Exit::Failed(e.into()),
+        Err(e) => return Exit::Failed(e.to_string()),
     };
-    let (lease_tx, lease_rx) = watch::channel(LeaseState { lease, lost: false });
-    let mut aux = JoinSet::new();
-    aux.spawn(renew(shared.clone(), lease_tx));
+    let _counted = shared.stats.count_shard();
     let mut worker = Worker {
         slots: Arc::new(Semaphore::new(shared.settings.max_puts_in_flight)),
         shared,
         shard,
-        lease: lease_rx,
+        lease,
         stop,
         state,
         puts: JoinSet::new(),
@@ -83,41 +65,17 @@ pub(crate) async fn run_shard(
         last_saved: None,
         next_tick: Instant::now(),
     };
-    let exit = match worker.run().await {
+    match worker.run().await {
         Ok(exit) => exit,
-        Err(WorkerError::LeaseLost) => Exit::LeaseLost,
-        Err(e) => Exit::Failed(e),
-    };
-    aux.abort_all();
-    exit
-}
-
-/// Keeps the lease alive; marks it lost when another process has it (or may have it).
-async fn renew(shared: Arc<Shared>, lease: watch::Sender<LeaseState>) {
-    let ttl = shared.settings.lease_ttl;
-    loop {
-        tokio::time::sleep(ttl / 3).await;
-        let current = lease.borrow().lease.clone();
-        match shared.coordinator.renew(&current, ttl).await {
-            Ok(renewed) => lease.send_modify(|s| s.lease = renewed),
-            Err(CoordinatorError::LeaseLost { .. }) => break,
-            Err(e) => {
-                tracing::warn!(key = %current.key, error = %e, "Renewing the lease failed.");
-                if Utc::now() >= current.expires_at {
-                    break;
-                }
-            }
-        }
+        Err(WorkerError::LeaseLost) => Exit::Lost,
+        Err(e) => Exit::Failed(e.to_string()),
     }
-    lease.send_modify(|s| s.lost = true);
-    // Keep the sender so the worker sees "lost" rather than "closed".
-    std::future::pending::<()>().await;
 }
 
 struct Worker {
     shared: Arc<Shared>,
     shard: String,
-    lease: watch::Receiver<LeaseState>,
+    lease: LeaseHandle,
     stop: watch::Receiver<bool>,
     state: ShardState,
     /// Object writes; each yields the cut it wrote.
@@ -142,7 +100,7 @@ impl Drop for Worker {
 
 impl Worker {
     fn lost(&self) -> bool {
-        self.lease.borrow().lost
+        self.lease.is_lost()
     }
 
     fn stopping(&self) -> bool {
@@ -151,7 +109,6 @@ impl Worker {
 
     async fn run(&mut self) -> Result<Exit, WorkerError> {
         if self.state.ended() {
-            self.release().await;
             return Ok(Exit::Finished);
         }
         let from = match self.state.start() {
@@ -170,7 +127,7 @@ impl Worker {
         let mut read_errors = 0u32;
         loop {
             if self.lost() {
-                return Ok(Exit::LeaseLost);
+                return Ok(Exit::Lost);
             }
             if self.stopping() {
                 return self.drain(false).await;
@@ -377,8 +334,7 @@ impl Worker {
         }
         let mut delay = Duration::from_millis(100);
         loop {
-            let lease = self.lease.borrow().lease.clone();
-            match self.shared.coordinator.checkpoint(&lease, &json).await {
+            match self.lease.checkpoint(&json).await {
                 Ok(()) => break,
                 Err(CoordinatorError::LeaseLost { .. }) => return Err(WorkerError::LeaseLost),
                 Err(e) => {
@@ -456,7 +412,7 @@ impl Worker {
             r = put => r,
             _ = sleep => None,
             _ = until(&mut self.stop, |stop| *stop) => None,
-            _ = until(&mut self.lease, |state| state.lost) => None,
+            () = self.lease.lost() => None,
         };
         if let Some(result) = result {
             self.on_put(result)?;
@@ -482,15 +438,7 @@ impl Worker {
             self.state.mark_end();
         }
         self.save_checkpoint().await?;
-        self.release().await;
         Ok(if end { Exit::Finished } else { Exit::Released })
-    }
-
-    async fn release(&self) {
-        let lease = self.lease.borrow().lease.clone();
-        if let Err(e) = self.shared.coordinator.release(&lease).await {
-            tracing::warn!(shard = %self.shard, error = %e, "Releasing the lease failed; it will expire.");
-        }
     }
 }
 

@@ -55,12 +55,16 @@ const GROUP_COMMIT_BYTES: usize = 16 * 1024 * 1024;
 /// few records never decodes much more than it returns.
 const CHUNK_BYTES: usize = 512 * 1024;
 
+/// The page cache of the embedded log unless configured otherwise.
+pub const DEFAULT_CACHE_BYTES: usize = 32 * 1024 * 1024;
+
 /// Settings of an [`EmbeddedBackend`].
 #[derive(Clone, Debug)]
 pub struct EmbeddedOptions {
     /// How often expired records are dropped, checked between writes and when idle.
     pub trim_interval: Duration,
-    /// redb's page cache.
+    /// redb's page cache: the embedded log's share of the process's memory, whatever the
+    /// size of the file (reads past it come from the operating system's page cache).
     pub cache_bytes: usize,
 }
 
@@ -68,7 +72,7 @@ impl Default for EmbeddedOptions {
     fn default() -> Self {
         Self {
             trim_interval: Duration::from_secs(60),
-            cache_bytes: 256 * 1024 * 1024,
+            cache_bytes: DEFAULT_CACHE_BYTES,
         }
     }
 }

@@ -1,9 +1,7 @@
 //! Stream backends: where the global event stream (GES) and the consumer streams live.
 //!
 //! [`StreamBackend`] is the one interface the control plane (provisioning), the fan-out engine
-//! (read the GES, write consumer streams) and the persister (read the GES) use. [`Coordinator`]
-//! is the shard-lease and checkpoint contract the engine and the persister share; the control
-//! plane's store implements it.
+//! (read the GES, write consumer streams) and the persister (read the GES) use.
 
 pub mod embedded;
 pub mod kinesis;
@@ -259,57 +257,6 @@ pub fn validate_batch(records: &[PutRecord]) -> Result<()> {
 /// digits): a shorter number is smaller; equal lengths compare as text.
 pub fn cmp_sequence(a: &str, b: &str) -> Ordering {
     a.len().cmp(&b.len()).then_with(|| a.cmp(b))
-}
-
-/// A shard held by one process of a group (`fanner`, `persister`) until `expires_at`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Lease {
-    pub group: String,
-    /// `<stream>/<shard id>`.
-    pub key: String,
-    pub owner: String,
-    /// Bumped on every acquisition: a write carrying an older token is refused (fencing).
-    pub token: i64,
-    pub expires_at: DateTime<Utc>,
-    /// The holder's last checkpoint: opaque to the coordinator (a sequence number, or JSON).
-    pub checkpoint: Option<String>,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum CoordinatorError {
-    #[error("lease {key:?} of group {group:?} is no longer held by {owner:?}")]
-    LeaseLost {
-        group: String,
-        key: String,
-        owner: String,
-    },
-    #[error("coordination store error: {0}")]
-    Store(String),
-}
-
-/// Shard leases with expiry and handoff, and checkpoints fenced by the lease.
-#[async_trait]
-pub trait Coordinator: Send + Sync + 'static {
-    /// Takes the lease if it is free or expired (or already ours), for `ttl`.
-    async fn try_acquire(
-        &self,
-        group: &str,
-        key: &str,
-        owner: &str,
-        ttl: Duration,
-    ) -> Result<Option<Lease>, CoordinatorError>;
-
-    /// Extends a held lease; `LeaseLost` if another process took it.
-    async fn renew(&self, lease: &Lease, ttl: Duration) -> Result<Lease, CoordinatorError>;
-
-    /// Records progress; `LeaseLost` (and nothing written) if the lease was taken over.
-    async fn checkpoint(&self, lease: &Lease, checkpoint: &str) -> Result<(), CoordinatorError>;
-
-    /// Gives the lease up at once (graceful shutdown), keeping its checkpoint.
-    async fn release(&self, lease: &Lease) -> Result<(), CoordinatorError>;
-
-    /// Every lease of the group, held or not, for status and lag reporting.
-    async fn leases(&self, group: &str) -> Result<Vec<Lease>, CoordinatorError>;
 }
 
 #[cfg(test)]

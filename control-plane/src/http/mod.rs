@@ -5,8 +5,8 @@ mod extract;
 mod handlers;
 
 use std::future::Future;
-use std::sync::OnceLock;
-use std::time::Instant;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
@@ -127,15 +127,37 @@ pub fn app(control_plane: ControlPlane) -> Router {
     .with_state(control_plane)
 }
 
-/// Serves `app` on `listener` until `shutdown` completes, then lets in-flight requests finish.
+/// Serves `app` on `listener` until `shutdown` completes, then lets in-flight requests finish
+/// for at most `drain`; connections still open after that are cut.
 pub async fn serve(
     listener: TcpListener,
     app: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
+    drain: Duration,
 ) -> std::io::Result<()> {
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
+    let begun = Arc::new(tokio::sync::Notify::new());
+    let graceful = axum::serve(listener, app).with_graceful_shutdown({
+        let begun = begun.clone();
+        async move {
+            shutdown.await;
+            begun.notify_one();
+        }
+    });
+    let mut graceful = std::pin::pin!(graceful.into_future());
+    tokio::select! {
+        served = &mut graceful => return served,
+        () = begun.notified() => {}
+    }
+    match tokio::time::timeout(drain, graceful).await {
+        Ok(served) => served,
+        Err(_) => {
+            tracing::warn!(
+                ?drain,
+                "Requests still open after the drain timeout were cut."
+            );
+            Ok(())
+        }
+    }
 }
 
 async fn readyz(State(cp): State<ControlPlane>) -> Response {

@@ -162,9 +162,15 @@ impl ControlPlane {
             readers.push((shard.id, reader));
         }
         let (sender, receiver) = mpsc::channel(64);
+        let closed = self.closed();
         tokio::spawn(async move {
-            if let Err(error) = pump(readers, sender, limit, idle).await {
-                tracing::warn!(%error, stream = %backing, "Tail stopped.");
+            tokio::select! {
+                pumped = pump(readers, sender, limit, idle) => {
+                    if let Err(error) = pumped {
+                        tracing::warn!(%error, stream = %backing, "Tail stopped.");
+                    }
+                }
+                () = closed => tracing::debug!(stream = %backing, "Tail ended by shutdown."),
             }
         });
         Ok(receiver)

@@ -10,6 +10,7 @@ mod streams;
 mod subscriptions;
 mod views;
 
+use std::future::Future;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -89,6 +90,8 @@ struct Inner {
     routes_revision: watch::Sender<i64>,
     route_cache: Mutex<Option<Arc<RouteTable>>>,
     poller: tokio::task::JoinHandle<()>,
+    /// Set when the process shuts down: long-lived reads (tails) end instead of holding it up.
+    closing: watch::Sender<bool>,
 }
 
 impl Drop for Inner {
@@ -119,8 +122,24 @@ impl ControlPlane {
                 routes_revision,
                 route_cache: Mutex::new(None),
                 poller,
+                closing: watch::channel(false).0,
             }),
         })
+    }
+
+    /// Ends every long-lived read (open tails) now and any started later: the process is
+    /// shutting down and must not wait for clients that never hang up.
+    pub fn close(&self) {
+        self.inner.closing.send_replace(true);
+    }
+
+    /// Completes once [`close`](Self::close) was called.
+    pub(crate) fn closed(&self) -> impl Future<Output = ()> + Send + 'static {
+        let mut closing = self.inner.closing.subscribe();
+        async move {
+            // The sender lives as long as the control plane; a dropped one means closed too.
+            let _ = closing.wait_for(|closing| *closing).await;
+        }
     }
 
     pub fn store(&self) -> &Store {

@@ -1,12 +1,12 @@
-//! Shard leases for the data plane (fan-out engine, persister): [`streams::Coordinator`] on the
+//! Shard leases for the data plane (fan-out engine, persister): [`shard_runtime::Coordinator`] on the
 //! control plane's database. Every write is conditional on the holder's fencing token, so a
 //! process that lost its lease (paused, partitioned) can neither checkpoint nor renew.
 
 use std::time::Duration;
 
-use ::streams::{Coordinator, CoordinatorError, Lease};
 use async_trait::async_trait;
 use chrono::Utc;
+use shard_runtime::{Coordinator, CoordinatorError, Lease};
 use sqlx::Row;
 use sqlx::any::AnyRow;
 

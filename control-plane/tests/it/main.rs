@@ -4,6 +4,7 @@ mod access;
 mod audit;
 mod catalog;
 mod http;
+mod leases;
 mod replicas;
 mod routes;
 mod streams;

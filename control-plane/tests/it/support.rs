@@ -173,6 +173,7 @@ async fn listen(cp: ControlPlane) -> (SocketAddr, oneshot::Sender<()>) {
         async move {
             let _ = stopped.await;
         },
+        std::time::Duration::from_secs(1),
     ));
     (addr, shutdown)
 }

@@ -8,11 +8,13 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use api::{Classification, CreateEvent, CreateStream, CreateSubscription, CreateToken, Role};
 use bytes::Bytes;
+use cli::link::InProcess;
 use control_plane::auth::{Caller, Ctx};
 use control_plane::{Clock, ControlPlane, Settings, Store};
-use fanner::{EngineConfig, InProcess};
+use fanner::EngineConfig;
 use prost::Message;
-use streams::{Coordinator, PutRecord, RetryPolicy, StartPosition, StreamBackend, StreamSpec};
+use shard_runtime::Coordinator;
+use streams::{PutRecord, RetryPolicy, StartPosition, StreamBackend, StreamSpec};
 use tokio::sync::{Mutex, oneshot};
 
 pub struct Setup {

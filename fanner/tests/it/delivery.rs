@@ -229,6 +229,7 @@ async fn an_engine_linked_over_http_follows_revocations() {
         async move {
             let _ = api_stopped.await;
         },
+        Duration::from_secs(1),
     ));
     let client = api::Client::new(&endpoint, Some(h.admin_token.clone())).expect("client");
     let link = Arc::new(Http::new(client));

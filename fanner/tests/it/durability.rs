@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use chrono::Utc;
 use fanner::checkpoint::Checkpoint;
-use streams::{Coordinator, StartPosition};
+use shard_runtime::Coordinator;
+use streams::StartPosition;
 
 use crate::support::{Harness, Kind, backend_tests, counts, events, eventually, ids};
 

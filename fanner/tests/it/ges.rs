@@ -6,7 +6,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use fanner::checkpoint::Checkpoint;
 use fanner::dead_letter::{self, Reason};
-use streams::{Coordinator, PutRecord, StreamSpec};
+use shard_runtime::Coordinator;
+use streams::{PutRecord, StreamSpec};
 
 use crate::support::{Harness, Kind, backend_tests, counts, envelope, eventually, ids};
 

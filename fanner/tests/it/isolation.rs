@@ -8,8 +8,9 @@ use std::time::Duration;
 use api::SubscriptionStatus;
 use fanner::TargetMode;
 use fanner::checkpoint::Checkpoint;
+use shard_runtime::Coordinator;
 use streams::kinesis::KinesisBackend;
-use streams::{Coordinator, StreamBackend, StreamSpec};
+use streams::{StreamBackend, StreamSpec};
 
 use crate::support::{Harness, Kind, backend_tests, counts, events, eventually, ids, moto_options};
 

@@ -14,15 +14,17 @@ use api::{
 use async_trait::async_trait;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
+use cli::link::InProcess;
 use control_plane::auth::{Caller, Ctx};
 use control_plane::{Clock, ControlPlane, Settings, Store};
-use fanner::{EngineConfig, EngineError, InProcess, StatusBoard};
+use fanner::{EngineConfig, EngineError, StatusBoard};
 use prost::Message;
+use shard_runtime::Coordinator;
 use streams::embedded::EmbeddedBackend;
 use streams::kinesis::{KinesisBackend, KinesisOptions};
 use streams::{
-    Coordinator, PutFailure, PutOutcome, PutRecord, Record, RetryPolicy, Shard, ShardReader,
-    StartPosition, StreamBackend, StreamDescription, StreamSpec,
+    PutFailure, PutOutcome, PutRecord, Record, RetryPolicy, Shard, ShardReader, StartPosition,
+    StreamBackend, StreamDescription, StreamSpec,
 };
 use tempfile::TempDir;
 use tokio::sync::oneshot;

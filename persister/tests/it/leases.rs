@@ -9,7 +9,8 @@ use std::time::Duration;
 use anyhow::{Context, Result, ensure};
 use chrono::Utc;
 use persister::{Config, LocalFsSink, ObjectSink, Persister, Stats};
-use streams::{Coordinator, StreamBackend};
+use shard_runtime::Coordinator;
+use streams::StreamBackend;
 
 use crate::support::{CountingReads, Lab, Running, encoded, envelope, eventually, read_lake};
 

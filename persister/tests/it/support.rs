@@ -15,10 +15,11 @@ use control_plane::Store;
 use object_store::aws::{AmazonS3, AmazonS3Builder};
 use persister::{ObjectSink, SinkError};
 use proto::Message;
+use shard_runtime::{Coordinator, CoordinatorError, Lease};
 use streams::embedded::EmbeddedBackend;
 use streams::{
-    Coordinator, CoordinatorError, Lease, PutOutcome, PutRecord, ReadBatch, Record, Shard,
-    ShardReader, StartPosition, StreamBackend, StreamDescription, StreamSpec,
+    PutOutcome, PutRecord, ReadBatch, Record, Shard, ShardReader, StartPosition, StreamBackend,
+    StreamDescription, StreamSpec,
 };
 use testkit::moto::MotoServer;
 use tokio::sync::Notify;
