@@ -108,7 +108,7 @@ async fn every_outcome_is_counted_per_subscription() {
         "fanner_engine_put_batch_records",
         "fanner_engine_delivery_latency_seconds",
         "fanner_engine_ges_records_total",
-        "fanner_engine_leases_held",
+        "fanner_shards_held{group=\"fanner\"}",
     ] {
         assert!(
             rendered.lines().any(|line| line.starts_with(name)),
