@@ -17,6 +17,13 @@ use aws_smithy_types::checksum_config::{RequestChecksumCalculation, ResponseChec
 
 /// Names the moto executable (`moto_server`); `scripts/setup-tools` prints it.
 pub const SERVER_VAR: &str = "FANNER_MOTO_SERVER";
+/// Names the Python that has moto installed; `scripts/setup-tools` prints it.
+pub const PYTHON_VAR: &str = "FANNER_PYTHON";
+const SERIAL_SERVER: &str = "import sys
+from werkzeug.serving import run_simple
+from moto.server import DomainDispatcherApplication, create_backend_app
+run_simple('127.0.0.1', int(sys.argv[1]), DomainDispatcherApplication(create_backend_app), threaded=False)
+";
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 const START_ATTEMPTS: u32 = 3;
 
@@ -66,11 +73,45 @@ impl MotoServer {
                 format!("{SERVER_VAR} is not set"),
             )
         })?;
+        Self::start_with(|port| {
+            vec![
+                program.clone(),
+                "-H".into(),
+                "127.0.0.1".into(),
+                "-p".into(),
+                port.to_string().into(),
+            ]
+        })
+    }
+
+    /// A moto that answers one request at a time. Several processes writing one Kinesis shard
+    /// through the threaded server can be given the same sequence number; this one cannot.
+    /// Needs `FANNER_PYTHON` (the venv's python with moto; `scripts/setup-tools` prints it).
+    pub fn start_serial() -> std::io::Result<Self> {
+        let python = std::env::var_os(PYTHON_VAR).ok_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!("{PYTHON_VAR} is not set"),
+            )
+        })?;
+        Self::start_with(|port| {
+            vec![
+                python.clone(),
+                "-c".into(),
+                SERIAL_SERVER.into(),
+                port.to_string().into(),
+            ]
+        })
+    }
+
+    fn start_with(
+        command: impl Fn(u16) -> Vec<std::ffi::OsString>,
+    ) -> std::io::Result<Self> {
         let mut last_error = None;
         // The free port is found by binding and releasing it; another process may take it in
         // between, so a failed start is tried again on a new port.
         for _ in 0..START_ATTEMPTS {
-            match Self::start_once(&program) {
+            match Self::start_once(&command) {
                 Ok(server) => return Ok(server),
                 Err(error) => last_error = Some(error),
             }
@@ -78,7 +119,7 @@ impl MotoServer {
         Err(last_error.unwrap_or_else(|| std::io::Error::other("moto did not start")))
     }
 
-    fn start_once(program: &std::ffi::OsStr) -> std::io::Result<Self> {
+    fn start_once(command: &impl Fn(u16) -> Vec<std::ffi::OsString>) -> std::io::Result<Self> {
         let port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?
             .local_addr()?
             .port();
@@ -89,12 +130,12 @@ impl MotoServer {
             .arg("-c")
             .arg(
                 r#"exec 3<&0
-"$0" -H 127.0.0.1 -p "$1" </dev/null & moto=$!
+"$@" </dev/null & moto=$!
 (cat <&3 >/dev/null; kill "$moto" 2>/dev/null) &
 wait "$moto""#,
             )
-            .arg(program)
-            .arg(port.to_string())
+            .arg("moto")
+            .args(command(port))
             .stdin(Stdio::piped())
             .stdout(log_file.try_clone()?)
             .stderr(log_file)

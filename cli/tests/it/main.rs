@@ -1,6 +1,7 @@
 //! Drives the real `fanner` binary: `fanner serve` on a fresh data directory, and every command
 //! against it, checking output and exit codes as a user's script would.
 
+mod lifecycle;
 mod serve;
 
 use std::io::{BufRead, BufReader};
@@ -19,10 +20,16 @@ pub struct Server {
 
 impl Server {
     pub fn start(data_dir: &Path) -> Server {
+        Server::start_with(data_dir, &[])
+    }
+
+    /// `fanner serve` with extra environment (`FANNER__...` settings, AWS endpoints).
+    pub fn start_with(data_dir: &Path, env: &[(&str, &str)]) -> Server {
         let mut child = Command::new(FANNER)
             .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
             .env("FANNER_LOG", "warn")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -45,10 +52,11 @@ impl Server {
         };
         // Keep draining stderr so the server never blocks on a full pipe.
         std::thread::spawn(move || for _ in lines {});
+        // Only the process that bootstrapped the store writes it (a replica on a shared store
+        // finds the admin there already).
         let admin_token = std::fs::read_to_string(data_dir.join("admin.token"))
-            .expect("admin.token written")
-            .trim()
-            .to_owned();
+            .map(|token| token.trim().to_owned())
+            .unwrap_or_default();
         Server {
             child,
             endpoint,
@@ -82,6 +90,30 @@ impl Server {
     pub fn stop(mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+
+    /// `kill -9`: no drain, no release, as a crash or an OOM kill.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Sends SIGTERM and waits up to `limit` for the process to exit: its exit status and how
+    /// long it took, or `None` (the process is then killed).
+    pub fn terminate(mut self, limit: Duration) -> Option<(std::process::ExitStatus, Duration)> {
+        let sent = Instant::now();
+        let signalled = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(signalled.success(), "SIGTERM delivered");
+        while sent.elapsed() < limit {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return Some((status, sent.elapsed()));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
     }
 }
 

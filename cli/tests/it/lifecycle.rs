@@ -1,0 +1,339 @@
+//! `fanner serve` as operators meet it: killed and restarted on the same data dir, stopped with
+//! clients still attached, started twice on one data dir, and run as two replicas on one store
+//! and one Kinesis of which one is killed.
+
+use std::collections::{BTreeMap, HashSet};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::{FANNER, Server};
+
+const EVENT: &str = "order_placed";
+const STREAM: &str = "order-audit";
+
+/// An event owned by the admin, and a stream of the admin's that subscribes to it.
+fn set_up(server: &Server) {
+    let admin = &server.admin_token;
+    server.ok(admin, &["event", "create", EVENT, "--classification", "internal"]);
+    server.ok(admin, &["stream", "create", STREAM]);
+    server.ok(
+        admin,
+        &["subscription", "create", "--stream", STREAM, "--events", EVENT],
+    );
+}
+
+/// Publishes `n` events and returns once every one is acknowledged.
+fn publish(server: &Server, n: usize) {
+    let mut child = Command::new(FANNER)
+        .arg("publish")
+        .env("FANNER_ENDPOINT", &server.endpoint)
+        .env("FANNER_TOKEN", &server.admin_token)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("fanner publish starts");
+    let mut stdin = child.stdin.take().expect("stdin");
+    for i in 0..n {
+        writeln!(stdin, r#"{{"event": "{EVENT}", "payload": {{"n": {i}}}}}"#).expect("writes");
+    }
+    drop(stdin);
+    let output = child.wait_with_output().expect("publish ends");
+    assert!(
+        output.status.success(),
+        "publish failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// Every event id in the lake's objects for [`EVENT`], with how often each occurs.
+fn lake_ids(lake: &Path) -> BTreeMap<String, usize> {
+    let mut ids = BTreeMap::new();
+    let mut dirs = vec![lake.join("events").join(EVENT)];
+    while let Some(dir) = dirs.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries {
+            let path = entry.expect("entry").path();
+            if path.is_dir() {
+                dirs.push(path);
+                continue;
+            }
+            let name = path.to_string_lossy();
+            if !name.ends_with(".ndjson.gz") {
+                continue;
+            }
+            let mut text = String::new();
+            // Objects appear by rename, so a listed one is complete.
+            let Ok(file) = std::fs::File::open(&path) else {
+                continue;
+            };
+            flate2::read::MultiGzDecoder::new(file)
+                .read_to_string(&mut text)
+                .expect("a lake object is gzip NDJSON");
+            for line in text.lines() {
+                let value: serde_json::Value = serde_json::from_str(line).expect("JSON line");
+                let id = value["event_id"].as_str().expect("event_id").to_owned();
+                *ids.entry(id).or_default() += 1;
+            }
+        }
+    }
+    ids
+}
+
+/// The distinct event ids on [`STREAM`] (delivery is at least once: duplicates are allowed).
+fn stream_ids(server: &Server, n: usize) -> HashSet<String> {
+    let output = server.run(
+        &server.admin_token,
+        &[
+            "tail",
+            STREAM,
+            "--from-beginning",
+            "--limit",
+            &(2 * n).to_string(),
+            "--idle",
+            "2",
+        ],
+    );
+    if !output.status.success() {
+        return HashSet::new();
+    }
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter_map(|line| serde_json::from_str::<api::EnvelopeView>(line).ok())
+        .map(|envelope| envelope.event_id)
+        .collect()
+}
+
+/// Polls until `done` holds, up to `limit`; how long it took.
+#[track_caller]
+fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    while !done() {
+        assert!(start.elapsed() < limit, "timed out waiting until {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    start.elapsed()
+}
+
+#[test]
+fn after_kill_9_a_restart_on_the_same_data_dir_takes_its_shards_back_at_once() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    // Leases far longer than this test: only a restart that takes its own shards back (rather
+    // than waiting for them to expire) delivers in time.
+    let env = [
+        ("FANNER__ENGINE__LEASE_TTL_MS", "600000"),
+        ("FANNER__PERSISTER__LEASE_TTL_MS", "600000"),
+    ];
+    let server = Server::start_with(dir.path(), &env);
+    set_up(&server);
+    let instance = std::fs::read_to_string(dir.path().join("instance")).expect("instance");
+    let n = 3000;
+    publish(&server, n);
+    server.kill();
+
+    let restarted = Instant::now();
+    let server = Server::start_with(dir.path(), &env);
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("instance")).expect("instance"),
+        instance,
+        "a restart keeps the data dir's identity"
+    );
+    let lake = dir.path().join("lake");
+    wait_until("the lake holds every event", Duration::from_secs(60), || {
+        lake_ids(&lake).len() == n
+    });
+    let lake_took = restarted.elapsed();
+    wait_until(
+        "the stream holds every event",
+        Duration::from_secs(60),
+        || stream_ids(&server, n).len() == n,
+    );
+    let stream_took = restarted.elapsed();
+    let copies = lake_ids(&lake);
+    assert!(
+        copies.values().all(|&count| count == 1),
+        "every event is in the lake exactly once"
+    );
+    eprintln!(
+        "after kill -9 and restart: lake complete in {lake_took:?}, stream in {stream_took:?} \
+         (including the restart)"
+    );
+    server.stop();
+}
+
+#[test]
+fn sigterm_with_open_tails_exits_within_the_shutdown_timeout() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = Server::start_with(dir.path(), &[("FANNER__SHUTDOWN_TIMEOUT_MS", "3000")]);
+    set_up(&server);
+    let mut tails: Vec<_> = (0..2)
+        .map(|_| {
+            Command::new(FANNER)
+                .args(["tail", STREAM])
+                .env("FANNER_ENDPOINT", &server.endpoint)
+                .env("FANNER_TOKEN", &server.admin_token)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("tail starts")
+        })
+        .collect();
+    // The tails follow from the stream's end: an event published now reaches both, which shows
+    // they are connected.
+    let readers: Vec<_> = tails
+        .iter_mut()
+        .map(|tail| {
+            let stdout = tail.stdout.take().expect("stdout");
+            std::thread::spawn(move || BufReader::new(stdout).lines().next().is_some())
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while readers.iter().any(|r| !r.is_finished()) {
+        assert!(Instant::now() < deadline, "the tails did not receive an event");
+        publish(&server, 1);
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let (status, took) = server
+        .terminate(Duration::from_secs(20))
+        .expect("fanner serve exits after SIGTERM while tails are open");
+    assert!(status.success(), "a graceful shutdown exits 0: {status}");
+    assert!(
+        took < Duration::from_secs(3 + 5),
+        "exited after {took:?}, past the 3 s shutdown timeout"
+    );
+    for mut tail in tails {
+        let ended = (0..100).any(|_| {
+            std::thread::sleep(Duration::from_millis(50));
+            tail.try_wait().expect("wait").is_some()
+        });
+        if !ended {
+            let _ = tail.kill();
+        }
+        assert!(ended, "a tail ends when the server shuts down");
+    }
+    eprintln!("SIGTERM with two open tails: exited in {took:?}");
+}
+
+#[test]
+fn one_data_dir_is_served_by_one_process() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = Server::start(dir.path());
+    let second = Command::new(FANNER)
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path())
+        .env("FANNER_LOG", "warn")
+        .output()
+        .expect("second serve runs");
+    assert_eq!(second.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert!(stderr.contains("another process is serving"), "{stderr}");
+    // The first is unaffected.
+    server.ok(&server.admin_token, &["event", "list"]);
+    server.stop();
+}
+
+/// `GET path` on the server, the body as text.
+fn http_get(endpoint: &str, path: &str) -> String {
+    let address = endpoint.trim_start_matches("http://");
+    let Ok(mut stream) = std::net::TcpStream::connect(address) else {
+        return String::new();
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+    let request = format!("GET {path} HTTP/1.0\r\nHost: {address}\r\n\r\n");
+    if stream.write_all(request.as_bytes()).is_err() {
+        return String::new();
+    }
+    let mut response = String::new();
+    let _ = stream.read_to_string(&mut response);
+    response
+}
+
+/// The shards a replica holds in `group`, from its `/metrics`.
+fn shards_held(server: &Server, group: &str) -> Option<u32> {
+    let metrics = http_get(&server.endpoint, "/metrics");
+    let prefix = format!("fanner_shards_held{{group=\"{group}\"}} ");
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(&prefix))
+        .and_then(|value| value.trim().parse::<f64>().ok())
+        .map(|value| value as u32)
+}
+
+#[test]
+fn two_replicas_on_postgres_and_kinesis_share_both_jobs_and_survive_a_kill_9() {
+    let test = "two_replicas_on_postgres_and_kinesis";
+    if !testkit::integration_enabled(test) {
+        return;
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let Some(database) = runtime.block_on(testkit::postgres::fresh_database(test)) else {
+        return;
+    };
+    let moto = testkit::moto::MotoServer::start_serial().expect("moto starts");
+    let lake = tempfile::tempdir().expect("lake dir");
+    let ges = testkit::unique_name("ges");
+    let lake_path = lake.path().to_string_lossy().into_owned();
+    let env = [
+        ("FANNER_DATABASE_URL", database.as_str()),
+        ("FANNER__STREAMS__BACKEND", "kinesis"),
+        ("FANNER__STREAMS__GES", ges.as_str()),
+        ("FANNER__STREAMS__GES_SHARDS", "4"),
+        ("FANNER__LAKE__SINK", "local"),
+        ("FANNER__LAKE__PATH", lake_path.as_str()),
+        ("AWS_ENDPOINT_URL", moto.endpoint()),
+        ("AWS_ACCESS_KEY_ID", "testing"),
+        ("AWS_SECRET_ACCESS_KEY", "testing"),
+        ("AWS_REGION", "us-east-1"),
+        ("AWS_EC2_METADATA_DISABLED", "true"),
+        ("AWS_REQUEST_CHECKSUM_CALCULATION", "when_required"),
+        ("AWS_RESPONSE_CHECKSUM_VALIDATION", "when_required"),
+    ];
+    let dir_a = tempfile::tempdir().expect("temp dir");
+    let dir_b = tempfile::tempdir().expect("temp dir");
+    let a = Server::start_with(dir_a.path(), &env);
+    let b = Server::start_with(dir_b.path(), &env);
+    set_up(&a);
+    for group in ["fanner", "persister"] {
+        wait_until(
+            &format!("the replicas share the {group} job's shards 2 + 2"),
+            Duration::from_secs(60),
+            || shards_held(&a, group) == Some(2) && shards_held(&b, group) == Some(2),
+        );
+    }
+    let n = 3000;
+    publish(&a, n);
+    b.kill();
+    let killed = Instant::now();
+    wait_until(
+        "the survivor holds every shard of both jobs",
+        Duration::from_secs(60),
+        || shards_held(&a, "fanner") == Some(4) && shards_held(&a, "persister") == Some(4),
+    );
+    wait_until("the lake holds every event", Duration::from_secs(90), || {
+        lake_ids(lake.path()).len() == n
+    });
+    let lake_took = killed.elapsed();
+    wait_until(
+        "the stream holds every event",
+        Duration::from_secs(90),
+        || stream_ids(&a, n).len() == n,
+    );
+    let stream_took = killed.elapsed();
+    let copies = lake_ids(lake.path());
+    assert!(
+        copies.values().all(|&count| count == 1),
+        "every event is in the lake exactly once"
+    );
+    eprintln!(
+        "two replicas, kill -9 of one: lake complete after {lake_took:?}, stream after \
+         {stream_took:?}"
+    );
+    a.stop();
+}
