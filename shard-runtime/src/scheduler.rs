@@ -17,8 +17,8 @@ use crate::coordinator::{Coordinator, Lease};
 use crate::keeper::{Keeper, LeaseHandle, LeaseWatch};
 
 /// Lease TTL of every job unless configured otherwise: a dead process's shards move to another
-/// within it plus one scan.
-pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(8);
+/// within it plus one scan. Renewals come every third of it.
+pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(6);
 /// How often shards and leases are looked at.
 pub const DEFAULT_SCAN_INTERVAL: Duration = Duration::from_secs(1);
 /// How long a stopping job may take to write what it holds and checkpoint.

@@ -104,9 +104,7 @@ impl MotoServer {
         })
     }
 
-    fn start_with(
-        command: impl Fn(u16) -> Vec<std::ffi::OsString>,
-    ) -> std::io::Result<Self> {
+    fn start_with(command: impl Fn(u16) -> Vec<std::ffi::OsString>) -> std::io::Result<Self> {
         let mut last_error = None;
         // The free port is found by binding and releasing it; another process may take it in
         // between, so a failed start is tried again on a new port.

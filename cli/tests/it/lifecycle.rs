@@ -16,11 +16,21 @@ const STREAM: &str = "order-audit";
 /// An event owned by the admin, and a stream of the admin's that subscribes to it.
 fn set_up(server: &Server) {
     let admin = &server.admin_token;
-    server.ok(admin, &["event", "create", EVENT, "--classification", "internal"]);
+    server.ok(
+        admin,
+        &["event", "create", EVENT, "--classification", "internal"],
+    );
     server.ok(admin, &["stream", "create", STREAM]);
     server.ok(
         admin,
-        &["subscription", "create", "--stream", STREAM, "--events", EVENT],
+        &[
+            "subscription",
+            "create",
+            "--stream",
+            STREAM,
+            "--events",
+            EVENT,
+        ],
     );
 }
 
@@ -95,7 +105,7 @@ fn stream_ids(server: &Server, n: usize) -> HashSet<String> {
             "--limit",
             &(2 * n).to_string(),
             "--idle",
-            "2",
+            "0.5",
         ],
     );
     if !output.status.success() {
@@ -108,15 +118,34 @@ fn stream_ids(server: &Server, n: usize) -> HashSet<String> {
         .collect()
 }
 
-/// Polls until `done` holds, up to `limit`; how long it took.
+/// Polls until `done` holds, up to `limit`.
 #[track_caller]
-fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) -> Duration {
+fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
     let start = Instant::now();
     while !done() {
         assert!(start.elapsed() < limit, "timed out waiting until {what}");
         std::thread::sleep(Duration::from_millis(200));
     }
-    start.elapsed()
+}
+
+/// Waits until the lake and the stream each hold all `n` events; how long after `since` each
+/// was first seen complete.
+fn until_complete(server: &Server, lake: &Path, n: usize, since: Instant) -> (Duration, Duration) {
+    let (mut lake_at, mut stream_at) = (None, None);
+    wait_until(
+        "the lake and the stream hold every event",
+        Duration::from_secs(90),
+        || {
+            if lake_at.is_none() && lake_ids(lake).len() == n {
+                lake_at = Some(since.elapsed());
+            }
+            if stream_at.is_none() && stream_ids(server, n).len() == n {
+                stream_at = Some(since.elapsed());
+            }
+            lake_at.is_some() && stream_at.is_some()
+        },
+    );
+    (lake_at.unwrap_or_default(), stream_at.unwrap_or_default())
 }
 
 #[test]
@@ -143,16 +172,7 @@ fn after_kill_9_a_restart_on_the_same_data_dir_takes_its_shards_back_at_once() {
         "a restart keeps the data dir's identity"
     );
     let lake = dir.path().join("lake");
-    wait_until("the lake holds every event", Duration::from_secs(60), || {
-        lake_ids(&lake).len() == n
-    });
-    let lake_took = restarted.elapsed();
-    wait_until(
-        "the stream holds every event",
-        Duration::from_secs(60),
-        || stream_ids(&server, n).len() == n,
-    );
-    let stream_took = restarted.elapsed();
+    let (lake_took, stream_took) = until_complete(&server, &lake, n, restarted);
     let copies = lake_ids(&lake);
     assert!(
         copies.values().all(|&count| count == 1),
@@ -193,7 +213,10 @@ fn sigterm_with_open_tails_exits_within_the_shutdown_timeout() {
         .collect();
     let deadline = Instant::now() + Duration::from_secs(30);
     while readers.iter().any(|r| !r.is_finished()) {
-        assert!(Instant::now() < deadline, "the tails did not receive an event");
+        assert!(
+            Instant::now() < deadline,
+            "the tails did not receive an event"
+        );
         publish(&server, 1);
         std::thread::sleep(Duration::from_millis(300));
     }
@@ -316,16 +339,7 @@ fn two_replicas_on_postgres_and_kinesis_share_both_jobs_and_survive_a_kill_9() {
         Duration::from_secs(60),
         || shards_held(&a, "fanner") == Some(4) && shards_held(&a, "persister") == Some(4),
     );
-    wait_until("the lake holds every event", Duration::from_secs(90), || {
-        lake_ids(lake.path()).len() == n
-    });
-    let lake_took = killed.elapsed();
-    wait_until(
-        "the stream holds every event",
-        Duration::from_secs(90),
-        || stream_ids(&a, n).len() == n,
-    );
-    let stream_took = killed.elapsed();
+    let (lake_took, stream_took) = until_complete(&a, lake.path(), n, killed);
     let copies = lake_ids(lake.path());
     assert!(
         copies.values().all(|&count| count == 1),
