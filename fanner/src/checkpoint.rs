@@ -41,16 +41,23 @@ pub struct Checkpoint {
 pub const VERSION: u32 = 1;
 
 impl Checkpoint {
+    /// Reads a checkpoint of this format. Another format is named as such (it was written by
+    /// another release), whatever else differs in it.
     pub fn parse(text: &str) -> Result<Checkpoint, String> {
-        let checkpoint: Checkpoint = serde_json::from_str(text)
-            .map_err(|error| format!("unreadable checkpoint {text:.200?}: {error}"))?;
-        if checkpoint.v != VERSION {
+        #[derive(Deserialize)]
+        struct Version {
+            v: u32,
+        }
+        let unreadable =
+            |error: serde_json::Error| format!("unreadable checkpoint {text:.200?}: {error}");
+        let version: Version = serde_json::from_str(text).map_err(unreadable)?;
+        if version.v != VERSION {
             return Err(format!(
                 "checkpoint format {} is not {VERSION}: written by another version",
-                checkpoint.v
+                version.v
             ));
         }
-        Ok(checkpoint)
+        serde_json::from_str(text).map_err(unreadable)
     }
 
     pub fn to_json(&self) -> String {

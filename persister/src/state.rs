@@ -83,14 +83,20 @@ pub const CHECKPOINT_VERSION: u32 = 1;
 impl Checkpoint {
     /// Reads a stored checkpoint of this version, whose every cut names a lake target.
     pub fn parse(text: &str) -> Result<Checkpoint, StateError> {
-        let checkpoint: Checkpoint = serde_json::from_str(text)
-            .map_err(|e| StateError::BadCheckpoint(format!("{text:.200?}: {e}")))?;
-        if checkpoint.v != CHECKPOINT_VERSION {
+        #[derive(Deserialize)]
+        struct Version {
+            v: u32,
+        }
+        let unreadable =
+            |e: serde_json::Error| StateError::BadCheckpoint(format!("{text:.200?}: {e}"));
+        let version: Version = serde_json::from_str(text).map_err(unreadable)?;
+        if version.v != CHECKPOINT_VERSION {
             return Err(StateError::BadCheckpoint(format!(
                 "format {} is not {CHECKPOINT_VERSION}: written by another version",
-                checkpoint.v
+                version.v
             )));
         }
+        let checkpoint: Checkpoint = serde_json::from_str(text).map_err(unreadable)?;
         if let Some(cut) = checkpoint
             .cuts
             .iter()

@@ -237,3 +237,69 @@ async fn two_engines_share_shards_and_one_takes_over_when_the_other_dies() {
     assert!(all.iter().all(|id| per_id.get(id.as_str()) >= Some(&1)));
     b.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_checkpoint_written_by_another_version_is_refused_not_replayed() {
+    let h = Harness::start(Kind::Embedded, "refused", 1)
+        .await
+        .expect("embedded is always available");
+    let growth = h.team("growth").await;
+    h.event(&growth, "signup").await;
+    let stream = h.stream(&growth, "growth-own", 1).await;
+    h.subscribe(&growth, "growth-own", &["signup"]).await;
+    let a = h.engine(h.config("engine-a"));
+    let first = ids("first", 200);
+    h.publish(&events("signup", &first)).await;
+    h.wait_for_ids(&stream, &first).await;
+    a.shutdown().await;
+
+    // A newer release wrote this shard's checkpoint in a format this one cannot read.
+    let key = h
+        .store
+        .leases("fanner")
+        .await
+        .expect("leases")
+        .into_iter()
+        .find(|l| !l.key.contains('#'))
+        .expect("the shard's lease")
+        .key;
+    let lease = h
+        .store
+        .try_acquire("fanner", &key, "a-newer-release", Duration::from_millis(1))
+        .await
+        .expect("acquire")
+        .expect("released, so free");
+    h.store
+        .checkpoint(&lease, r#"{"v":2,"main":"7","cursors":{}}"#)
+        .await
+        .expect("checkpoint");
+    tokio::time::sleep(Duration::from_millis(10)).await;
+
+    let b = h.engine(h.config("engine-b"));
+    eventually(
+        Duration::from_secs(10),
+        "the shard is reported refused",
+        || async {
+            b.runtime
+                .snapshot()
+                .refused
+                .contains_key(&key)
+                .then_some(())
+        },
+    )
+    .await;
+    let second = ids("second", 50);
+    h.publish(&events("signup", &second)).await;
+    // Give a (wrong) replay time to happen.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(b.shards().is_empty(), "a refused shard is not read");
+    let got = h.ids(&stream).await;
+    assert_eq!(
+        got.len(),
+        first.len(),
+        "nothing replayed, nothing read past the unreadable checkpoint"
+    );
+    let reason = &b.runtime.snapshot().refused[&key];
+    assert!(reason.contains("format 2"), "{reason}");
+    b.shutdown().await;
+}

@@ -317,12 +317,14 @@ impl Harness {
         let coordinator: Arc<dyn Coordinator> = Arc::new(self.store.clone());
         let engine = fanner::Engine::new(config, self.faults.clone(), coordinator, routes, link);
         let status = engine.status();
+        let runtime = engine.shards();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(engine.run(async move {
             let _ = stopped.await;
         }));
         RunningEngine {
             status,
+            runtime,
             stop: Some(stop),
             task,
         }
@@ -449,6 +451,8 @@ pub fn counts(ids: &[String]) -> HashMap<&str, usize> {
 
 pub struct RunningEngine {
     pub status: StatusBoard,
+    /// The shard runtime's view: held and refused shards.
+    pub runtime: shard_runtime::Status,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<Result<(), EngineError>>,
 }
