@@ -1,12 +1,9 @@
-use api::{AccessProblem, ErrorBody, ErrorDetail};
-use axum::Json;
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
+use api::AccessProblem;
 
 use crate::store::StoreError;
 
-/// Every way a request can fail, each with its HTTP status. Caller mistakes echo what was wrong;
-/// server faults answer with a generic message and log the cause.
+/// Every way an operation can fail. `http::error` gives each its status and body: caller
+/// mistakes echo what was wrong; server faults answer with a generic message and log the cause.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     #[error("{0}")]
@@ -33,33 +30,6 @@ pub enum ApiError {
 }
 
 impl ApiError {
-    pub fn status(&self) -> StatusCode {
-        match self {
-            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
-            ApiError::Forbidden(_) | ApiError::AccessDenied { .. } => StatusCode::FORBIDDEN,
-            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
-            ApiError::Conflict(_) => StatusCode::CONFLICT,
-            ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
-        }
-    }
-
-    pub fn code(&self) -> &'static str {
-        match self {
-            ApiError::BadRequest(_) => "bad_request",
-            ApiError::Unauthorized => "unauthorized",
-            ApiError::Forbidden(_) => "forbidden",
-            ApiError::NotFound(_) => "not_found",
-            ApiError::Conflict(_) => "conflict",
-            ApiError::AccessDenied { .. } => "access_denied",
-            ApiError::PayloadTooLarge => "payload_too_large",
-            ApiError::Unavailable(_) => "unavailable",
-            ApiError::Internal(_) => "internal",
-        }
-    }
-
     /// How a refused mutation is recorded on the audit trail; `None` for faults that are ours.
     pub fn audit_outcome(&self) -> Option<&'static str> {
         match self {
@@ -70,48 +40,6 @@ impl ApiError {
             ApiError::Conflict(_) => Some("conflict"),
             ApiError::Unauthorized | ApiError::Unavailable(_) | ApiError::Internal(_) => None,
         }
-    }
-
-    pub fn into_body(self, request_id: Option<String>) -> (StatusCode, ErrorBody) {
-        let status = self.status();
-        let code = self.code().to_owned();
-        let (message, problems) = match self {
-            ApiError::Internal(cause) => {
-                tracing::error!(%cause, request_id = request_id.as_deref().unwrap_or(""), "Request failed.");
-                (
-                    "internal error; the server log has the cause".to_owned(),
-                    Vec::new(),
-                )
-            }
-            ApiError::AccessDenied { message, problems } => (message, problems),
-            other => {
-                tracing::debug!(error = %other, "Request refused.");
-                (other.to_string(), Vec::new())
-            }
-        };
-        (
-            status,
-            ErrorBody {
-                error: ErrorDetail {
-                    code,
-                    message,
-                    problems,
-                    request_id,
-                },
-            },
-        )
-    }
-}
-
-tokio::task_local! {
-    /// The id of the request being served, so every error body can carry it.
-    pub static REQUEST_ID: String;
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let (status, body) = self.into_body(REQUEST_ID.try_with(Clone::clone).ok());
-        (status, Json(body)).into_response()
     }
 }
 

@@ -129,8 +129,8 @@ fn main() {
 
     let routed = records
         .iter()
-        .filter(|r| match router::read_head(r) {
-            Ok(head) => matches!(router::route(head.event_name, &index, now), Routing::Known(routed) if routed.deliveries().next().is_some()),
+        .filter(|r| match proto::EnvelopeHead::read(r) {
+            Ok(head) => matches!(router::route(head.event_name.as_bytes(), &index, now), Routing::Known(routed) if routed.deliveries().next().is_some()),
             Err(_) => false,
         })
         .count();
@@ -148,8 +148,8 @@ fn main() {
         ("cold, 100 MB of records", &records[..]),
     ] {
         let rate = measure(set, duration, |record| {
-            match router::read_head(black_box(record)) {
-                Ok(head) => match router::route(head.event_name, &index, now) {
+            match proto::EnvelopeHead::read(black_box(record)) {
+                Ok(head) => match router::route(head.event_name.as_bytes(), &index, now) {
                     Routing::Known(routed) => routed.deliveries().count(),
                     Routing::Unknown => 0,
                 },
@@ -157,14 +157,14 @@ fn main() {
             }
         });
         println!(
-            "router: read_head + route ({label}): {:>6.2} M events/s on one core",
+            "router: EnvelopeHead + route ({label}): {:>6.2} M events/s on one core",
             rate / 1e6
         );
         let rate = measure(set, duration, |record| {
-            router::read_head(black_box(record)).map_or(0, |h| h.event_name.len())
+            proto::EnvelopeHead::read(black_box(record)).map_or(0, |h| h.event_name.len())
         });
         println!(
-            "router:   read_head only      ({label}): {:>6.2} M events/s",
+            "router:   EnvelopeHead only   ({label}): {:>6.2} M events/s",
             rate / 1e6
         );
         let rate = measure(set, duration, |record| {
@@ -177,7 +177,11 @@ fn main() {
     }
     let names: Vec<Bytes> = records
         .iter()
-        .filter_map(|r| router::read_head(r).ok().map(|h| r.slice_ref(h.event_name)))
+        .filter_map(|r| {
+            proto::EnvelopeHead::read(r)
+                .ok()
+                .map(|h| r.slice_ref(h.event_name.as_bytes()))
+        })
         .collect();
     let rate = measure(&names, duration, |name| {
         match router::route(black_box(name), &index, now) {

@@ -1,23 +1,12 @@
 //! What a shard lease's checkpoint holds: the shard's main cursor and the cursors of the targets
 //! that fell behind it.
 
-use std::cmp::Ordering;
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
 /// A place in a shard: after the record with this sequence number, or (`None`) before the first.
 pub type Position = Option<String>;
-
-/// Orders positions; `None` (the shard's start) comes first.
-pub fn cmp_position(a: &Position, b: &Position) -> Ordering {
-    match (a, b) {
-        (None, None) => Ordering::Equal,
-        (None, Some(_)) => Ordering::Less,
-        (Some(_), None) => Ordering::Greater,
-        (Some(a), Some(b)) => streams::cmp_sequence(a, b),
-    }
-}
 
 /// The JSON stored as a `fanner` lease's checkpoint.
 ///
@@ -76,7 +65,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn round_trip_and_order() {
+    fn round_trip() {
         let checkpoint = Checkpoint {
             v: VERSION,
             main: Some("42".to_owned()),
@@ -95,12 +84,5 @@ mod tests {
             Checkpoint::parse(r#"{"v":1,"main":null}"#).map(|c| c.finished()),
             Ok(false)
         );
-
-        assert_eq!(cmp_position(&None, &Some("1".to_owned())), Ordering::Less);
-        assert_eq!(
-            cmp_position(&Some("10".to_owned()), &Some("9".to_owned())),
-            Ordering::Greater
-        );
-        assert_eq!(cmp_position(&None, &None), Ordering::Equal);
     }
 }

@@ -4,13 +4,13 @@
 //! # Data flow
 //!
 //! ```text
-//! GES shard ──main cursor──▶ read_head ─▶ route(event, table, now) ─▶ queue per consumer stream ─▶ PutRecords
+//! GES shard ──main cursor──▶ EnvelopeHead ─▶ route(event, table, now) ─▶ queue per consumer stream ─▶ PutRecords
 //!     │                          │                                        (bounded; full = falls behind)
 //!     └──catch-up cursor per stream that fell behind──────────────────────▶ its own queue
 //!                                └─ not an envelope / unknown event / oversize ─▶ dead-letter stream
 //! ```
 //!
-//! - [`router`] is the pure core: [`router::read_head`] reads the event id and name from the
+//! - [`router`] is the pure core: [`proto::EnvelopeHead`] reads the event id and name from the
 //!   envelope without copying it, [`router::route`] looks the name up in the compiled route table
 //!   ([`router::RouteIndex`]) and yields the streams whose access has not ended. Unknown events
 //!   (not in the catalog) are dead-lettered, but only by a table generated after the record

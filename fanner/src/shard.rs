@@ -36,12 +36,7 @@ use crate::status::{Report, ShardStatus, StatusBoard, TargetMode, TargetStatus};
 type Pos = Option<Arc<str>>;
 
 fn cmp_pos(a: &Pos, b: &Pos) -> Ordering {
-    match (a, b) {
-        (None, None) => Ordering::Equal,
-        (None, Some(_)) => Ordering::Less,
-        (Some(_), None) => Ordering::Greater,
-        (Some(a), Some(b)) => streams::cmp_sequence(a, b),
-    }
+    streams::cmp_position(a.as_deref(), b.as_deref())
 }
 
 fn min_pos(a: Pos, b: Pos) -> Pos {
@@ -1359,29 +1354,28 @@ enum Verdict<'t> {
 }
 
 fn judge<'t>(record: &Record, table: &'t RouteIndex, now: DateTime<Utc>) -> Verdict<'t> {
-    let head = match router::read_head(&record.data) {
-        Ok(head) => head,
-        Err(detail) => {
-            return Verdict::Bad {
-                reason: Reason::NotAnEnvelope,
-                detail,
-                event_name: None,
-                event_id: None,
-                intended: Vec::new(),
-            };
-        }
+    let not_an_envelope = |detail: String| Verdict::Bad {
+        reason: Reason::NotAnEnvelope,
+        detail,
+        event_name: None,
+        event_id: None,
+        intended: Vec::new(),
     };
-    let lossy = |bytes: &[u8]| Some(String::from_utf8_lossy(bytes).into_owned());
-    let routed = match router::route(head.event_name, table, now) {
+    let head = match proto::EnvelopeHead::read(&record.data) {
+        Ok(head) if head.event_name.is_empty() => {
+            return not_an_envelope("the envelope has no event name".to_owned());
+        }
+        Ok(head) => head,
+        Err(error) => return not_an_envelope(format!("not a protobuf envelope: {error}")),
+    };
+    let owned = |text: &str| Some(text.to_owned());
+    let routed = match router::route(head.event_name.as_bytes(), table, now) {
         Routing::Unknown => {
             return Verdict::Bad {
                 reason: Reason::UnknownEvent,
-                detail: format!(
-                    "event {:?} is not in the catalog",
-                    String::from_utf8_lossy(head.event_name)
-                ),
-                event_name: lossy(head.event_name),
-                event_id: lossy(head.event_id),
+                detail: format!("event {:?} is not in the catalog", head.event_name),
+                event_name: owned(head.event_name),
+                event_id: owned(head.event_id),
                 intended: Vec::new(),
             };
         }
@@ -1390,7 +1384,7 @@ fn judge<'t>(record: &Record, table: &'t RouteIndex, now: DateTime<Utc>) -> Verd
     if routed.deliveries().next().is_none() && routed.denied().next().is_none() {
         return Verdict::Unrouted;
     }
-    let key = partition_key(&record.data, head.event_id);
+    let key = partition_key(&record.data, head.event_id.as_bytes());
     let size = record.data.len() + key.len();
     if size > MAX_RECORD_BYTES {
         return Verdict::Bad {
@@ -1398,13 +1392,13 @@ fn judge<'t>(record: &Record, table: &'t RouteIndex, now: DateTime<Utc>) -> Verd
             detail: format!(
                 "{size} bytes with the partition key; a stream record holds at most {MAX_RECORD_BYTES}"
             ),
-            event_name: lossy(head.event_name),
-            event_id: lossy(head.event_id),
+            event_name: owned(head.event_name),
+            event_id: owned(head.event_id),
             intended: routed.deliveries().collect(),
         };
     }
     Verdict::Deliver {
-        event: record.data.slice_ref(head.event_name),
+        event: record.data.slice_ref(head.event_name.as_bytes()),
         routed,
         key,
     }

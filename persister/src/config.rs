@@ -72,7 +72,7 @@ impl Default for Config {
             max_object_bytes: 64 * 1024 * 1024,
             max_object_age_ms: 5_000,
             max_open_partitions: 1024,
-            max_buffered_bytes: 512 * 1024 * 1024,
+            max_buffered_bytes: 64 * 1024 * 1024,
             max_puts_in_flight: 8,
             max_checkpoint_cuts: 1024,
             read_batch: 1000,

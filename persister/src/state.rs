@@ -44,12 +44,7 @@ use crate::partition::{ErrorReason, MAX_OBJECT_NAME, Target, encode_segment, par
 pub(crate) type Position = Option<String>;
 
 fn cmp_position(a: &Position, b: &Position) -> Ordering {
-    match (a, b) {
-        (None, None) => Ordering::Equal,
-        (None, Some(_)) => Ordering::Less,
-        (Some(_), None) => Ordering::Greater,
-        (Some(a), Some(b)) => cmp_sequence(a, b),
-    }
+    streams::cmp_position(a.as_deref(), b.as_deref())
 }
 
 /// The checkpoint as stored (JSON) in the shard's lease.

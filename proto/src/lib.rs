@@ -11,7 +11,7 @@ mod view;
 pub use generated::{Classification, Envelope, EventOptions};
 pub use prost::Message;
 pub use prost_types::Timestamp;
-pub use view::{EnvelopeRef, ViewError};
+pub use view::{EnvelopeHead, EnvelopeRef, ViewError};
 
 /// Field number of the `(fanner.v1.event)` extension on `google.protobuf.MessageOptions`.
 pub const EVENT_OPTION_FIELD: u32 = 51234;

@@ -50,10 +50,35 @@ pub struct EnvelopeRef<'a> {
     pub payload: &'a [u8],
 }
 
+/// The fields the fan-out engine routes by. [`EnvelopeHead::read`] checks the whole record by
+/// the same rules as [`EnvelopeRef::decode`] (so a record routed is a record the lake can
+/// write) but keeps only these, allocating nothing.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EnvelopeHead<'a> {
+    pub event_id: &'a str,
+    pub event_name: &'a str,
+}
+
+impl<'a> EnvelopeHead<'a> {
+    /// Accepts exactly the bytes [`EnvelopeRef::decode`] accepts, with the same id and name.
+    pub fn read(buf: &'a [u8]) -> Result<EnvelopeHead<'a>, ViewError> {
+        let envelope = EnvelopeRef::read(buf, false)?;
+        Ok(EnvelopeHead {
+            event_id: envelope.event_id,
+            event_name: envelope.event_name,
+        })
+    }
+}
+
 impl<'a> EnvelopeRef<'a> {
     /// Reads an envelope from its protobuf encoding. Fields may repeat (the last wins, and
     /// timestamps merge), unknown fields are skipped, as for any protobuf message.
-    pub fn decode(mut buf: &'a [u8]) -> Result<EnvelopeRef<'a>, ViewError> {
+    pub fn decode(buf: &'a [u8]) -> Result<EnvelopeRef<'a>, ViewError> {
+        EnvelopeRef::read(buf, true)
+    }
+
+    /// Reads and checks every field; `attributes` says whether to keep the map entries.
+    fn read(mut buf: &'a [u8], attributes: bool) -> Result<EnvelopeRef<'a>, ViewError> {
         let mut envelope = EnvelopeRef::default();
         let mut sorted = true;
         while buf.has_remaining() {
@@ -67,6 +92,9 @@ impl<'a> EnvelopeRef<'a> {
                 6 => envelope.trace_id = string(tag, wire_type, &mut buf)?,
                 7 => envelope.user_id = string(tag, wire_type, &mut buf)?,
                 8 => envelope.device_id = string(tag, wire_type, &mut buf)?,
+                9 if !attributes => {
+                    map_entry(&mut buf)?;
+                }
                 9 => {
                     let entry = map_entry(&mut buf)?;
                     sorted &= envelope
@@ -338,6 +366,38 @@ mod tests {
             (Err(_), Err(_)) => {}
             _ => panic!("{what}: view {ours:?}, prost {prost:?} for {bytes:?}"),
         }
+        // The engine's reader, both ways: what it routes, the lake can write, and the reverse.
+        let head = EnvelopeHead::read(bytes);
+        match (&head, &prost) {
+            (Ok(head), Ok(full)) => assert_eq!(
+                (head.event_id, head.event_name),
+                (full.event_id.as_str(), full.event_name.as_str()),
+                "{what}: {bytes:?}"
+            ),
+            (Err(_), Err(_)) => {}
+            _ => panic!("{what}: head {head:?}, prost {prost:?} for {bytes:?}"),
+        }
+    }
+
+    /// Unknown groups may nest as deep as prost allows and no deeper: a record cannot make a
+    /// reader recurse without bound.
+    #[test]
+    fn nesting_is_limited_as_prost_limits_it() {
+        let nested = |depth: usize| {
+            let mut bytes = vec![0x12, 0x01, b'a'];
+            // Field 20, wire type 3 (start group) / 4 (end group).
+            bytes.extend(std::iter::repeat_n([0xa3, 0x01], depth).flatten());
+            bytes.extend(std::iter::repeat_n([0xa4, 0x01], depth).flatten());
+            bytes
+        };
+        for depth in [1, 50, 99, 100, 101, 10_000] {
+            agree(&nested(depth), &format!("groups nested {depth} deep"));
+        }
+        assert!(EnvelopeHead::read(&nested(99)).is_ok());
+        assert!(matches!(
+            EnvelopeHead::read(&nested(10_000)),
+            Err(ViewError::TooDeep)
+        ));
     }
 
     #[test]

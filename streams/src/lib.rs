@@ -253,6 +253,17 @@ pub fn validate_batch(records: &[PutRecord]) -> Result<()> {
     Ok(())
 }
 
+/// Orders positions in a shard: after the record with this sequence number, or (`None`) before
+/// the first record, which comes first.
+pub fn cmp_position(a: Option<&str>, b: Option<&str>) -> Ordering {
+    match (a, b) {
+        (None, None) => Ordering::Equal,
+        (None, Some(_)) => Ordering::Less,
+        (Some(_), None) => Ordering::Greater,
+        (Some(a), Some(b)) => cmp_sequence(a, b),
+    }
+}
+
 /// Orders sequence numbers, which are decimal strings that may exceed `u128` (Kinesis uses 56
 /// digits): a shorter number is smaller; equal lengths compare as text.
 pub fn cmp_sequence(a: &str, b: &str) -> Ordering {
@@ -271,5 +282,13 @@ mod tests {
         let kinesis_b = "49590338271490256608559692540925702759324208523137515618";
         assert_eq!(cmp_sequence(kinesis_a, kinesis_b), Ordering::Less);
         assert_eq!(cmp_sequence(kinesis_b, "9"), Ordering::Greater);
+    }
+
+    #[test]
+    fn the_start_of_a_shard_comes_before_every_record() {
+        assert_eq!(cmp_position(None, Some("1")), Ordering::Less);
+        assert_eq!(cmp_position(Some("10"), Some("9")), Ordering::Greater);
+        assert_eq!(cmp_position(Some("1"), None), Ordering::Greater);
+        assert_eq!(cmp_position(None, None), Ordering::Equal);
     }
 }

@@ -5,8 +5,9 @@ use axum::http::StatusCode;
 use axum::http::request::Parts;
 use serde::de::DeserializeOwned;
 
+use super::error::REQUEST_ID;
 use crate::auth::Ctx;
-use crate::error::{ApiError, REQUEST_ID};
+use crate::error::ApiError;
 use crate::service::ControlPlane;
 
 /// The largest request body the API reads.

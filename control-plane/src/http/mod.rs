@@ -1,6 +1,7 @@
 //! The HTTP API: routing, authentication, body and query extraction that turns every mistake
 //! into a 4xx naming it, request ids, metrics, and the OpenAPI document built from the handlers.
 
+mod error;
 mod extract;
 mod handlers;
 
@@ -20,7 +21,8 @@ use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::error::{ApiError, REQUEST_ID};
+use self::error::REQUEST_ID;
+use crate::error::ApiError;
 use crate::service::ControlPlane;
 
 pub use extract::MAX_BODY_BYTES;
