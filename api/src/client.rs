@@ -331,6 +331,16 @@ impl Client {
         self.get(&format!("/v1/access/{}", segment(event))).await
     }
 
+    /// Who can read what: principals × events.
+    pub async fn access_matrix(&self) -> Result<AccessMatrix, ClientError> {
+        self.get("/v1/access").await
+    }
+
+    /// Every grant the caller may see with its use and what needs attention within `days`.
+    pub async fn review(&self, days: u32) -> Result<AccessReview, ClientError> {
+        self.get(&format!("/v1/review?days={days}")).await
+    }
+
     /// Audit entries after `after_seq` (oldest first), at or after `since`, at most `limit`.
     pub async fn audit_log(
         &self,

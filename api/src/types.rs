@@ -354,10 +354,102 @@ pub struct AuditPage {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct AuditVerification {
     pub ok: bool,
+    /// The hash of the newest entry as recorded in the chain's head.
+    #[serde(default)]
+    pub head: String,
     pub entries_checked: i64,
     /// The first entry whose stored hash or link does not match what it should be.
     pub first_mismatch: Option<i64>,
     pub message: String,
+}
+
+/// How one principal reaches one event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Reach {
+    /// The principal owns the event.
+    Owner,
+    /// The principal holds an active grant on it.
+    Grant,
+    None,
+}
+
+impl Reach {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reach::Owner => "owner",
+            Reach::Grant => "grant",
+            Reach::None => "",
+        }
+    }
+}
+
+/// Who can read what: one row per principal, one cell per event (in `events` order).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct AccessMatrix {
+    pub events: Vec<Event>,
+    pub rows: Vec<AccessRow>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct AccessRow {
+    pub principal: String,
+    pub reach: Vec<Reach>,
+}
+
+/// Why a grant needs a reviewer's attention.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Attention {
+    /// Active, and expires within the review window.
+    Expiring,
+    Expired,
+    /// Active for at least the review window, and no active subscription of the grantee names
+    /// the event: a least-privilege candidate.
+    Unused,
+}
+
+impl Attention {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Attention::Expiring => "expiring",
+            Attention::Expired => "expired",
+            Attention::Unused => "unused",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ReviewedGrant {
+    pub grant: Grant,
+    /// Whole days since the grant was made.
+    pub age_days: i64,
+    /// The grantee's active streams whose subscriptions name the event.
+    pub streams: Vec<String>,
+    pub attention: Option<Attention>,
+}
+
+/// Who can read a `pii` or `restricted` event, directly (owner, grantees) or through streams.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct PiiReach {
+    pub event: String,
+    pub classification: Classification,
+    pub owner: String,
+    pub readers: Vec<String>,
+    /// Streams the route table delivers the event to.
+    pub streams: Vec<String>,
+}
+
+/// An access review: every grant the caller may see with its use, and PII reach.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct AccessReview {
+    pub generated_at: DateTime<Utc>,
+    /// The review window in days (expiring within, unused for).
+    pub days: u32,
+    /// The audit chain's head hash when the review was made, tying it to the tamper-evident log.
+    pub audit_head: String,
+    pub grants: Vec<ReviewedGrant>,
+    pub pii_reach: Vec<PiiReach>,
 }
 
 /// Where one event goes: a stream whose owner may read it, through one subscription.

@@ -12,6 +12,7 @@ use super::extract::{Body, Params};
 use crate::auth::Ctx;
 use crate::error::ApiError;
 use crate::service::ControlPlane;
+use crate::store::audit;
 
 type Result<T> = std::result::Result<T, ApiError>;
 
@@ -309,6 +310,50 @@ pub async fn access_view(
     Ok(Json(cp.access_view(&ctx, &event).await?))
 }
 
+/// The audit entries of every grant ever made on an event, oldest first.
+#[utoipa::path(get, path = "/v1/access/{event}/history", tag = "access", params(("event" = String, Path)),
+    responses((status = 200, body = AuditPage), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn grant_history(
+    State(cp): State<ControlPlane>,
+    ctx: Ctx,
+    Path(event): Path<String>,
+) -> Result<Json<AuditPage>> {
+    let entries = cp.grant_history(&ctx, &event).await?;
+    Ok(Json(AuditPage { entries }))
+}
+
+/// Who can read what: principals × events (members see their own row).
+#[utoipa::path(get, path = "/v1/access", tag = "access",
+    responses((status = 200, body = AccessMatrix), (status = 401, body = ErrorBody)))]
+pub async fn access_matrix(State(cp): State<ControlPlane>, ctx: Ctx) -> Result<Json<AccessMatrix>> {
+    Ok(Json(cp.access_matrix(&ctx).await?))
+}
+
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct ReviewQuery {
+    /// The review window: grants expiring within, or unused for, this many days (default 30,
+    /// 1 to 3650).
+    days: Option<u32>,
+}
+
+/// Grants with their use and what needs attention, and the reach of `pii`/`restricted` events.
+#[utoipa::path(get, path = "/v1/review", tag = "access", params(ReviewQuery),
+    responses((status = 200, body = AccessReview), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
+pub async fn access_review(
+    State(cp): State<ControlPlane>,
+    ctx: Ctx,
+    Params(query): Params<ReviewQuery>,
+) -> Result<Json<AccessReview>> {
+    Ok(Json(
+        cp.access_review(&ctx, query.days.unwrap_or(DEFAULT_REVIEW_DAYS))
+            .await?,
+    ))
+}
+
+/// The review window when none is asked for.
+pub const DEFAULT_REVIEW_DAYS: u32 = 30;
+
 #[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
 pub struct AuditQuery {
@@ -316,6 +361,16 @@ pub struct AuditQuery {
     since: Option<DateTime<Utc>>,
     /// Only entries after this sequence number (for paging).
     after_seq: Option<i64>,
+    /// Only entries at or before this instant (RFC 3339).
+    until: Option<DateTime<Utc>>,
+    /// Only entries by this principal.
+    actor: Option<String>,
+    /// Only entries of this action, e.g. `grant.create`.
+    action: Option<String>,
+    /// Only entries on objects of this kind, e.g. `grant`.
+    object_kind: Option<String>,
+    /// Only entries on this object (a name or an id).
+    object_id: Option<String>,
     /// At most this many entries (default 1000, at most 10000).
     limit: Option<i64>,
 }
@@ -327,9 +382,17 @@ pub async fn audit_log(
     ctx: Ctx,
     Params(query): Params<AuditQuery>,
 ) -> Result<Json<AuditPage>> {
-    let entries = cp
-        .audit_log(&ctx, query.since, query.after_seq, query.limit)
-        .await?;
+    let filter = audit::Filter {
+        after_seq: query.after_seq,
+        since: query.since,
+        until: query.until,
+        actor: query.actor,
+        action: query.action,
+        object_kind: query.object_kind,
+        object_ids: query.object_id.into_iter().collect(),
+        newest: false,
+    };
+    let entries = cp.audit_log(&ctx, &filter, query.limit).await?;
     Ok(Json(AuditPage { entries }))
 }
 

@@ -3,6 +3,7 @@
 
 mod extract;
 mod handlers;
+mod ui;
 
 use std::future::Future;
 use std::sync::OnceLock;
@@ -86,6 +87,9 @@ fn api_router() -> (Router<ControlPlane>, utoipa::openapi::OpenApi) {
         ))
         .routes(routes!(handlers::set_subscription_status))
         .routes(routes!(handlers::access_view))
+        .routes(routes!(handlers::access_matrix))
+        .routes(routes!(handlers::grant_history))
+        .routes(routes!(handlers::access_review))
         .routes(routes!(handlers::audit_log))
         .routes(routes!(handlers::audit_verify))
         .routes(routes!(handlers::routes))
@@ -121,6 +125,7 @@ pub fn app(control_plane: ControlPlane) -> Router {
     .route("/healthz", get(|| async { "ok\n" }))
     .route("/readyz", get(readyz))
     .route("/metrics", get(render_metrics))
+    .merge(ui::router())
     .fallback(|| async { ApiError::NotFound("no such route".to_owned()) })
     .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
     .layer(middleware::from_fn(observe))
@@ -161,7 +166,10 @@ pub fn metrics_handle() -> &'static PrometheusHandle {
     })
 }
 
-async fn render_metrics() -> impl IntoResponse {
+async fn render_metrics(State(cp): State<ControlPlane>) -> impl IntoResponse {
+    if let Err(error) = cp.update_grant_gauges().await {
+        tracing::warn!(%error, "Cannot count expiring grants for /metrics.");
+    }
     (
         [(
             axum::http::header::CONTENT_TYPE,

@@ -6,9 +6,14 @@ mod data;
 mod events;
 mod grants;
 mod principals;
+mod review;
+mod sessions;
 mod streams;
 mod subscriptions;
 mod views;
+
+pub use review::MAX_REVIEW_DAYS;
+pub use sessions::{SESSION_LIFETIME, Session};
 
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};

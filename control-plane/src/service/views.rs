@@ -51,19 +51,12 @@ impl ControlPlane {
     pub async fn audit_log(
         &self,
         ctx: &Ctx,
-        since: Option<DateTime<Utc>>,
-        after_seq: Option<i64>,
+        filter: &audit::Filter,
         limit: Option<i64>,
     ) -> Result<Vec<AuditEntry>, ApiError> {
         require_auditor(ctx)?;
         let limit = limit.unwrap_or(1000).clamp(1, MAX_AUDIT_PAGE);
-        Ok(audit::list(
-            &mut *self.conn().await?,
-            after_seq.unwrap_or(0),
-            since,
-            limit,
-        )
-        .await?)
+        Ok(audit::list(&mut *self.conn().await?, filter, limit).await?)
     }
 
     pub async fn audit_verify(&self, ctx: &Ctx) -> Result<AuditVerification, ApiError> {

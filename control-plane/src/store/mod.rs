@@ -9,6 +9,7 @@ pub mod catalog;
 pub mod grants;
 pub mod leases;
 pub mod principals;
+pub mod sessions;
 pub mod streams;
 pub mod subscriptions;
 
