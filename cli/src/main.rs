@@ -2,10 +2,12 @@
 //!
 //! Exit codes: 0 success, 1 an error (one line on stderr naming what was wrong), 2 usage.
 
+mod alerts;
 mod catalog;
 mod commands;
 mod data;
 mod output;
+mod review;
 mod serve;
 
 use std::path::PathBuf;
@@ -74,6 +76,11 @@ enum Command {
     /// The tamper-evident audit trail.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Access review: grants that expire soon, have expired, or go unused.
+    Review(ReviewArgs),
+    /// Alerting rules over Fanner's metrics.
+    #[command(subcommand)]
+    Alerts(AlertsCommand),
     /// Who the token belongs to.
     Whoami,
     /// Publish events onto the global event stream: one PAYLOAD (a JSON value, e.g.
@@ -283,6 +290,55 @@ enum AuditCommand {
     },
 }
 
+#[derive(Args)]
+#[command(args_conflicts_with_subcommands = true)]
+struct ReviewArgs {
+    #[command(subcommand)]
+    command: Option<ReviewCommand>,
+    /// The window: grants expiring within, or unused for, this many days.
+    #[arg(long, default_value_t = 30)]
+    days: u32,
+}
+
+#[derive(Subcommand)]
+enum ReviewCommand {
+    /// A dated access-review document: every grant with its use, PII reach, and the audit
+    /// chain's head hash.
+    Report {
+        #[arg(long, value_enum, default_value = "html")]
+        format: ReportFormat,
+        /// Write to FILE instead of stdout.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        #[arg(long, default_value_t = 30)]
+        days: u32,
+    },
+}
+
+#[derive(Subcommand)]
+enum AlertsCommand {
+    /// Write the alerting rules (lag, broken streams, dead letters, stale lake, expiring grants).
+    Export {
+        #[arg(long, value_enum)]
+        format: AlertFormat,
+        /// Write to FILE instead of stdout.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum AlertFormat {
+    Prometheus,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum ReportFormat {
+    Html,
+    Csv,
+    Json,
+}
+
 #[derive(Clone, Copy, ValueEnum)]
 enum ExportFormat {
     Csv,
@@ -393,6 +449,15 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         },
         Command::Access { event } => commands::access(&conn, &event).await,
+        Command::Alerts(AlertsCommand::Export { format, out }) => {
+            alerts::export(format, out.as_deref())
+        }
+        Command::Review(ReviewArgs { command, days }) => match command {
+            None => review::list(&conn, days).await,
+            Some(ReviewCommand::Report { format, out, days }) => {
+                review::report(&conn, days, format, out.as_deref()).await
+            }
+        },
         Command::Audit(command) => match command {
             AuditCommand::Log { since } => commands::audit_log(&conn, since.as_deref()).await,
             AuditCommand::Verify => commands::audit_verify(&conn).await,

@@ -3,13 +3,13 @@
 
 use api::{AccessView, GrantStatus};
 
-const COLUMN_WIDTH: i64 = 210;
-const COLUMN_GAP: i64 = 44;
+const COLUMN_WIDTH: i64 = 196;
+const COLUMN_GAP: i64 = 36;
 const NODE_HEIGHT: i64 = 62;
 const ROW_GAP: i64 = 14;
 const MARGIN: i64 = 8;
 /// Characters that fit on one line of a box at the stylesheet's font size.
-const LINE_CHARS: usize = 28;
+const LINE_CHARS: usize = 26;
 
 pub struct Node {
     pub x: i64,
