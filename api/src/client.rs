@@ -331,6 +331,26 @@ impl Client {
         self.get(&format!("/v1/access/{}", segment(event))).await
     }
 
+    /// Sets (`Some`) or clears (`None`) how long `event` may stay silent before it is a gap.
+    pub async fn set_max_silence(
+        &self,
+        event: &str,
+        seconds: Option<u64>,
+    ) -> Result<SetMaxSilence, ClientError> {
+        self.put(
+            &format!("/v1/events/{}/max-silence", segment(event)),
+            &SetMaxSilence {
+                max_silence_seconds: seconds,
+            },
+        )
+        .await
+    }
+
+    /// Events silent for longer than they should be.
+    pub async fn health_gaps(&self) -> Result<Vec<EventHealth>, ClientError> {
+        self.get("/v1/health/gaps").await
+    }
+
     /// Who can read what: principals × events.
     pub async fn access_matrix(&self) -> Result<AccessMatrix, ClientError> {
         self.get("/v1/access").await

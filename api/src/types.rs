@@ -452,6 +452,34 @@ pub struct AccessReview {
     pub pii_reach: Vec<PiiReach>,
 }
 
+/// Sets how long an event may stay silent before it counts as a gap.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SetMaxSilence {
+    /// Seconds (1 to 31536000); `null` to learn the interval from the event's recent rate again.
+    pub max_silence_seconds: Option<u64>,
+}
+
+/// How an event's stream of records is doing, as the control plane observes it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct EventHealth {
+    pub event: String,
+    pub owner: String,
+    /// Events observed since this control plane started.
+    pub events_seen: u64,
+    pub last_seen_at: Option<DateTime<Utc>>,
+    /// Recent rate (an exponentially weighted mean of the intervals), once learned.
+    pub events_per_second: Option<f64>,
+    /// Silence longer than this is a gap: the set maximum, or learned from the rate.
+    pub max_silence_seconds: Option<u64>,
+    /// `set` (by `fanner event update --max-silence`), `learned`, or `learning` (too few
+    /// events seen yet to judge).
+    pub expectation: String,
+    /// Seconds since the last event (or since the control plane started, if none was seen).
+    pub silent_seconds: i64,
+    pub gap: bool,
+}
+
 /// Where one event goes: a stream whose owner may read it, through one subscription.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct RouteTarget {

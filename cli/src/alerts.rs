@@ -13,6 +13,13 @@ const PROMETHEUS_RULES: &str = r#"# Prometheus alerting rules for Fanner, from `
 groups:
   - name: fanner
     rules:
+      - alert: FannerEventGap
+        expr: max by (instance) (fanner_health_gaps) > 0
+        labels:
+          severity: warning
+        annotations:
+          summary: "Events have gone silent"
+          description: "{{ $value }} events are silent for longer than their set or learned maximum; GET /v1/health/gaps names them."
       - alert: FannerConsumerLag
         expr: max by (instance, shard) (fanner_engine_ges_behind_milliseconds) > 60000
         for: 5m

@@ -173,6 +173,13 @@ enum EventCommand {
         #[arg(long)]
         owner: Option<String>,
     },
+    /// Set how long the event may stay silent before the console and /metrics call it a gap.
+    Update {
+        name: String,
+        /// A duration such as `10m`, `2h`, `1d`, or `off` to learn it from the event's rate.
+        #[arg(long)]
+        max_silence: String,
+    },
     List,
     Show {
         name: String,
@@ -317,7 +324,7 @@ enum ReviewCommand {
 
 #[derive(Subcommand)]
 enum AlertsCommand {
-    /// Write the alerting rules (lag, broken streams, dead letters, stale lake, expiring grants).
+    /// Write the alerting rules (gaps, lag, broken streams, dead letters, stale lake, expiring grants).
     Export {
         #[arg(long, value_enum)]
         format: AlertFormat,
@@ -396,6 +403,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 commands::event_create(&conn, name, classification.into(), description, owner).await
             }
             EventCommand::List => commands::event_list(&conn).await,
+            EventCommand::Update { name, max_silence } => {
+                commands::event_update(&conn, &name, &max_silence).await
+            }
             EventCommand::Show { name } => commands::event_show(&conn, &name).await,
             EventCommand::Delete { name } => commands::event_delete(&conn, &name).await,
         },

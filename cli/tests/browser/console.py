@@ -67,13 +67,17 @@ def main():
         page.goto(f"{ENDPOINT}/ui/streams/analytics-users")
         expect(page.locator("h1")).to_have_text("Stream analytics-users")
         shot(page, "07-stream")
+        page.goto(f"{ENDPOINT}/ui/health")
+        expect(page.locator("h1")).to_have_text("Pipeline health")
+        expect(page.locator("tbody")).to_contain_text("user_signed_up")
+        shot(page, "08-health")
 
         member = browser.new_context(viewport=viewport)
         page = sign_in(member, os.environ["MEMBER_TOKEN"])
         response = page.goto(f"{ENDPOINT}/ui/streams/analytics-users")
         assert response.status == 403, response.status
         expect(page.locator("h1")).to_have_text("Not yours to see")
-        shot(page, "08-member-refused")
+        shot(page, "09-member-refused")
 
         page.goto(f"{ENDPOINT}/ui/")
         page.click("text=Sign out")

@@ -10,6 +10,8 @@ use crate::Server;
 /// grantee's stream subscribed to it: what the README's quickstart sets up.
 pub struct Setup {
     pub server: Server,
+    /// Owns `user_signed_up`.
+    pub identity: String,
     /// A member who owns nothing the others made.
     pub marketing: String,
     pub auditor: String,
@@ -75,6 +77,7 @@ pub fn setup(data_dir: &Path) -> Setup {
     );
     Setup {
         server,
+        identity,
         marketing,
         auditor,
     }
@@ -144,9 +147,27 @@ fn review_lists_attention_and_reports_carry_the_audit_head() {
         "{row}"
     );
 
-    let bad = s.server.run(&s.auditor, &["review", "--days", "0"]);
-    assert_eq!(bad.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&bad.stderr).contains("days must be between 1 and 3650"));
+    let set = s.server.ok(
+        &s.identity,
+        &["event", "update", "user_signed_up", "--max-silence", "10m"],
+    );
+    assert!(set.contains("after 600 s"), "{set}");
+    s.server.fails(
+        &s.identity,
+        &[
+            "event",
+            "update",
+            "user_signed_up",
+            "--max-silence",
+            "10 minutes",
+        ],
+        "--max-silence",
+    );
+    s.server.fails(
+        &s.auditor,
+        &["review", "--days", "0"],
+        "days must be between 1 and 3650",
+    );
 }
 
 #[test]
@@ -184,7 +205,7 @@ fn exported_alert_rules_pass_promtool() {
         String::from_utf8_lossy(&check.stdout),
         String::from_utf8_lossy(&check.stderr)
     );
-    assert!(String::from_utf8_lossy(&check.stdout).contains("SUCCESS: 6 rules found"));
+    assert!(String::from_utf8_lossy(&check.stdout).contains("SUCCESS: 7 rules found"));
 }
 
 #[test]

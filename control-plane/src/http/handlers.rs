@@ -354,6 +354,41 @@ pub async fn access_review(
 /// The review window when none is asked for.
 pub const DEFAULT_REVIEW_DAYS: u32 = 30;
 
+/// Per event: when it was last seen, its rate, how long it may stay silent, and whether it is
+/// in a gap. Members see the events they own or hold an active grant on.
+#[utoipa::path(get, path = "/v1/health", tag = "health",
+    responses((status = 200, body = Vec<EventHealth>), (status = 401, body = ErrorBody)))]
+pub async fn event_health(
+    State(cp): State<ControlPlane>,
+    ctx: Ctx,
+) -> Result<Json<Vec<EventHealth>>> {
+    Ok(Json(cp.event_health(&ctx).await?))
+}
+
+/// Events silent for longer than their set maximum or learned interval.
+#[utoipa::path(get, path = "/v1/health/gaps", tag = "health",
+    responses((status = 200, body = Vec<EventHealth>), (status = 401, body = ErrorBody)))]
+pub async fn health_gaps(
+    State(cp): State<ControlPlane>,
+    ctx: Ctx,
+) -> Result<Json<Vec<EventHealth>>> {
+    Ok(Json(cp.health_gaps(&ctx).await?))
+}
+
+/// Sets (or with `null` clears) how long an event may stay silent before it is a gap.
+#[utoipa::path(put, path = "/v1/events/{name}/max-silence", tag = "health", params(("name" = String, Path)),
+    request_body = SetMaxSilence,
+    responses((status = 200, body = SetMaxSilence), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn set_max_silence(
+    State(cp): State<ControlPlane>,
+    ctx: Ctx,
+    Path(name): Path<String>,
+    Body(req): Body<SetMaxSilence>,
+) -> Result<Json<SetMaxSilence>> {
+    Ok(Json(cp.set_max_silence(&ctx, &name, req).await?))
+}
+
 #[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
 pub struct AuditQuery {

@@ -90,6 +90,9 @@ fn api_router() -> (Router<ControlPlane>, utoipa::openapi::OpenApi) {
         .routes(routes!(handlers::access_matrix))
         .routes(routes!(handlers::grant_history))
         .routes(routes!(handlers::access_review))
+        .routes(routes!(handlers::event_health))
+        .routes(routes!(handlers::health_gaps))
+        .routes(routes!(handlers::set_max_silence))
         .routes(routes!(handlers::audit_log))
         .routes(routes!(handlers::audit_verify))
         .routes(routes!(handlers::routes))
@@ -169,6 +172,9 @@ pub fn metrics_handle() -> &'static PrometheusHandle {
 async fn render_metrics(State(cp): State<ControlPlane>) -> impl IntoResponse {
     if let Err(error) = cp.update_grant_gauges().await {
         tracing::warn!(%error, "Cannot count expiring grants for /metrics.");
+    }
+    if let Err(error) = cp.update_health_gauges().await {
+        tracing::warn!(%error, "Cannot count gaps for /metrics.");
     }
     (
         [(

@@ -5,6 +5,7 @@
 mod data;
 mod events;
 mod grants;
+mod health;
 mod principals;
 mod review;
 mod sessions;
@@ -94,6 +95,10 @@ struct Inner {
     routes_revision: watch::Sender<i64>,
     route_cache: Mutex<Option<Arc<RouteTable>>>,
     poller: tokio::task::JoinHandle<()>,
+    activity: health::Activity,
+    /// When this control plane began observing activity: silence is counted from here for
+    /// events not seen since.
+    started_at: DateTime<Utc>,
 }
 
 impl Drop for Inner {
@@ -114,6 +119,7 @@ impl ControlPlane {
             audit::routes_revision(&mut conn).await?
         };
         let (routes_revision, _) = watch::channel(revision);
+        let started_at = clock.now();
         let poller = tokio::spawn(poll_route_revision(store.clone(), routes_revision.clone()));
         Ok(ControlPlane {
             inner: Arc::new(Inner {
@@ -124,6 +130,8 @@ impl ControlPlane {
                 routes_revision,
                 route_cache: Mutex::new(None),
                 poller,
+                activity: health::Activity::default(),
+                started_at,
             }),
         })
     }

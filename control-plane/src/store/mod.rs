@@ -6,6 +6,7 @@
 
 pub mod audit;
 pub mod catalog;
+pub mod expectations;
 pub mod grants;
 pub mod leases;
 pub mod principals;

@@ -7,9 +7,13 @@ use api::*;
 use chrono::Duration;
 use reqwest::header::{CONTENT_SECURITY_POLICY, COOKIE, LOCATION, SET_COOKIE, X_FRAME_OPTIONS};
 
-use crate::support::{Db, TestServer, db_tests};
+use crate::support::{Db, TestServer, assert_status, db_tests};
 
-db_tests!(signing_in_and_out, pages_show_what_their_viewer_may_see);
+db_tests!(
+    signing_in_and_out,
+    pages_show_what_their_viewer_may_see,
+    silent_events_become_gaps
+);
 
 const NASTY: &str = "<script>alert('x')</script>";
 
@@ -332,4 +336,108 @@ fn section<'a>(body: &'a str, title: &str) -> &'a str {
         .unwrap_or_else(|| panic!("no section {title}"));
     let rest = &body[start + 4..];
     &rest[..rest.find("<h2>").unwrap_or(rest.len())]
+}
+
+async fn silent_events_become_gaps(db: Db) {
+    let Some(server) = TestServer::start(db).await else {
+        return;
+    };
+    let identity = server.principal("identity", Role::Member).await;
+    let marketing = server.principal("marketing", Role::Member).await;
+    let auditor_token = server.token("security", Role::Auditor).await;
+    let auditor = server.client(Some(&auditor_token));
+    for name in ["orders", "quiet"] {
+        identity
+            .create_event(&CreateEvent {
+                name: name.to_owned(),
+                classification: Classification::Internal,
+                description: String::new(),
+                owner: None,
+            })
+            .await
+            .expect("event");
+    }
+    identity
+        .set_max_silence("quiet", Some(600))
+        .await
+        .expect("max silence set");
+    assert_status(
+        marketing.set_max_silence("quiet", Some(60)).await,
+        403,
+        "owner",
+    );
+    assert_status(
+        identity.set_max_silence("quiet", Some(0)).await,
+        400,
+        "between 1 and",
+    );
+    assert_status(
+        identity.set_max_silence("nope", Some(60)).await,
+        404,
+        "does not exist",
+    );
+
+    use streams::StreamBackend;
+    server
+        .backend
+        .create_stream(&streams::StreamSpec {
+            name: server.cp.ges().to_owned(),
+            shard_count: 1,
+            retention_hours: 24,
+            tags: BTreeMap::new(),
+        })
+        .await
+        .expect("the global event stream");
+    for _ in 0..3 {
+        let events = (0..2)
+            .map(|_| PublishEvent {
+                event: "orders".to_owned(),
+                payload: Some(serde_json::json!({"total": 1})),
+                ..PublishEvent::default()
+            })
+            .collect();
+        identity
+            .publish(&PublishRequest { events })
+            .await
+            .expect("published");
+    }
+    let gaps = |list: Vec<EventHealth>| list.into_iter().map(|h| h.event).collect::<Vec<_>>();
+    assert!(gaps(auditor.health_gaps().await.expect("gaps")).is_empty());
+
+    // Bursts teach the shortest learned silence, a minute; the set ten minutes holds longer.
+    server
+        .cp
+        .clock()
+        .advance(std::time::Duration::from_secs(61));
+    assert_eq!(gaps(auditor.health_gaps().await.expect("gaps")), ["orders"]);
+    server
+        .cp
+        .clock()
+        .advance(std::time::Duration::from_secs(600));
+    assert_eq!(
+        gaps(auditor.health_gaps().await.expect("gaps")),
+        ["orders", "quiet"]
+    );
+    assert!(
+        gaps(marketing.health_gaps().await.expect("gaps")).is_empty(),
+        "not marketing's events"
+    );
+
+    let metrics = server
+        .raw()
+        .get(server.url("/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(metrics.contains("fanner_health_gaps "), "{metrics}");
+
+    let mut browser = Browser::new(&server);
+    browser.sign_in(&auditor_token).await;
+    let page = browser.get("/ui/health").await;
+    assert_eq!(page.status, 200);
+    assert!(page.body.contains("2 event(s) silent"));
+    assert!(page.body.contains("600 s (set)") && page.body.contains("60 s (learned)"));
 }

@@ -35,6 +35,7 @@ pub(super) fn router() -> Router<ControlPlane> {
         .route("/ui/access.csv", get(pages::access_csv))
         .route("/ui/review", get(pages::review))
         .route("/ui/audit", get(pages::audit))
+        .route("/ui/health", get(pages::health))
         .route("/ui/static/console.css", get(stylesheet))
         .layer(middleware::from_fn(security_headers))
 }

@@ -1,6 +1,6 @@
 use api::{
-    AccessMatrix, AccessReview, AccessView, Attention, AuditEntry, AuditVerification, Event, Reach,
-    ReviewedGrant, Stream, Subscription,
+    AccessMatrix, AccessReview, AccessView, Attention, AuditEntry, AuditVerification, Event,
+    EventHealth, Reach, ReviewedGrant, Stream, Subscription,
 };
 use askama::Template;
 use axum::Form;
@@ -384,6 +384,23 @@ pub(super) async fn audit(
         form,
         entries,
         verification,
+    })
+}
+
+#[derive(Template)]
+#[template(path = "health.html")]
+struct HealthPage {
+    nav: Nav,
+    health: Vec<EventHealth>,
+    gaps: usize,
+}
+
+pub(super) async fn health(State(cp): State<ControlPlane>, viewer: Viewer) -> Page {
+    let health = cp.event_health(&viewer.ctx).await?;
+    render(&HealthPage {
+        nav: Nav::of(&viewer),
+        gaps: health.iter().filter(|h| h.gap).count(),
+        health,
     })
 }
 
