@@ -332,8 +332,8 @@ pub async fn access_matrix(State(cp): State<ControlPlane>, ctx: Ctx) -> Result<J
 #[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
 pub struct ReviewQuery {
-    /// The review window: grants expiring within, or unused for, this many days (default 30,
-    /// 1 to 3650).
+    /// The review window: grants expiring within, or unused for, this many days (default 30).
+    #[param(minimum = 1, maximum = 3650)]
     days: Option<u32>,
 }
 
@@ -406,7 +406,8 @@ pub struct AuditQuery {
     object_kind: Option<String>,
     /// Only entries on this object (a name or an id).
     object_id: Option<String>,
-    /// At most this many entries (default 1000, at most 10000).
+    /// At most this many entries (default 1000).
+    #[param(minimum = 1, maximum = 10000)]
     limit: Option<i64>,
 }
 
@@ -446,7 +447,8 @@ pub async fn audit_verify(
 pub struct RoutesQuery {
     /// Answer once the revision is past this one (long poll).
     after: Option<i64>,
-    /// How long to wait for a newer revision, in milliseconds (at most 60000).
+    /// How long to wait for a newer revision, in milliseconds.
+    #[param(minimum = 0, maximum = 60000)]
     wait_ms: Option<u64>,
 }
 
@@ -458,7 +460,14 @@ pub async fn routes(
     ctx: Ctx,
     Params(query): Params<RoutesQuery>,
 ) -> Result<Json<RouteTable>> {
-    let wait = Duration::from_millis(query.wait_ms.unwrap_or(0)).min(MAX_WAIT);
+    let wait = Duration::from_millis(query.wait_ms.unwrap_or(0));
+    if wait > MAX_WAIT {
+        return Err(ApiError::BadRequest(format!(
+            "wait_ms must be at most {}, not {}",
+            MAX_WAIT.as_millis(),
+            wait.as_millis()
+        )));
+    }
     let table = cp.routes(&ctx, query.after, wait).await?;
     Ok(Json(RouteTable::clone(&table)))
 }

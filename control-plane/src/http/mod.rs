@@ -51,6 +51,83 @@ impl utoipa::Modify for BearerAuth {
     }
 }
 
+/// Declares the error statuses the extractors and the shared rules give every operation, so the
+/// document lists each status an operation can answer with, without repeating them per handler:
+/// 401 everywhere (every operation needs a token), 400 where a body or query is parsed, 413 where
+/// a body is read, 404 where a path names an object, 403 and 409 on changes, 503 where the stream
+/// backend is called.
+fn declare_error_statuses(openapi: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::path::ParameterIn;
+    use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+    let error = |description: &str| {
+        ResponseBuilder::new()
+            .description(description)
+            .content(
+                "application/json",
+                ContentBuilder::new()
+                    .schema(Some(Ref::from_schema_name("ErrorBody")))
+                    .build(),
+            )
+            .build()
+    };
+    for (path, item) in openapi.paths.paths.iter_mut() {
+        let operations = [
+            (&mut item.get, false),
+            (&mut item.post, true),
+            (&mut item.put, true),
+            (&mut item.delete, true),
+        ];
+        for (operation, changes) in operations {
+            let Some(operation) = operation else {
+                continue;
+            };
+            let parameters = operation.parameters.as_deref().unwrap_or_default();
+            let has = |place: ParameterIn| parameters.iter().any(|p| p.parameter_in == place);
+            let has_body = operation.request_body.is_some();
+            let backend = path.starts_with("/v1/streams") || path == "/v1/publish";
+            let read_only_post = path == "/v1/publish" || path.ends_with("/check");
+            let statuses = [
+                ("401", true, "Missing or invalid bearer token."),
+                (
+                    "400",
+                    has_body || has(ParameterIn::Query),
+                    "The body or query is invalid; the message names what.",
+                ),
+                (
+                    "413",
+                    has_body,
+                    "The body is larger than this endpoint accepts.",
+                ),
+                (
+                    "404",
+                    has(ParameterIn::Path),
+                    "The named object does not exist.",
+                ),
+                (
+                    "403",
+                    changes || has(ParameterIn::Path),
+                    "The caller's role or ownership does not allow this.",
+                ),
+                (
+                    "409",
+                    changes && !read_only_post,
+                    "The object changed since it was read, already exists, or is still in use.",
+                ),
+                ("503", backend, "The stream backend is unavailable; retry."),
+            ];
+            for (status, applies, description) in statuses {
+                if applies {
+                    operation
+                        .responses
+                        .responses
+                        .entry(status.to_owned())
+                        .or_insert_with(|| error(description).into());
+                }
+            }
+        }
+    }
+}
+
 /// The API routes plus the OpenAPI document describing them.
 fn api_router() -> (Router<ControlPlane>, utoipa::openapi::OpenApi) {
     let (router, openapi) = OpenApiRouter::with_openapi(ApiDoc::openapi())
@@ -103,6 +180,8 @@ fn api_router() -> (Router<ControlPlane>, utoipa::openapi::OpenApi) {
                 .layer(DefaultBodyLimit::max(handlers::MAX_PUBLISH_BYTES)),
         )
         .split_for_parts();
+    let mut openapi = openapi;
+    declare_error_statuses(&mut openapi);
     (router, openapi)
 }
 

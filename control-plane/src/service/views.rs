@@ -55,7 +55,12 @@ impl ControlPlane {
         limit: Option<i64>,
     ) -> Result<Vec<AuditEntry>, ApiError> {
         require_auditor(ctx)?;
-        let limit = limit.unwrap_or(1000).clamp(1, MAX_AUDIT_PAGE);
+        let limit = limit.unwrap_or(1000);
+        if !(1..=MAX_AUDIT_PAGE).contains(&limit) {
+            return Err(ApiError::BadRequest(format!(
+                "limit must be between 1 and {MAX_AUDIT_PAGE}, not {limit}"
+            )));
+        }
         Ok(audit::list(&mut *self.conn().await?, filter, limit).await?)
     }
 
