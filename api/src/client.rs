@@ -346,6 +346,11 @@ impl Client {
         .await
     }
 
+    /// Delivery health of the caller's streams (all streams for admins and auditors).
+    pub async fn health_streams(&self) -> Result<Vec<StreamHealth>, ClientError> {
+        self.get("/v1/health/streams").await
+    }
+
     /// Events silent for longer than they should be.
     pub async fn health_gaps(&self) -> Result<Vec<EventHealth>, ClientError> {
         self.get("/v1/health/gaps").await

@@ -480,6 +480,24 @@ pub struct EventHealth {
     pub gap: bool,
 }
 
+/// A consumer stream's delivery, as the fan-out engine reports it (summed over GES shards).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct StreamHealth {
+    pub stream: String,
+    pub owner: String,
+    /// `attached` (fed by the main cursor), `behind` (catching up on its own cursor), `broken`
+    /// (missing or refusing writes), or `unreported` (no engine has reported on it).
+    pub mode: String,
+    pub reason: Option<String>,
+    /// Age of the oldest record the stream still has to receive, at worst over the shards.
+    pub lag_ms: Option<i64>,
+    /// GES records between the stream's position and the main cursor, over all shards.
+    pub lag_records: Option<u64>,
+    /// Deliveries waiting in memory or being written.
+    pub owed: u64,
+    pub reported_at: Option<DateTime<Utc>>,
+}
+
 /// Where one event goes: a stream whose owner may read it, through one subscription.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct RouteTarget {

@@ -69,7 +69,8 @@ def main():
         shot(page, "07-stream")
         page.goto(f"{ENDPOINT}/ui/health")
         expect(page.locator("h1")).to_have_text("Pipeline health")
-        expect(page.locator("tbody")).to_contain_text("user_signed_up")
+        expect(page.locator("tbody").first).to_contain_text("analytics-users")
+        expect(page.locator("tbody").last).to_contain_text("user_signed_up")
         shot(page, "08-health")
 
         member = browser.new_context(viewport=viewport)

@@ -375,6 +375,16 @@ pub async fn health_gaps(
     Ok(Json(cp.health_gaps(&ctx).await?))
 }
 
+/// Delivery health of each consumer stream the caller may see: mode, lag, owed records.
+#[utoipa::path(get, path = "/v1/health/streams", tag = "health",
+    responses((status = 200, body = Vec<StreamHealth>), (status = 401, body = ErrorBody)))]
+pub async fn stream_health(
+    State(cp): State<ControlPlane>,
+    ctx: Ctx,
+) -> Result<Json<Vec<StreamHealth>>> {
+    Ok(Json(cp.stream_health(&ctx).await?))
+}
+
 /// Sets (or with `null` clears) how long an event may stay silent before it is a gap.
 #[utoipa::path(put, path = "/v1/events/{name}/max-silence", tag = "health", params(("name" = String, Path)),
     request_body = SetMaxSilence,

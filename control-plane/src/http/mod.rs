@@ -54,7 +54,7 @@ impl utoipa::Modify for BearerAuth {
 /// Declares the error statuses the extractors and the shared rules give every operation, so the
 /// document lists each status an operation can answer with, without repeating them per handler:
 /// 401 everywhere (every operation needs a token), 400 where a body or query is parsed, 413 where
-/// a body is read, 404 where a path names an object, 403 and 409 on changes, 503 where the stream
+/// a body is read, 404 where a path or body names an object, 403 and 409 on changes, 503 where the stream
 /// backend is called.
 fn declare_error_statuses(openapi: &mut utoipa::openapi::OpenApi) {
     use utoipa::openapi::path::ParameterIn;
@@ -100,8 +100,8 @@ fn declare_error_statuses(openapi: &mut utoipa::openapi::OpenApi) {
                 ),
                 (
                     "404",
-                    has(ParameterIn::Path),
-                    "The named object does not exist.",
+                    has(ParameterIn::Path) || has_body,
+                    "An object the path or body names does not exist.",
                 ),
                 (
                     "403",
@@ -169,6 +169,7 @@ fn api_router() -> (Router<ControlPlane>, utoipa::openapi::OpenApi) {
         .routes(routes!(handlers::access_review))
         .routes(routes!(handlers::event_health))
         .routes(routes!(handlers::health_gaps))
+        .routes(routes!(handlers::stream_health))
         .routes(routes!(handlers::set_max_silence))
         .routes(routes!(handlers::audit_log))
         .routes(routes!(handlers::audit_verify))

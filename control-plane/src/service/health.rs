@@ -3,12 +3,13 @@
 //! --max-silence 10m`) or than its learned interval.
 //!
 //! Activity is what this control plane observes: events published through its API. It lives in
-//! memory, so a restart begins learning again.
+//! memory, so a restart begins learning again. Stream delivery (mode, lag) is what the fan-out
+//! engine running beside it last reported from its status board.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 
-use api::{EventHealth, GrantStatus, Role, SetMaxSilence};
+use api::{EventHealth, GrantStatus, Role, SetMaxSilence, StreamHealth};
 use chrono::{DateTime, Utc};
 
 use super::{Change, ControlPlane, snapshot};
@@ -189,5 +190,89 @@ impl ControlPlane {
         }
         .await;
         m.finish(result).await
+    }
+}
+
+/// One consumer stream as one GES shard of the fan-out engine sees it; the engine's status
+/// board, handed over by whoever runs the engine beside this control plane.
+#[derive(Clone, Debug)]
+pub struct TargetReport {
+    pub backing_name: String,
+    /// `attached`, `behind` or `broken`.
+    pub mode: &'static str,
+    pub reason: Option<String>,
+    pub lag_ms: Option<i64>,
+    pub lag_records: Option<u64>,
+    pub owed: u64,
+}
+
+/// The latest engine report, kept as it came.
+#[derive(Default)]
+pub(super) struct EngineReport {
+    latest: Mutex<Option<(DateTime<Utc>, Vec<TargetReport>)>>,
+}
+
+/// Worse modes win when shards disagree.
+fn severity(mode: &str) -> u8 {
+    match mode {
+        "broken" => 2,
+        "behind" => 1,
+        _ => 0,
+    }
+}
+
+impl ControlPlane {
+    /// Takes the engine's current view of every consumer stream, one entry per shard and stream.
+    pub fn report_engine_status(&self, targets: Vec<TargetReport>) {
+        if let Ok(mut latest) = self.inner.engine_report.latest.lock() {
+            *latest = Some((self.now(), targets));
+        }
+    }
+
+    /// Delivery health of the streams the caller may see.
+    pub async fn stream_health(&self, ctx: &Ctx) -> Result<Vec<StreamHealth>, ApiError> {
+        let streams = self.list_streams(ctx).await?;
+        let latest = self
+            .inner
+            .engine_report
+            .latest
+            .lock()
+            .map(|l| l.clone())
+            .unwrap_or_default();
+        Ok(streams
+            .into_iter()
+            .map(|stream| {
+                let backing = self.backing_name(&stream.name);
+                let mut health = StreamHealth {
+                    stream: stream.name,
+                    owner: stream.owner,
+                    mode: "unreported".to_owned(),
+                    reason: None,
+                    lag_ms: None,
+                    lag_records: None,
+                    owed: 0,
+                    reported_at: None,
+                };
+                let Some((at, targets)) = &latest else {
+                    return health;
+                };
+                for target in targets.iter().filter(|t| t.backing_name == backing) {
+                    if health.reported_at.is_none()
+                        || severity(target.mode) > severity(&health.mode)
+                    {
+                        health.mode = target.mode.to_owned();
+                        health.reason.clone_from(&target.reason);
+                    }
+                    health.reported_at = Some(*at);
+                    health.lag_ms = health.lag_ms.max(target.lag_ms);
+                    health.lag_records = match (health.lag_records, target.lag_records) {
+                        (Some(a), Some(b)) => Some(a + b),
+                        (a, b) => a.or(b),
+                    };
+                    health.owed += target.owed;
+                }
+                health
+            })
+            .collect())
     }
 }

@@ -13,6 +13,7 @@ mod streams;
 mod subscriptions;
 mod views;
 
+pub use health::TargetReport;
 pub use review::MAX_REVIEW_DAYS;
 pub use sessions::{SESSION_LIFETIME, Session};
 
@@ -96,6 +97,7 @@ struct Inner {
     route_cache: Mutex<Option<Arc<RouteTable>>>,
     poller: tokio::task::JoinHandle<()>,
     activity: health::Activity,
+    engine_report: health::EngineReport,
     /// When this control plane began observing activity: silence is counted from here for
     /// events not seen since.
     started_at: DateTime<Utc>,
@@ -131,6 +133,7 @@ impl ControlPlane {
                 route_cache: Mutex::new(None),
                 poller,
                 activity: health::Activity::default(),
+                engine_report: health::EngineReport::default(),
                 started_at,
             }),
         })

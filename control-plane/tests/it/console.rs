@@ -12,7 +12,8 @@ use crate::support::{Db, TestServer, assert_status, db_tests};
 db_tests!(
     signing_in_and_out,
     pages_show_what_their_viewer_may_see,
-    silent_events_become_gaps
+    silent_events_become_gaps,
+    engine_reports_become_stream_health
 );
 
 const NASTY: &str = "<script>alert('x')</script>";
@@ -440,4 +441,69 @@ async fn silent_events_become_gaps(db: Db) {
     assert_eq!(page.status, 200);
     assert!(page.body.contains("2 event(s) silent"));
     assert!(page.body.contains("600 s (set)") && page.body.contains("60 s (learned)"));
+}
+
+async fn engine_reports_become_stream_health(db: Db) {
+    let Some(server) = TestServer::start(db).await else {
+        return;
+    };
+    let analytics = server.principal("analytics", Role::Member).await;
+    let marketing = server.principal("marketing", Role::Member).await;
+    for (client, name) in [(&analytics, "analytics-users"), (&marketing, "campaigns")] {
+        client
+            .create_stream(&CreateStream {
+                name: name.to_owned(),
+                shard_count: Some(1),
+                retention_hours: None,
+                tags: BTreeMap::new(),
+            })
+            .await
+            .expect("stream");
+    }
+    let report = |mode, lag_ms, lag_records, owed| control_plane::service::TargetReport {
+        backing_name: server.cp.backing_name("analytics-users"),
+        mode,
+        reason: None,
+        lag_ms: Some(lag_ms),
+        lag_records: Some(lag_records),
+        owed,
+    };
+    // Two GES shards disagree: the stream is as bad as its worst shard, and behind by both.
+    server.cp.report_engine_status(vec![
+        report("attached", 10, 1, 2),
+        report("behind", 500, 40, 0),
+    ]);
+    let health = |client: &api::Client| {
+        let client = client.clone();
+        async move {
+            client
+                .health_streams()
+                .await
+                .expect("stream health")
+                .into_iter()
+                .map(|h| (h.stream, h.mode, h.lag_ms, h.lag_records, h.owed))
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(
+        health(&analytics).await,
+        [(
+            "analytics-users".to_owned(),
+            "behind".to_owned(),
+            Some(500),
+            Some(41),
+            2
+        )]
+    );
+    assert_eq!(
+        health(&marketing).await,
+        [(
+            "campaigns".to_owned(),
+            "unreported".to_owned(),
+            None,
+            None,
+            0
+        )],
+        "a member sees only its own streams"
+    );
 }

@@ -1,6 +1,6 @@
 use api::{
     AccessMatrix, AccessReview, AccessView, Attention, AuditEntry, AuditVerification, Event,
-    EventHealth, Reach, ReviewedGrant, Stream, Subscription,
+    EventHealth, Reach, ReviewedGrant, Stream, StreamHealth, Subscription,
 };
 use askama::Template;
 use axum::Form;
@@ -392,13 +392,16 @@ pub(super) async fn audit(
 struct HealthPage {
     nav: Nav,
     health: Vec<EventHealth>,
+    streams: Vec<StreamHealth>,
     gaps: usize,
 }
 
 pub(super) async fn health(State(cp): State<ControlPlane>, viewer: Viewer) -> Page {
     let health = cp.event_health(&viewer.ctx).await?;
+    let streams = cp.stream_health(&viewer.ctx).await?;
     render(&HealthPage {
         nav: Nav::of(&viewer),
+        streams,
         gaps: health.iter().filter(|h| h.gap).count(),
         health,
     })
