@@ -294,7 +294,13 @@ async fn pages_show_what_their_viewer_may_see(db: Db) {
     owner.sign_in(&analytics_token).await;
     let stream = owner.get("/ui/streams/analytics-users").await;
     assert_eq!(stream.status, 200);
-    assert!(stream.body.contains("user_signed_up"));
+    assert!(
+        stream
+            .body
+            .contains(r#"<a href="/ui/events/user_signed_up">user_signed_up</a></td><td>yes</td>"#),
+        "{}",
+        stream.body
+    );
 
     // A month on, the pii grant has expired and the unused one is a revocation candidate.
     server

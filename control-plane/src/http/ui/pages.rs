@@ -1,6 +1,7 @@
 use api::{
-    AccessMatrix, AccessReview, AccessView, Attention, AuditEntry, AuditVerification, Event,
-    EventHealth, Reach, ReviewedGrant, Stream, StreamHealth, Subscription,
+    AccessMatrix, AccessReview, AccessView, Attention, AuditEntry, AuditVerification,
+    CheckSubscription, Event, EventHealth, Reach, ReviewedGrant, Stream, StreamHealth,
+    Subscription,
 };
 use askama::Template;
 use axum::Form;
@@ -197,8 +198,8 @@ struct StreamPage {
     nav: Nav,
     stream: Stream,
     subscriptions: Vec<Subscription>,
-    /// Events the route table delivers to this stream, with the instant access ends.
-    routed: Vec<(String, String)>,
+    /// Each event a subscription names, and why it is not delivered (`None`: it is).
+    events: Vec<(String, Option<String>)>,
 }
 
 pub(super) async fn stream(
@@ -208,29 +209,37 @@ pub(super) async fn stream(
 ) -> Page {
     let stream = cp.get_stream(&viewer.ctx, &name).await?;
     let subscriptions = cp.list_subscriptions(&viewer.ctx, Some(&name)).await?;
-    let table = cp.route_table().await?;
-    let routed = table
-        .routes
+    let mut named: Vec<String> = subscriptions
         .iter()
-        .flat_map(|route| {
-            route
-                .targets
+        .flat_map(|s| s.events.iter().cloned())
+        .collect();
+    named.sort();
+    named.dedup();
+    let verdict = if named.is_empty() {
+        None
+    } else {
+        let check = CheckSubscription {
+            stream: stream.name.clone(),
+            events: named.clone(),
+        };
+        Some(cp.check_subscription(&viewer.ctx, check).await?)
+    };
+    let events = named
+        .into_iter()
+        .map(|event| {
+            let problem = verdict
                 .iter()
-                .filter(|t| t.stream == stream.name)
-                .map(|t| {
-                    let until = t
-                        .access_expires_at
-                        .map(|at| at.format("%Y-%m-%d %H:%M UTC").to_string())
-                        .unwrap_or_else(|| "owner: no expiry".to_owned());
-                    (route.event.clone(), until)
-                })
+                .flat_map(|v| &v.problems)
+                .find(|p| p.event == event)
+                .map(|p| p.message.clone());
+            (event, problem)
         })
         .collect();
     render(&StreamPage {
         nav: Nav::of(&viewer),
         stream,
         subscriptions,
-        routed,
+        events,
     })
 }
 
