@@ -331,6 +331,41 @@ impl Client {
         self.get(&format!("/v1/access/{}", segment(event))).await
     }
 
+    /// Sets (`Some`) or clears (`None`) how long `event` may stay silent before it is a gap.
+    pub async fn set_max_silence(
+        &self,
+        event: &str,
+        seconds: Option<u64>,
+    ) -> Result<SetMaxSilence, ClientError> {
+        self.put(
+            &format!("/v1/events/{}/max-silence", segment(event)),
+            &SetMaxSilence {
+                max_silence_seconds: seconds,
+            },
+        )
+        .await
+    }
+
+    /// Delivery health of the caller's streams (all streams for admins and auditors).
+    pub async fn health_streams(&self) -> Result<Vec<StreamHealth>, ClientError> {
+        self.get("/v1/health/streams").await
+    }
+
+    /// Events silent for longer than they should be.
+    pub async fn health_gaps(&self) -> Result<Vec<EventHealth>, ClientError> {
+        self.get("/v1/health/gaps").await
+    }
+
+    /// Who can read what: principals × events.
+    pub async fn access_matrix(&self) -> Result<AccessMatrix, ClientError> {
+        self.get("/v1/access").await
+    }
+
+    /// Every grant the caller may see with its use and what needs attention within `days`.
+    pub async fn review(&self, days: u32) -> Result<AccessReview, ClientError> {
+        self.get(&format!("/v1/review?days={days}")).await
+    }
+
     /// Audit entries after `after_seq` (oldest first), at or after `since`, at most `limit`.
     pub async fn audit_log(
         &self,

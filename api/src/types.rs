@@ -354,10 +354,148 @@ pub struct AuditPage {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct AuditVerification {
     pub ok: bool,
+    /// The hash of the newest entry as recorded in the chain's head.
+    #[serde(default)]
+    pub head: String,
     pub entries_checked: i64,
     /// The first entry whose stored hash or link does not match what it should be.
     pub first_mismatch: Option<i64>,
     pub message: String,
+}
+
+/// How one principal reaches one event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Reach {
+    /// The principal owns the event.
+    Owner,
+    /// The principal holds an active grant on it.
+    Grant,
+    None,
+}
+
+impl Reach {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reach::Owner => "owner",
+            Reach::Grant => "grant",
+            Reach::None => "",
+        }
+    }
+}
+
+/// Who can read what: one row per principal, one cell per event (in `events` order).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct AccessMatrix {
+    pub events: Vec<Event>,
+    pub rows: Vec<AccessRow>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct AccessRow {
+    pub principal: String,
+    pub reach: Vec<Reach>,
+}
+
+/// Why a grant needs a reviewer's attention.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Attention {
+    /// Active, and expires within the review window.
+    Expiring,
+    Expired,
+    /// Active for at least the review window, and no active subscription of the grantee names
+    /// the event: a least-privilege candidate.
+    Unused,
+}
+
+impl Attention {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Attention::Expiring => "expiring",
+            Attention::Expired => "expired",
+            Attention::Unused => "unused",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ReviewedGrant {
+    pub grant: Grant,
+    /// Whole days since the grant was made.
+    pub age_days: i64,
+    /// The grantee's active streams whose subscriptions name the event.
+    pub streams: Vec<String>,
+    pub attention: Option<Attention>,
+}
+
+/// Who can read a `pii` or `restricted` event, directly (owner, grantees) or through streams.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct PiiReach {
+    pub event: String,
+    pub classification: Classification,
+    pub owner: String,
+    pub readers: Vec<String>,
+    /// Streams the route table delivers the event to.
+    pub streams: Vec<String>,
+}
+
+/// An access review: every grant the caller may see with its use, and PII reach.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct AccessReview {
+    pub generated_at: DateTime<Utc>,
+    /// The review window in days (expiring within, unused for).
+    pub days: u32,
+    /// The audit chain's head hash when the review was made, tying it to the tamper-evident log.
+    pub audit_head: String,
+    pub grants: Vec<ReviewedGrant>,
+    pub pii_reach: Vec<PiiReach>,
+}
+
+/// Sets how long an event may stay silent before it counts as a gap.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SetMaxSilence {
+    /// Seconds (1 to 31536000); `null` to learn the interval from the event's recent rate again.
+    pub max_silence_seconds: Option<u64>,
+}
+
+/// How an event's stream of records is doing, as the control plane observes it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct EventHealth {
+    pub event: String,
+    pub owner: String,
+    /// Events observed since this control plane started.
+    pub events_seen: u64,
+    pub last_seen_at: Option<DateTime<Utc>>,
+    /// Recent rate (an exponentially weighted mean of the intervals), once learned.
+    pub events_per_second: Option<f64>,
+    /// Silence longer than this is a gap: the set maximum, or learned from the rate.
+    pub max_silence_seconds: Option<u64>,
+    /// `set` (by `fanner event update --max-silence`), `learned`, or `learning` (too few
+    /// events seen yet to judge).
+    pub expectation: String,
+    /// Seconds since the last event (or since the control plane started, if none was seen).
+    pub silent_seconds: i64,
+    pub gap: bool,
+}
+
+/// A consumer stream's delivery, as the fan-out engine reports it (summed over GES shards).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct StreamHealth {
+    pub stream: String,
+    pub owner: String,
+    /// `attached` (fed by the main cursor), `behind` (catching up on its own cursor), `broken`
+    /// (missing or refusing writes), or `unreported` (no engine has reported on it).
+    pub mode: String,
+    pub reason: Option<String>,
+    /// Age of the oldest record the stream still has to receive, at worst over the shards.
+    pub lag_ms: Option<i64>,
+    /// GES records between the stream's position and the main cursor, over all shards.
+    pub lag_records: Option<u64>,
+    /// Deliveries waiting in memory or being written.
+    pub owed: u64,
+    pub reported_at: Option<DateTime<Utc>>,
 }
 
 /// Where one event goes: a stream whose owner may read it, through one subscription.

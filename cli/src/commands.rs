@@ -470,18 +470,48 @@ fn parse_since(raw: &str) -> anyhow::Result<DateTime<Utc>> {
     if let Ok(at) = DateTime::parse_from_rfc3339(raw) {
         return Ok(at.with_timezone(&Utc));
     }
+    Ok(Utc::now() - parse_duration("--since", raw, "neither an RFC 3339 time nor ")?)
+}
+
+/// A duration like `24h`, `7d`, `30m`, `90s` given to `flag`; `what_else` completes the error
+/// message's list of what the flag takes.
+fn parse_duration(flag: &str, raw: &str, what_else: &str) -> anyhow::Result<chrono::Duration> {
     let (number, unit) = raw.split_at(raw.len().saturating_sub(1));
-    let n: i64 = number.parse().ok().filter(|n| *n >= 0).with_context(|| {
-        format!("--since {raw:?} is neither an RFC 3339 time nor a duration like 24h, 7d, 30m")
-    })?;
-    let back = match unit {
+    let n: i64 =
+        number.parse().ok().filter(|n| *n >= 0).with_context(|| {
+            format!("{flag} {raw:?} is {what_else}a duration like 24h, 7d, 30m")
+        })?;
+    Ok(match unit {
         "s" => chrono::Duration::seconds(n),
         "m" => chrono::Duration::minutes(n),
         "h" => chrono::Duration::hours(n),
         "d" => chrono::Duration::days(n),
-        _ => bail!("--since {raw:?} has an unknown unit: use s, m, h or d"),
+        _ => bail!("{flag} {raw:?} has an unknown unit: use s, m, h or d"),
+    })
+}
+
+/// Sets how long `name` may stay silent before it is a gap; `off` learns it from the rate again.
+pub async fn event_update(
+    conn: &Connection,
+    name: &str,
+    max_silence: &str,
+) -> anyhow::Result<ExitCode> {
+    let seconds = if max_silence == "off" {
+        None
+    } else {
+        let duration = parse_duration("--max-silence", max_silence, "not `off` nor ")?;
+        Some(u64::try_from(duration.num_seconds()).unwrap_or(0))
     };
-    Ok(Utc::now() - back)
+    let set = client(conn)?.set_max_silence(name, seconds).await?;
+    if conn.json {
+        output::json(&set)?;
+    } else {
+        match set.max_silence_seconds {
+            Some(s) => println!("Event {name} is a gap after {s} s of silence."),
+            None => println!("Event {name}'s silence limit is learned from its rate."),
+        }
+    }
+    done()
 }
 
 /// Every audit entry after `since`, fetched page by page.

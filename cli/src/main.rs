@@ -2,10 +2,12 @@
 //!
 //! Exit codes: 0 success, 1 an error (one line on stderr naming what was wrong), 2 usage.
 
+mod alerts;
 mod catalog;
 mod commands;
 mod data;
 mod output;
+mod review;
 mod serve;
 
 use std::path::PathBuf;
@@ -74,6 +76,11 @@ enum Command {
     /// The tamper-evident audit trail.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Access review: grants that expire soon, have expired, or go unused.
+    Review(ReviewArgs),
+    /// Alerting rules over Fanner's metrics.
+    #[command(subcommand)]
+    Alerts(AlertsCommand),
     /// Who the token belongs to.
     Whoami,
     /// Publish events onto the global event stream: one PAYLOAD (a JSON value, e.g.
@@ -165,6 +172,13 @@ enum EventCommand {
         /// Register on behalf of another principal (admins only).
         #[arg(long)]
         owner: Option<String>,
+    },
+    /// Set how long the event may stay silent before the console and /metrics call it a gap.
+    Update {
+        name: String,
+        /// A duration such as `10m`, `2h`, `1d`, or `off` to learn it from the event's rate.
+        #[arg(long)]
+        max_silence: String,
     },
     List,
     Show {
@@ -283,6 +297,55 @@ enum AuditCommand {
     },
 }
 
+#[derive(Args)]
+#[command(args_conflicts_with_subcommands = true)]
+struct ReviewArgs {
+    #[command(subcommand)]
+    command: Option<ReviewCommand>,
+    /// The window: grants expiring within, or unused for, this many days.
+    #[arg(long, default_value_t = 30)]
+    days: u32,
+}
+
+#[derive(Subcommand)]
+enum ReviewCommand {
+    /// A dated access-review document: every grant with its use, PII reach, and the audit
+    /// chain's head hash.
+    Report {
+        #[arg(long, value_enum, default_value = "html")]
+        format: ReportFormat,
+        /// Write to FILE instead of stdout.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        #[arg(long, default_value_t = 30)]
+        days: u32,
+    },
+}
+
+#[derive(Subcommand)]
+enum AlertsCommand {
+    /// Write the alerting rules (gaps, lag, broken streams, dead letters, stale lake, expiring grants).
+    Export {
+        #[arg(long, value_enum)]
+        format: AlertFormat,
+        /// Write to FILE instead of stdout.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum AlertFormat {
+    Prometheus,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum ReportFormat {
+    Html,
+    Csv,
+    Json,
+}
+
 #[derive(Clone, Copy, ValueEnum)]
 enum ExportFormat {
     Csv,
@@ -340,6 +403,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 commands::event_create(&conn, name, classification.into(), description, owner).await
             }
             EventCommand::List => commands::event_list(&conn).await,
+            EventCommand::Update { name, max_silence } => {
+                commands::event_update(&conn, &name, &max_silence).await
+            }
             EventCommand::Show { name } => commands::event_show(&conn, &name).await,
             EventCommand::Delete { name } => commands::event_delete(&conn, &name).await,
         },
@@ -393,6 +459,15 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         },
         Command::Access { event } => commands::access(&conn, &event).await,
+        Command::Alerts(AlertsCommand::Export { format, out }) => {
+            alerts::export(format, out.as_deref())
+        }
+        Command::Review(ReviewArgs { command, days }) => match command {
+            None => review::list(&conn, days).await,
+            Some(ReviewCommand::Report { format, out, days }) => {
+                review::report(&conn, days, format, out.as_deref()).await
+            }
+        },
         Command::Audit(command) => match command {
             AuditCommand::Log { since } => commands::audit_log(&conn, since.as_deref()).await,
             AuditCommand::Verify => commands::audit_verify(&conn).await,

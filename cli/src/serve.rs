@@ -271,16 +271,22 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let mut components = JoinSet::new();
     if config.components.engine {
         let link = Arc::new(cli::link::InProcess::new(control_plane.clone()));
-        let engine = fanner::run(
+        let engine = fanner::Engine::new(
             config.engine.clone(),
             control_plane.backend().clone(),
             Arc::new(control_plane.store().clone()),
             link.clone(),
             link,
-            stop.clone().cancelled_owned(),
         );
+        components.spawn(report_engine_status(
+            engine.status(),
+            control_plane.clone(),
+            stop.clone(),
+        ));
+        let stopped = stop.clone().cancelled_owned();
         components.spawn(async move {
             engine
+                .run(stopped)
                 .await
                 .map_err(|e| anyhow::anyhow!("fan-out engine: {e}"))
         });
@@ -444,4 +450,40 @@ async fn shutdown_signal() {
         () = terminate => {}
     }
     tracing::info!("Shutting down.");
+}
+
+/// How often the engine's status board is handed to the control plane's health view.
+const STATUS_REPORT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Hands the engine's view of every consumer stream to the control plane until `stop`.
+async fn report_engine_status(
+    board: fanner::StatusBoard,
+    control_plane: ControlPlane,
+    stop: CancellationToken,
+) -> anyhow::Result<()> {
+    let mut interval = tokio::time::interval(STATUS_REPORT_INTERVAL);
+    loop {
+        tokio::select! {
+            _ = interval.tick() => {}
+            () = stop.cancelled() => return Ok(()),
+        }
+        let targets = board
+            .shards()
+            .into_iter()
+            .flat_map(|shard| shard.targets)
+            .map(|t| control_plane::service::TargetReport {
+                backing_name: t.backing_name,
+                mode: match t.mode {
+                    fanner::TargetMode::Attached => "attached",
+                    fanner::TargetMode::Behind => "behind",
+                    fanner::TargetMode::Broken => "broken",
+                },
+                reason: t.reason,
+                lag_ms: t.lag_ms,
+                lag_records: t.lag_records,
+                owed: u64::try_from(t.owed).unwrap_or(u64::MAX),
+            })
+            .collect();
+        control_plane.report_engine_status(targets);
+    }
 }

@@ -9,6 +9,7 @@ pub mod access;
 pub mod auth;
 pub mod error;
 pub mod http;
+pub mod report;
 pub mod service;
 pub mod store;
 

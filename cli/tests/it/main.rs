@@ -2,6 +2,8 @@
 //! against it, checking output and exit codes as a user's script would.
 
 mod lifecycle;
+mod openapi;
+mod review;
 mod serve;
 
 use std::io::{BufRead, BufReader};
@@ -85,6 +87,23 @@ impl Server {
             String::from_utf8_lossy(&output.stderr)
         );
         String::from_utf8(output.stdout).expect("utf-8 stdout")
+    }
+
+    /// Runs a command that must fail with exit code 1 and name `needle` on stderr.
+    #[track_caller]
+    pub fn fails(&self, token: &str, args: &[&str], needle: &str) {
+        let output = self.run(token, args);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(
+            output.status.code(),
+            Some(1),
+            "fanner {}: {stderr}",
+            args.join(" ")
+        );
+        assert!(
+            stderr.contains(needle),
+            "{stderr:?} should mention {needle:?}"
+        );
     }
 
     pub fn stop(mut self) {

@@ -12,6 +12,7 @@ use super::extract::{Body, Params};
 use crate::auth::Ctx;
 use crate::error::ApiError;
 use crate::service::ControlPlane;
+use crate::store::audit;
 
 type Result<T> = std::result::Result<T, ApiError>;
 
@@ -309,6 +310,95 @@ pub async fn access_view(
     Ok(Json(cp.access_view(&ctx, &event).await?))
 }
 
+/// The audit entries of every grant ever made on an event, oldest first.
+#[utoipa::path(get, path = "/v1/access/{event}/history", tag = "access", params(("event" = String, Path)),
+    responses((status = 200, body = AuditPage), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn grant_history(
+    State(cp): State<ControlPlane>,
+    ctx: Ctx,
+    Path(event): Path<String>,
+) -> Result<Json<AuditPage>> {
+    let entries = cp.grant_history(&ctx, &event).await?;
+    Ok(Json(AuditPage { entries }))
+}
+
+/// Who can read what: principals × events (members see their own row).
+#[utoipa::path(get, path = "/v1/access", tag = "access",
+    responses((status = 200, body = AccessMatrix), (status = 401, body = ErrorBody)))]
+pub async fn access_matrix(State(cp): State<ControlPlane>, ctx: Ctx) -> Result<Json<AccessMatrix>> {
+    Ok(Json(cp.access_matrix(&ctx).await?))
+}
+
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct ReviewQuery {
+    /// The review window: grants expiring within, or unused for, this many days (default 30).
+    #[param(minimum = 1, maximum = 3650)]
+    days: Option<u32>,
+}
+
+/// Grants with their use and what needs attention, and the reach of `pii`/`restricted` events.
+#[utoipa::path(get, path = "/v1/review", tag = "access", params(ReviewQuery),
+    responses((status = 200, body = AccessReview), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
+pub async fn access_review(
+    State(cp): State<ControlPlane>,
+    ctx: Ctx,
+    Params(query): Params<ReviewQuery>,
+) -> Result<Json<AccessReview>> {
+    Ok(Json(
+        cp.access_review(&ctx, query.days.unwrap_or(DEFAULT_REVIEW_DAYS))
+            .await?,
+    ))
+}
+
+/// The review window when none is asked for.
+pub const DEFAULT_REVIEW_DAYS: u32 = 30;
+
+/// Per event: when it was last seen, its rate, how long it may stay silent, and whether it is
+/// in a gap. Members see the events they own or hold an active grant on.
+#[utoipa::path(get, path = "/v1/health", tag = "health",
+    responses((status = 200, body = Vec<EventHealth>), (status = 401, body = ErrorBody)))]
+pub async fn event_health(
+    State(cp): State<ControlPlane>,
+    ctx: Ctx,
+) -> Result<Json<Vec<EventHealth>>> {
+    Ok(Json(cp.event_health(&ctx).await?))
+}
+
+/// Events silent for longer than their set maximum or learned interval.
+#[utoipa::path(get, path = "/v1/health/gaps", tag = "health",
+    responses((status = 200, body = Vec<EventHealth>), (status = 401, body = ErrorBody)))]
+pub async fn health_gaps(
+    State(cp): State<ControlPlane>,
+    ctx: Ctx,
+) -> Result<Json<Vec<EventHealth>>> {
+    Ok(Json(cp.health_gaps(&ctx).await?))
+}
+
+/// Delivery health of each consumer stream the caller may see: mode, lag, owed records.
+#[utoipa::path(get, path = "/v1/health/streams", tag = "health",
+    responses((status = 200, body = Vec<StreamHealth>), (status = 401, body = ErrorBody)))]
+pub async fn stream_health(
+    State(cp): State<ControlPlane>,
+    ctx: Ctx,
+) -> Result<Json<Vec<StreamHealth>>> {
+    Ok(Json(cp.stream_health(&ctx).await?))
+}
+
+/// Sets (or with `null` clears) how long an event may stay silent before it is a gap.
+#[utoipa::path(put, path = "/v1/events/{name}/max-silence", tag = "health", params(("name" = String, Path)),
+    request_body = SetMaxSilence,
+    responses((status = 200, body = SetMaxSilence), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn set_max_silence(
+    State(cp): State<ControlPlane>,
+    ctx: Ctx,
+    Path(name): Path<String>,
+    Body(req): Body<SetMaxSilence>,
+) -> Result<Json<SetMaxSilence>> {
+    Ok(Json(cp.set_max_silence(&ctx, &name, req).await?))
+}
+
 #[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
 pub struct AuditQuery {
@@ -316,7 +406,18 @@ pub struct AuditQuery {
     since: Option<DateTime<Utc>>,
     /// Only entries after this sequence number (for paging).
     after_seq: Option<i64>,
-    /// At most this many entries (default 1000, at most 10000).
+    /// Only entries at or before this instant (RFC 3339).
+    until: Option<DateTime<Utc>>,
+    /// Only entries by this principal.
+    actor: Option<String>,
+    /// Only entries of this action, e.g. `grant.create`.
+    action: Option<String>,
+    /// Only entries on objects of this kind, e.g. `grant`.
+    object_kind: Option<String>,
+    /// Only entries on this object (a name or an id).
+    object_id: Option<String>,
+    /// At most this many entries (default 1000).
+    #[param(minimum = 1, maximum = 10000)]
     limit: Option<i64>,
 }
 
@@ -327,9 +428,17 @@ pub async fn audit_log(
     ctx: Ctx,
     Params(query): Params<AuditQuery>,
 ) -> Result<Json<AuditPage>> {
-    let entries = cp
-        .audit_log(&ctx, query.since, query.after_seq, query.limit)
-        .await?;
+    let filter = audit::Filter {
+        after_seq: query.after_seq,
+        since: query.since,
+        until: query.until,
+        actor: query.actor,
+        action: query.action,
+        object_kind: query.object_kind,
+        object_ids: query.object_id.into_iter().collect(),
+        newest: false,
+    };
+    let entries = cp.audit_log(&ctx, &filter, query.limit).await?;
     Ok(Json(AuditPage { entries }))
 }
 
@@ -348,7 +457,8 @@ pub async fn audit_verify(
 pub struct RoutesQuery {
     /// Answer once the revision is past this one (long poll).
     after: Option<i64>,
-    /// How long to wait for a newer revision, in milliseconds (at most 60000).
+    /// How long to wait for a newer revision, in milliseconds.
+    #[param(minimum = 0, maximum = 60000)]
     wait_ms: Option<u64>,
 }
 
@@ -360,7 +470,14 @@ pub async fn routes(
     ctx: Ctx,
     Params(query): Params<RoutesQuery>,
 ) -> Result<Json<RouteTable>> {
-    let wait = Duration::from_millis(query.wait_ms.unwrap_or(0)).min(MAX_WAIT);
+    let wait = Duration::from_millis(query.wait_ms.unwrap_or(0));
+    if wait > MAX_WAIT {
+        return Err(ApiError::BadRequest(format!(
+            "wait_ms must be at most {}, not {}",
+            MAX_WAIT.as_millis(),
+            wait.as_millis()
+        )));
+    }
     let table = cp.routes(&ctx, query.after, wait).await?;
     Ok(Json(RouteTable::clone(&table)))
 }

@@ -4,6 +4,7 @@
 mod error;
 mod extract;
 mod handlers;
+mod ui;
 
 use std::future::Future;
 use std::sync::{Arc, OnceLock};
@@ -52,6 +53,83 @@ impl utoipa::Modify for BearerAuth {
     }
 }
 
+/// Declares the error statuses the extractors and the shared rules give every operation, so the
+/// document lists each status an operation can answer with, without repeating them per handler:
+/// 401 everywhere (every operation needs a token), 400 where a body or query is parsed, 413 where
+/// a body is read, 404 where a path or body names an object, 403 and 409 on changes, 503 where the stream
+/// backend is called.
+fn declare_error_statuses(openapi: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::path::ParameterIn;
+    use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+    let error = |description: &str| {
+        ResponseBuilder::new()
+            .description(description)
+            .content(
+                "application/json",
+                ContentBuilder::new()
+                    .schema(Some(Ref::from_schema_name("ErrorBody")))
+                    .build(),
+            )
+            .build()
+    };
+    for (path, item) in openapi.paths.paths.iter_mut() {
+        let operations = [
+            (&mut item.get, false),
+            (&mut item.post, true),
+            (&mut item.put, true),
+            (&mut item.delete, true),
+        ];
+        for (operation, changes) in operations {
+            let Some(operation) = operation else {
+                continue;
+            };
+            let parameters = operation.parameters.as_deref().unwrap_or_default();
+            let has = |place: ParameterIn| parameters.iter().any(|p| p.parameter_in == place);
+            let has_body = operation.request_body.is_some();
+            let backend = path.starts_with("/v1/streams") || path == "/v1/publish";
+            let read_only_post = path == "/v1/publish" || path.ends_with("/check");
+            let statuses = [
+                ("401", true, "Missing or invalid bearer token."),
+                (
+                    "400",
+                    has_body || has(ParameterIn::Query),
+                    "The body or query is invalid; the message names what.",
+                ),
+                (
+                    "413",
+                    has_body,
+                    "The body is larger than this endpoint accepts.",
+                ),
+                (
+                    "404",
+                    has(ParameterIn::Path) || has_body,
+                    "An object the path or body names does not exist.",
+                ),
+                (
+                    "403",
+                    changes || has(ParameterIn::Path),
+                    "The caller's role or ownership does not allow this.",
+                ),
+                (
+                    "409",
+                    changes && !read_only_post,
+                    "The object changed since it was read, already exists, or is still in use.",
+                ),
+                ("503", backend, "The stream backend is unavailable; retry."),
+            ];
+            for (status, applies, description) in statuses {
+                if applies {
+                    operation
+                        .responses
+                        .responses
+                        .entry(status.to_owned())
+                        .or_insert_with(|| error(description).into());
+                }
+            }
+        }
+    }
+}
+
 /// The API routes plus the OpenAPI document describing them.
 fn api_router() -> (Router<ControlPlane>, utoipa::openapi::OpenApi) {
     let (router, openapi) = OpenApiRouter::with_openapi(ApiDoc::openapi())
@@ -88,6 +166,13 @@ fn api_router() -> (Router<ControlPlane>, utoipa::openapi::OpenApi) {
         ))
         .routes(routes!(handlers::set_subscription_status))
         .routes(routes!(handlers::access_view))
+        .routes(routes!(handlers::access_matrix))
+        .routes(routes!(handlers::grant_history))
+        .routes(routes!(handlers::access_review))
+        .routes(routes!(handlers::event_health))
+        .routes(routes!(handlers::health_gaps))
+        .routes(routes!(handlers::stream_health))
+        .routes(routes!(handlers::set_max_silence))
         .routes(routes!(handlers::audit_log))
         .routes(routes!(handlers::audit_verify))
         .routes(routes!(handlers::routes))
@@ -98,6 +183,8 @@ fn api_router() -> (Router<ControlPlane>, utoipa::openapi::OpenApi) {
                 .layer(DefaultBodyLimit::max(handlers::MAX_PUBLISH_BYTES)),
         )
         .split_for_parts();
+    let mut openapi = openapi;
+    declare_error_statuses(&mut openapi);
     (router, openapi)
 }
 
@@ -123,6 +210,7 @@ pub fn app(control_plane: ControlPlane) -> Router {
     .route("/healthz", get(|| async { "ok\n" }))
     .route("/readyz", get(readyz))
     .route("/metrics", get(render_metrics))
+    .merge(ui::router())
     .fallback(|| async { ApiError::NotFound("no such route".to_owned()) })
     .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
     .layer(middleware::from_fn(observe))
@@ -185,7 +273,13 @@ pub fn metrics_handle() -> &'static PrometheusHandle {
     })
 }
 
-async fn render_metrics() -> impl IntoResponse {
+async fn render_metrics(State(cp): State<ControlPlane>) -> impl IntoResponse {
+    if let Err(error) = cp.update_grant_gauges().await {
+        tracing::warn!(%error, "Cannot count expiring grants for /metrics.");
+    }
+    if let Err(error) = cp.update_health_gauges().await {
+        tracing::warn!(%error, "Cannot count gaps for /metrics.");
+    }
     (
         [(
             axum::http::header::CONTENT_TYPE,

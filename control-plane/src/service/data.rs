@@ -105,13 +105,18 @@ impl ControlPlane {
         )
         .await?;
         let failed: Vec<usize> = outcome.failed().map(|(index, _)| index).collect();
+        let mut published: BTreeMap<&str, u64> = BTreeMap::new();
         for (index, (event, _)) in records.iter().enumerate() {
             let result = if failed.contains(&index) {
                 "failed"
             } else {
+                *published.entry(event.as_str()).or_default() += 1;
                 "accepted"
             };
             metrics::counter!("fanner_publish_events_total", "event" => event.clone(), "result" => result).increment(1);
+        }
+        for (event, count) in published {
+            self.inner.activity.observe(event, count, now);
         }
         if let Some((index, failure)) = outcome.failed().next() {
             return Err(ApiError::Unavailable(format!(

@@ -5,12 +5,19 @@
 mod data;
 mod events;
 mod grants;
+mod health;
 mod principals;
+mod review;
+mod sessions;
 mod streams;
 mod subscriptions;
 mod views;
 
+pub use health::TargetReport;
+pub use review::MAX_REVIEW_DAYS;
+pub use sessions::{SESSION_LIFETIME, Session};
 use std::future::Future;
+
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -92,6 +99,11 @@ struct Inner {
     poller: tokio::task::JoinHandle<()>,
     /// Set when the process shuts down: long-lived reads (tails) end instead of holding it up.
     closing: watch::Sender<bool>,
+    activity: health::Activity,
+    engine_report: health::EngineReport,
+    /// When this control plane began observing activity: silence is counted from here for
+    /// events not seen since.
+    started_at: DateTime<Utc>,
 }
 
 impl Drop for Inner {
@@ -112,6 +124,7 @@ impl ControlPlane {
             audit::routes_revision(&mut conn).await?
         };
         let (routes_revision, _) = watch::channel(revision);
+        let started_at = clock.now();
         let poller = tokio::spawn(poll_route_revision(store.clone(), routes_revision.clone()));
         Ok(ControlPlane {
             inner: Arc::new(Inner {
@@ -123,6 +136,9 @@ impl ControlPlane {
                 route_cache: Mutex::new(None),
                 poller,
                 closing: watch::channel(false).0,
+                activity: health::Activity::default(),
+                engine_report: health::EngineReport::default(),
+                started_at,
             }),
         })
     }

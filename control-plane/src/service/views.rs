@@ -51,19 +51,17 @@ impl ControlPlane {
     pub async fn audit_log(
         &self,
         ctx: &Ctx,
-        since: Option<DateTime<Utc>>,
-        after_seq: Option<i64>,
+        filter: &audit::Filter,
         limit: Option<i64>,
     ) -> Result<Vec<AuditEntry>, ApiError> {
         require_auditor(ctx)?;
-        let limit = limit.unwrap_or(1000).clamp(1, MAX_AUDIT_PAGE);
-        Ok(audit::list(
-            &mut *self.conn().await?,
-            after_seq.unwrap_or(0),
-            since,
-            limit,
-        )
-        .await?)
+        let limit = limit.unwrap_or(1000);
+        if !(1..=MAX_AUDIT_PAGE).contains(&limit) {
+            return Err(ApiError::BadRequest(format!(
+                "limit must be between 1 and {MAX_AUDIT_PAGE}, not {limit}"
+            )));
+        }
+        Ok(audit::list(&mut *self.conn().await?, filter, limit).await?)
     }
 
     pub async fn audit_verify(&self, ctx: &Ctx) -> Result<AuditVerification, ApiError> {

@@ -215,38 +215,95 @@ impl From<StoredEntry> for AuditEntry {
     }
 }
 
-/// Entries after `after_seq`, at or after `since`, oldest first, at most `limit`.
+/// Which entries to list; unset fields do not filter.
+#[derive(Clone, Debug, Default)]
+pub struct Filter {
+    pub after_seq: Option<i64>,
+    pub since: Option<DateTime<Utc>>,
+    pub until: Option<DateTime<Utc>>,
+    pub actor: Option<String>,
+    pub action: Option<String>,
+    pub object_kind: Option<String>,
+    /// Entries on any of these objects.
+    pub object_ids: Vec<String>,
+    /// The newest matching entries (still returned oldest first) instead of the oldest.
+    pub newest: bool,
+}
+
+/// `column = $N` for `value`, the next text parameter (after the three fixed ones).
+fn text_condition<'a>(column: &str, value: &'a str, texts: &mut Vec<&'a str>) -> String {
+    texts.push(value);
+    format!("{column} = ${}", texts.len() + 3)
+}
+
+/// Entries matching `filter`, oldest first, at most `limit`.
 pub async fn list(
     conn: &mut AnyConnection,
-    after_seq: i64,
-    since: Option<DateTime<Utc>>,
+    filter: &Filter,
     limit: i64,
 ) -> Result<Vec<AuditEntry>, StoreError> {
-    let rows = sqlx::query(&format!(
-        "SELECT {COLUMNS} FROM audit_log WHERE seq > $1 AND time >= $2 ORDER BY seq LIMIT $3"
-    ))
-    .bind(after_seq)
-    .bind(since.map(to_millis).unwrap_or(i64::MIN))
-    .bind(limit)
-    .fetch_all(conn)
-    .await?;
-    rows.iter()
+    let mut conditions = vec!["seq > $1".to_owned()];
+    let mut texts: Vec<&str> = Vec::new();
+    for (column, value) in [
+        ("actor", &filter.actor),
+        ("action", &filter.action),
+        ("object_kind", &filter.object_kind),
+    ] {
+        if let Some(value) = value {
+            let condition = text_condition(column, value, &mut texts);
+            conditions.push(condition);
+        }
+    }
+    if !filter.object_ids.is_empty() {
+        let ids: Vec<String> = filter
+            .object_ids
+            .iter()
+            .map(|id| text_condition("object_id", id, &mut texts))
+            .collect();
+        conditions.push(format!("({})", ids.join(" OR ")));
+    }
+    let order = if filter.newest { "DESC" } else { "ASC" };
+    let statement = format!(
+        "SELECT {COLUMNS} FROM audit_log WHERE {} AND time >= $2 AND time <= $3 ORDER BY seq {order} LIMIT ${}",
+        conditions.join(" AND "),
+        texts.len() + 4
+    );
+    let mut query = sqlx::query(&statement)
+        .bind(filter.after_seq.unwrap_or(0))
+        .bind(filter.since.map(to_millis).unwrap_or(i64::MIN))
+        .bind(filter.until.map(to_millis).unwrap_or(i64::MAX));
+    for text in texts {
+        query = query.bind(text);
+    }
+    let rows = query.bind(limit).fetch_all(conn).await?;
+    let mut entries = rows
+        .iter()
         .map(|row| stored(row).map(AuditEntry::from))
-        .collect()
+        .collect::<Result<Vec<_>, _>>()?;
+    if filter.newest {
+        entries.reverse();
+    }
+    Ok(entries)
+}
+
+/// The newest entry's hash: what a document citing the trail pins.
+pub async fn head_hash(conn: &mut AnyConnection) -> Result<String, StoreError> {
+    Ok(sqlx::query("SELECT hash FROM audit_head WHERE id = 1")
+        .fetch_one(conn)
+        .await?
+        .try_get("hash")?)
 }
 
 /// Recomputes the whole chain, page by page, and reports the first entry that does not match.
 pub async fn verify(conn: &mut AnyConnection) -> Result<AuditVerification, StoreError> {
     const PAGE: i64 = 1000;
-    let head = sqlx::query("SELECT hash FROM audit_head WHERE id = 1")
-        .fetch_one(&mut *conn)
-        .await?;
-    let head_hash: String = head.try_get("hash")?;
+    let head_hash = head_hash(&mut *conn).await?;
     let mut prev_hash = GENESIS_HASH.to_owned();
     let mut expected_seq = 1;
     let mut checked = 0;
     let fail = |seq: i64, checked: i64, message: String| AuditVerification {
         ok: false,
+        head: head_hash.clone(),
         entries_checked: checked,
         first_mismatch: Some(seq),
         message,
@@ -323,6 +380,7 @@ pub async fn verify(conn: &mut AnyConnection) -> Result<AuditVerification, Store
     }
     Ok(AuditVerification {
         ok: true,
+        head: head_hash.clone(),
         entries_checked: checked,
         first_mismatch: None,
         message: format!("{checked} entries verified; head {head_hash}"),

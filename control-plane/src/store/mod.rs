@@ -6,9 +6,11 @@
 
 pub mod audit;
 pub mod catalog;
+pub mod expectations;
 pub mod grants;
 pub mod leases;
 pub mod principals;
+pub mod sessions;
 pub mod streams;
 pub mod subscriptions;
 

@@ -4,7 +4,7 @@ use sqlx::{AnyConnection, Row};
 
 use super::{StoreError, from_millis, to_millis};
 
-fn principal(row: &AnyRow) -> Result<Principal, StoreError> {
+pub(super) fn principal(row: &AnyRow) -> Result<Principal, StoreError> {
     let role: String = row.try_get("role")?;
     Ok(Principal {
         name: row.try_get("name")?,

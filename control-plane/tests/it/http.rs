@@ -18,6 +18,7 @@ async fn bad_input_gets_a_clear_4xx(db: Db) {
         .await
         .expect("token")
         .token;
+    let admin = server.token("admin", Role::Admin).await;
     let http = server.raw();
     let post = |path: &str| http.post(server.url(path)).bearer_auth(&token);
 
@@ -78,6 +79,24 @@ async fn bad_input_gets_a_clear_4xx(db: Db) {
                 .bearer_auth(&token),
             400,
             "limit",
+        ),
+        (
+            http.get(server.url("/v1/routes?wait_ms=60001"))
+                .bearer_auth(&token),
+            400,
+            "wait_ms must be at most 60000",
+        ),
+        (
+            http.get(server.url("/v1/audit?limit=0"))
+                .bearer_auth(&admin),
+            400,
+            "limit must be between 1 and 10000",
+        ),
+        (
+            http.get(server.url("/v1/audit?limit=10001"))
+                .bearer_auth(&admin),
+            400,
+            "limit must be between 1 and 10000",
         ),
         (
             http.get(server.url("/v1/nowhere")).bearer_auth(&token),

@@ -3,6 +3,7 @@ mod support;
 mod access;
 mod audit;
 mod catalog;
+mod console;
 mod http;
 mod leases;
 mod replicas;

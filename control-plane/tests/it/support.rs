@@ -133,15 +133,19 @@ impl TestServer {
 
     /// A client for a new principal with `role`.
     pub async fn principal(&self, name: &str, role: Role) -> Client {
-        let created = self
-            .admin
+        self.client(Some(&self.token(name, role).await))
+    }
+
+    /// A new token for principal `name` (created with `role` if new).
+    pub async fn token(&self, name: &str, role: Role) -> String {
+        self.admin
             .create_token(&CreateToken {
                 principal: name.to_owned(),
                 role: Some(role),
             })
             .await
-            .expect("token created");
-        self.client(Some(&created.token))
+            .expect("token created")
+            .token
     }
 
     /// A plain HTTP client and the admin's token, for requests the typed client cannot make.
