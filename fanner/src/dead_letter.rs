@@ -14,6 +14,9 @@
 use bytes::{BufMut, Bytes, BytesMut};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use streams::StreamSpec;
+
+use crate::config::EngineConfig;
 
 pub const FORMAT: &str = "fanner.dead_letter.v1";
 
@@ -95,6 +98,16 @@ pub fn decode(record: &Bytes) -> Result<(DeadLetter, Bytes), String> {
         return Err(format!("unknown dead-letter format {:?}", header.format));
     }
     Ok((header, record.slice(end + 1..)))
+}
+
+/// The dead-letter stream as the engine creates it: one shard, the configured retention.
+pub(crate) fn stream_spec(config: &EngineConfig) -> StreamSpec {
+    StreamSpec {
+        name: config.dead_letters(),
+        shard_count: 1,
+        retention_hours: config.dead_letter_retention_hours,
+        tags: [("fanner".to_owned(), "dead-letters".to_owned())].into(),
+    }
 }
 
 #[cfg(test)]

@@ -14,7 +14,7 @@ use crate::checkpoint::Checkpoint;
 use crate::config::{EngineConfig, LEASE_GROUP};
 use crate::link::{ControlPlaneLink, RouteSource};
 use crate::routes::LiveRoutes;
-use crate::shard::{self, Shared, Worker};
+use crate::shard::{Shared, Worker};
 use crate::status::{self, StatusBoard};
 
 #[derive(Debug, thiserror::Error)]
@@ -82,7 +82,7 @@ impl Engine {
         background.spawn(status::report(self.link.clone(), receiver));
         if let Err(error) = self
             .backend
-            .create_stream(&shard::dead_letter_spec(&self.config))
+            .create_stream(&crate::dead_letter::stream_spec(&self.config))
             .await
         {
             tracing::warn!(%error, stream = %self.config.dead_letters(), "Cannot create the dead-letter stream yet; dead letters wait for it.");
