@@ -56,7 +56,7 @@ const GROUP_COMMIT_BYTES: usize = 16 * 1024 * 1024;
 const CHUNK_BYTES: usize = 512 * 1024;
 
 /// The page cache of the embedded log unless configured otherwise.
-pub const DEFAULT_CACHE_BYTES: usize = 32 * 1024 * 1024;
+pub const DEFAULT_CACHE_BYTES: usize = 16 * 1024 * 1024;
 
 /// Settings of an [`EmbeddedBackend`].
 #[derive(Clone, Debug)]
