@@ -346,18 +346,21 @@ impl Resource for SubscriptionResource {
             {
                 continue;
             }
-            // Access lasts as long as the longest-running active grant.
-            let mut ends: Option<Option<chrono::DateTime<chrono::Utc>>> = None;
-            for grant in grants.values().filter(|g| {
-                g.event == *event && g.grantee == owner && g.status == GrantStatus::Active
-            }) {
-                ends = Some(match (ends, grant.expires_at) {
-                    (Some(None), _) | (_, None) => None,
-                    (Some(Some(a)), Some(b)) => Some(a.max(b)),
-                    (None, Some(b)) => Some(b),
-                });
-            }
-            if let Some(Some(at)) = ends
+            let active: Vec<_> = grants
+                .values()
+                .filter(|g| {
+                    g.event == *event && g.grantee == owner && g.status == GrantStatus::Active
+                })
+                .map(|g| g.expires_at)
+                .collect();
+            // Access lasts as long as the longest-running active grant; one without an expiry
+            // never ends, and without any the access check has already spoken.
+            let ends = if active.contains(&None) {
+                None
+            } else {
+                active.into_iter().flatten().max()
+            };
+            if let Some(at) = ends
                 && ends_soon(ctx, at, now)
             {
                 diags.warning_at(
