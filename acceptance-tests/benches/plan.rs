@@ -1,10 +1,14 @@
 //! `terraform plan` over 1,000 `fanner_subscription`s against `fanner serve`, next to the same
 //! plan over 1,000 `null_resource`s of the Go null provider (v2.1.2) whose `triggers` carry the
 //! same expressions, on the newest Terraform in FANNER_TERRAFORM_BINS. Prints medians and the
-//! ratio; asserts nothing. `FANNER_PLAN_RESOURCES` changes the count.
+//! ratio; then, for one plan of each kind, the CPU seconds of Terraform with its providers and
+//! of the Fanner provider alone (both from `/usr/bin/time`) and the API calls the plan made (from
+//! the control plane's `/metrics`), and the apply rate at `-parallelism=10`. Asserts nothing.
+//! `FANNER_PLAN_RESOURCES` changes the count, `FANNER_PLAN_RUNS` the runs per median.
 //!
 //! cargo build --release --bins && cargo bench -p acceptance-tests --bench plan
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -14,13 +18,52 @@ use anyhow::{Context, ensure};
 
 const DEFAULT_RESOURCES: usize = 1000;
 const STREAMS: usize = 10;
-const RUNS: usize = 7;
+const DEFAULT_RUNS: usize = 7;
 const NULL_PROVIDER: &str = "terraform {\n  required_providers {\n    null = {\n      source  = \"hashicorp/null\"\n      version = \"2.1.2\"\n    }\n  }\n}\n\n";
 
+const TIME: &str = "/usr/bin/time";
+
 struct Bench {
+    runs: usize,
     terraform: PathBuf,
     cli_config: PathBuf,
     env: Vec<(String, String)>,
+    /// Where the provider wrapper appends each provider process's CPU seconds.
+    provider_cpu_log: PathBuf,
+    api: api::Client,
+}
+
+/// The summed `user system` lines `/usr/bin/time -f "%U %S"` wrote to `path`.
+fn cpu_seconds(path: &Path) -> anyhow::Result<f64> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    Ok(text
+        .split_whitespace()
+        .filter_map(|field| field.parse::<f64>().ok())
+        .sum())
+}
+
+/// `fanner_api_requests_total` by "METHOD route".
+fn api_calls(metrics: &str) -> BTreeMap<String, f64> {
+    let mut calls = BTreeMap::new();
+    for line in metrics.lines() {
+        let Some(rest) = line.strip_prefix("fanner_api_requests_total{") else {
+            continue;
+        };
+        let Some((labels, value)) = rest.rsplit_once("} ") else {
+            continue;
+        };
+        let label = |name: &str| {
+            labels
+                .split(',')
+                .find_map(|l| l.strip_prefix(&format!("{name}=\"")))
+                .map(|v| v.trim_end_matches('"').to_owned())
+                .unwrap_or_default()
+        };
+        *calls
+            .entry(format!("{} {}", label("method"), label("route")))
+            .or_default() += value.trim().parse::<f64>().unwrap_or(0.0);
+    }
+    calls
 }
 
 impl Bench {
@@ -57,13 +100,67 @@ impl Bench {
             args.push("-refresh=false");
         }
         let (mut times_a, mut times_b) = (Vec::new(), Vec::new());
-        for _ in 0..RUNS {
+        for _ in 0..self.runs {
             times_a.push(self.run(a, &args)?);
             times_b.push(self.run(b, &args)?);
         }
         times_a.sort();
         times_b.sort();
-        Ok((times_a[RUNS / 2], times_b[RUNS / 2]))
+        Ok((times_a[self.runs / 2], times_b[self.runs / 2]))
+    }
+
+    /// One `terraform` run under `/usr/bin/time`: prints its CPU seconds (with every provider
+    /// it waited for), the Fanner provider's share, and the API calls it made.
+    async fn profile(&self, what: &str, dir: &Path, args: &[&str]) -> anyhow::Result<()> {
+        let total_log = dir.join("terraform.cpu");
+        let _ = std::fs::remove_file(&total_log);
+        let _ = std::fs::remove_file(&self.provider_cpu_log);
+        let before = api_calls(&self.api.metrics().await?);
+        let started = Instant::now();
+        let output = Command::new(TIME)
+            .arg("-f")
+            .arg("%U %S")
+            .arg("-o")
+            .arg(&total_log)
+            .arg(&self.terraform)
+            .args(args)
+            .current_dir(dir)
+            .env("TF_CLI_CONFIG_FILE", &self.cli_config)
+            .env("CHECKPOINT_DISABLE", "1")
+            .env_remove("TF_LOG")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .output()?;
+        let wall = started.elapsed();
+        ensure!(
+            output.status.success(),
+            "terraform {} failed:\n{}",
+            args.join(" "),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let after = api_calls(&self.api.metrics().await?);
+        let (total, provider) = (
+            cpu_seconds(&total_log)?,
+            cpu_seconds(&self.provider_cpu_log)?,
+        );
+        let calls: Vec<String> = after
+            .iter()
+            .filter_map(|(route, n)| {
+                let made = n - before.get(route).copied().unwrap_or(0.0);
+                // The `before` scrape is itself counted.
+                (made > 0.0 && !route.ends_with("/metrics")).then(|| format!("{route} ×{made}"))
+            })
+            .collect();
+        println!(
+            "  {what:<28} wall {:>6.2} s   CPU {total:>6.2} s   provider CPU {provider:>5.2} s ({:.1} %)   API calls: {}",
+            wall.as_secs_f64(),
+            100.0 * provider / total.max(f64::EPSILON),
+            if calls.is_empty() {
+                "none".to_owned()
+            } else {
+                calls.join(", ")
+            }
+        );
+        Ok(())
     }
 }
 
@@ -89,6 +186,11 @@ async fn main() -> anyhow::Result<()> {
         Err(_) => DEFAULT_RESOURCES,
     };
 
+    let runs = match std::env::var("FANNER_PLAN_RUNS") {
+        Ok(n) => n.parse().context("FANNER_PLAN_RUNS must be a count")?,
+        Err(_) => DEFAULT_RUNS,
+    };
+
     let server = Server::start().await?;
     let admin = server.admin()?;
     admin
@@ -112,7 +214,27 @@ async fn main() -> anyhow::Result<()> {
 
     let scratch = tempfile::tempdir()?;
     let mirror = scratch.path().join("mirror");
-    install_mirror(&mirror, &bin_dir()?.join("terraform-provider-fanner"))?;
+    // A wrapper in the mirror runs the provider under /usr/bin/time, which appends each provider
+    // process's CPU seconds to a log.
+    let provider_cpu_log = scratch.path().join("provider.cpu");
+    let wrapper = scratch.path().join("terraform-provider-fanner");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nexec {TIME} -a -o '{}' -f '%U %S' '{}' \"$@\"\n",
+            provider_cpu_log.display(),
+            bin_dir()?.join("terraform-provider-fanner").display()
+        ),
+    )?;
+    std::fs::set_permissions(
+        &wrapper,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )?;
+    ensure!(
+        Path::new(TIME).exists(),
+        "{TIME} is missing (Debian package `time`)"
+    );
+    install_mirror(&mirror, &wrapper)?;
     let null_dir = mirror.join("registry.terraform.io/hashicorp/null/2.1.2/linux_amd64");
     std::fs::create_dir_all(&null_dir)?;
     std::fs::copy(
@@ -128,12 +250,15 @@ async fn main() -> anyhow::Result<()> {
         ),
     )?;
     let bench = Bench {
+        runs,
         terraform,
         cli_config,
         env: vec![
             ("FANNER_ENDPOINT".to_owned(), server.endpoint.clone()),
             ("FANNER_TOKEN".to_owned(), server.admin_token.clone()),
         ],
+        provider_cpu_log,
+        api: admin.clone(),
     };
 
     let fanner = workdir(
@@ -161,23 +286,39 @@ async fn main() -> anyhow::Result<()> {
         bench.run(dir, &["init", "-input=false", "-no-color"])?;
     }
 
-    println!("terraform plan, {resources} resources, median of {RUNS}:");
+    println!("terraform plan, {resources} resources, median of {runs}:");
     let (fresh_fanner, fresh_null) = bench.median_plans(&fanner, &null, true)?;
     report("fresh (nothing applied)", fresh_fanner, fresh_null);
     let (fresh_fanner, fresh_bare) = bench.median_plans(&fanner, &bare, true)?;
     report("fresh, bare null_resource", fresh_fanner, fresh_bare);
+    let plan = ["plan", "-input=false", "-no-color", "-lock=false"];
+    bench.profile("fresh plan, one run", &fanner, &plan).await?;
 
     for dir in [&fanner, &null] {
         let took = bench.run(
             dir,
-            &["apply", "-input=false", "-auto-approve", "-no-color"],
+            &[
+                "apply",
+                "-input=false",
+                "-auto-approve",
+                "-no-color",
+                "-parallelism=10",
+            ],
         )?;
-        println!("  apply {}: {:.2} s", dir.display(), took.as_secs_f64());
+        println!(
+            "  apply -parallelism=10 {}: {:.2} s, {:.1} objects/s",
+            dir.display(),
+            took.as_secs_f64(),
+            resources as f64 / took.as_secs_f64()
+        );
     }
     let (refresh_fanner, refresh_null) = bench.median_plans(&fanner, &null, true)?;
     report("after apply, with refresh", refresh_fanner, refresh_null);
     let (cached_fanner, cached_null) = bench.median_plans(&fanner, &null, false)?;
     report("after apply, -refresh=false", cached_fanner, cached_null);
+    bench
+        .profile("refresh plan, one run", &fanner, &plan)
+        .await?;
     Ok(())
 }
 

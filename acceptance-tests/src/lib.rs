@@ -253,13 +253,18 @@ impl Workspace {
             .unwrap_or_default()
     }
 
-    pub fn supports_import_blocks(&self) -> anyhow::Result<bool> {
+    /// Whether this Terraform is `major.minor` or newer.
+    pub fn is_at_least(&self, major: u32, minor: u32) -> anyhow::Result<bool> {
         let run = self.run(&["version", "-json"])?;
         let version: Json = serde_json::from_str(&run.stdout)?;
         let text = version["terraform_version"].as_str().unwrap_or("0.0.0");
         let mut parts = text.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
-        let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
-        Ok((major, minor) >= (1, 5))
+        let found = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+        Ok(found >= (major, minor))
+    }
+
+    pub fn supports_import_blocks(&self) -> anyhow::Result<bool> {
+        self.is_at_least(1, 5)
     }
 
     /// Writes `main.tf` (the provider block comes from the environment).

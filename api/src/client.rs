@@ -479,19 +479,28 @@ impl Client {
     }
 
     pub async fn healthz(&self) -> Result<(), ClientError> {
+        self.get_text("/healthz").await.map(|_| ())
+    }
+
+    /// The Prometheus text of `/metrics` (operators and benchmarks count API calls with it).
+    pub async fn metrics(&self) -> Result<String, ClientError> {
+        self.get_text("/metrics").await
+    }
+
+    /// An operator endpoint's plain-text body; anything but 200 is an error.
+    async fn get_text(&self, path: &str) -> Result<String, ClientError> {
         let response = self
-            .request(Method::GET, "/healthz")
+            .request(Method::GET, path)
             .send()
             .await
             .map_err(|e| self.transport_error(e))?;
-        if response.status() == StatusCode::OK {
-            Ok(())
-        } else {
-            Err(ClientError::Decode(format!(
-                "/healthz answered {}",
+        if response.status() != StatusCode::OK {
+            return Err(ClientError::Decode(format!(
+                "{path} answered {}",
                 response.status()
-            )))
+            )));
         }
+        response.text().await.map_err(|e| self.transport_error(e))
     }
 }
 

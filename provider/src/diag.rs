@@ -30,6 +30,20 @@ impl Diags {
         self.push(Severity::Warning, summary.into(), detail.into(), None);
     }
 
+    pub fn warning_at(
+        &mut self,
+        attribute: &str,
+        summary: impl Into<String>,
+        detail: impl Into<String>,
+    ) {
+        self.push(
+            Severity::Warning,
+            summary.into(),
+            detail.into(),
+            Some(path(attribute)),
+        );
+    }
+
     fn push(
         &mut self,
         severity: Severity,

@@ -8,7 +8,7 @@ use tonic::{Request, Response, Status};
 
 use crate::data_sources::{self, DataSource};
 use crate::diag::{self, Diags};
-use crate::resources::{self, Ctx, Resource};
+use crate::resources::{self, Ctx, DEFAULT_EXPIRY_WARNING_DAYS, Resource};
 use crate::schema::{Attr, Schema, Ty};
 use crate::tfplugin6::{self as tf, provider_server::Provider};
 use crate::value::{Obj, Value};
@@ -32,6 +32,13 @@ static PROVIDER_SCHEMA: LazyLock<Schema> = LazyLock::new(|| Schema {
              environment variable.",
         )
         .sensitive(),
+        Attr::optional(
+            "expiry_warning_days",
+            Ty::Number,
+            "Plans warn about a `fanner_grant` whose `expires_at` is at most this many days \
+             away, and about a `fanner_subscription` whose events are read through such grants. \
+             Defaults to `14`; `0` turns the warnings off.",
+        ),
     ],
 });
 
@@ -74,6 +81,41 @@ pub fn schema_json() -> serde_json::Value {
             .map(|d| (d.type_name().to_owned(), d.schema().json()))
             .collect::<serde_json::Map<_, _>>(),
     })
+}
+
+/// Longest `expiry_warning_days` accepted: ten years.
+const MAX_EXPIRY_WARNING_DAYS: u32 = 3650;
+
+/// The identity Terraform stores beside the state: the identity attribute, holding the `id`.
+fn identity_of(resource: &dyn Resource, state: &Obj) -> Option<tf::ResourceIdentityData> {
+    let id = state.str("id")?;
+    let mut identity = Obj::default();
+    identity.set(resource.identity_attr(), id);
+    Some(tf::ResourceIdentityData {
+        identity_data: Some(identity.dynamic()),
+    })
+}
+
+/// The `id` an identity names, or an error diagnostic saying what is missing.
+fn id_from_identity(
+    resource: &dyn Resource,
+    identity: &tf::ResourceIdentityData,
+    diags: &mut Diags,
+) -> Option<String> {
+    let attr = resource.identity_attr();
+    let id = object(identity.identity_data.as_ref(), "identity", diags)
+        .and_then(|identity| identity.str(attr).map(str::to_owned));
+    if id.is_none() && !diags.has_errors() {
+        diags.error(
+            "Invalid identity",
+            format!(
+                "The identity of {} needs `{attr}` ({}).",
+                resource.type_name(),
+                resource.import_id_kind()
+            ),
+        );
+    }
+    id
 }
 
 /// Decodes an object value, or records why it cannot be.
@@ -172,6 +214,13 @@ impl Provider for FannerProvider {
                     type_name: d.type_name().to_owned(),
                 })
                 .collect(),
+            list_resources: REGISTRY
+                .resources
+                .iter()
+                .map(|r| tf::get_metadata::ListResourceMetadata {
+                    type_name: r.type_name().to_owned(),
+                })
+                .collect(),
             ..Default::default()
         }))
     }
@@ -192,6 +241,11 @@ impl Provider for FannerProvider {
                 .iter()
                 .map(|d| (d.type_name().to_owned(), d.schema().proto()))
                 .collect(),
+            list_resource_schemas: REGISTRY
+                .resources
+                .iter()
+                .map(|r| (r.type_name().to_owned(), r.list_schema().proto()))
+                .collect(),
             server_capabilities: Some(capabilities()),
             ..Default::default()
         }))
@@ -202,11 +256,13 @@ impl Provider for FannerProvider {
         request: Request<tf::validate_provider_config::Request>,
     ) -> Result<Response<tf::validate_provider_config::Response>, Status> {
         let mut diags = Diags::default();
-        if let Some(config) = object(
+        let config = object(
             request.get_ref().config.as_ref(),
             "provider configuration",
             &mut diags,
-        ) && let Some(endpoint) = config.str("endpoint")
+        )
+        .unwrap_or_default();
+        if let Some(endpoint) = config.str("endpoint")
             && !(endpoint.starts_with("http://") || endpoint.starts_with("https://"))
         {
             diags.error_at(
@@ -215,6 +271,15 @@ impl Provider for FannerProvider {
                 format!("endpoint {endpoint:?} must be an http:// or https:// URL"),
             );
         }
+        resources::check_u32(&config, "expiry_warning_days", &mut diags, |days| {
+            if days > MAX_EXPIRY_WARNING_DAYS {
+                Err(format!(
+                    "expiry_warning_days must be at most {MAX_EXPIRY_WARNING_DAYS}, got {days}"
+                ))
+            } else {
+                Ok(())
+            }
+        });
         Ok(Response::new(tf::validate_provider_config::Response {
             diagnostics: diags.into_vec(),
         }))
@@ -315,7 +380,11 @@ impl Provider for FannerProvider {
         {
             diags.error_at("endpoint", "Invalid provider configuration", why.clone());
         }
-        self.set_ctx(Ctx::new(client));
+        let expiry_warning_days = config
+            .get("expiry_warning_days")
+            .as_i64()
+            .unwrap_or(DEFAULT_EXPIRY_WARNING_DAYS);
+        self.set_ctx(Ctx::new(client, expiry_warning_days));
         Ok(Response::new(tf::configure_provider::Response {
             diagnostics: diags.into_vec(),
         }))
@@ -330,10 +399,14 @@ impl Provider for FannerProvider {
         let ctx = self.ctx();
         let mut diags = Diags::default();
         let current = request.current_state.clone();
+        let mut new_identity = request.current_identity;
         let new_state = match object(current.as_ref(), "state", &mut diags) {
             Some(state) => match resource.read(&ctx, &state, &mut diags).await {
                 _ if diags.has_errors() => current,
-                Some(new) => Some(new.dynamic()),
+                Some(new) => {
+                    new_identity = identity_of(resource, &new);
+                    Some(new.dynamic())
+                }
                 None => {
                     tracing::info!(
                         resource = request.type_name,
@@ -349,6 +422,7 @@ impl Provider for FannerProvider {
             new_state,
             diagnostics: diags.into_vec(),
             private: request.private,
+            new_identity,
             ..Default::default()
         }))
     }
@@ -368,6 +442,7 @@ impl Provider for FannerProvider {
             &mut diags,
         );
         let config = object(request.config.as_ref(), "configuration", &mut diags);
+        let mut planned_identity = None;
         let (planned_state, requires_replace) = match (proposed, config) {
             (Some(proposed), Some(config)) if !diags.has_errors() => {
                 let schema = resource.schema();
@@ -384,6 +459,14 @@ impl Provider for FannerProvider {
                         .adjust_plan(&ctx, prior_for_checks, &mut planned, &mut diags)
                         .await;
                 }
+                if !diags.has_errors() {
+                    resource.plan_warnings(&ctx, &planned, &mut diags).await;
+                }
+                // An update keeps the object, so it keeps its identity; a create or a
+                // replacement learns it from the apply.
+                if replace.is_empty() {
+                    planned_identity = request.prior_identity;
+                }
                 (
                     Some(planned.dynamic()),
                     replace.iter().map(|a| diag::path(a)).collect(),
@@ -397,6 +480,7 @@ impl Provider for FannerProvider {
             requires_replace,
             planned_private: request.prior_private,
             diagnostics: diags.into_vec(),
+            planned_identity,
             ..Default::default()
         }))
     }
@@ -411,6 +495,7 @@ impl Provider for FannerProvider {
         let mut diags = Diags::default();
         let prior = object(request.prior_state.as_ref(), "prior state", &mut diags);
         let planned = object(request.planned_state.as_ref(), "planned state", &mut diags);
+        let mut new_identity = request.planned_identity.clone();
         let new_state = if diags.has_errors() {
             request.prior_state.clone()
         } else {
@@ -424,6 +509,7 @@ impl Provider for FannerProvider {
                                 id = state.str("id").unwrap_or_default(),
                                 "Created."
                             );
+                            new_identity = identity_of(resource, &state);
                             Some(state.dynamic())
                         }
                         None => null(),
@@ -431,7 +517,10 @@ impl Provider for FannerProvider {
                 }
                 (Some(prior), Some(planned)) => {
                     match resource.update(&ctx, &prior, &planned, &mut diags).await {
-                        Some(state) => Some(state.dynamic()),
+                        Some(state) => {
+                            new_identity = identity_of(resource, &state);
+                            Some(state.dynamic())
+                        }
                         None => Some(prior.dynamic()),
                     }
                 }
@@ -440,6 +529,7 @@ impl Provider for FannerProvider {
                     if diags.has_errors() {
                         Some(prior.dynamic())
                     } else {
+                        new_identity = None;
                         null()
                     }
                 }
@@ -450,6 +540,7 @@ impl Provider for FannerProvider {
             new_state,
             private: request.planned_private,
             diagnostics: diags.into_vec(),
+            new_identity,
             ..Default::default()
         }))
     }
@@ -462,18 +553,26 @@ impl Provider for FannerProvider {
         let resource = resource(&request.type_name)?;
         let ctx = self.ctx();
         let mut diags = Diags::default();
+        // `import { identity = { ... } }` sends the identity and no ID.
+        let id = match &request.identity {
+            Some(identity) if request.id.is_empty() => {
+                id_from_identity(resource, identity, &mut diags).unwrap_or_default()
+            }
+            _ => request.id.clone(),
+        };
         let mut stub = resource.schema().empty_object();
-        stub.set("id", request.id.as_str());
+        stub.set("id", id.as_str());
         let mut imported_resources = Vec::new();
         match resource.read(&ctx, &stub, &mut diags).await {
             _ if diags.has_errors() => {}
             Some(state) => imported_resources.push(tf::import_resource_state::ImportedResource {
                 type_name: request.type_name.clone(),
+                identity: identity_of(resource, &state),
                 state: Some(state.dynamic()),
                 ..Default::default()
             }),
             None => diags.error(
-                format!("Cannot import {} {:?}", request.type_name, request.id),
+                format!("Cannot import {} {id:?}", request.type_name),
                 format!(
                     "No such object. The import ID of {} is {}.",
                     request.type_name,
@@ -507,12 +606,146 @@ impl Provider for FannerProvider {
         }))
     }
 
+    async fn get_resource_identity_schemas(
+        &self,
+        _request: Request<tf::get_resource_identity_schemas::Request>,
+    ) -> Result<Response<tf::get_resource_identity_schemas::Response>, Status> {
+        Ok(Response::new(tf::get_resource_identity_schemas::Response {
+            identity_schemas: REGISTRY
+                .resources
+                .iter()
+                .map(|r| (r.type_name().to_owned(), identity_schema(r.as_ref())))
+                .collect(),
+            diagnostics: Vec::new(),
+        }))
+    }
+
+    async fn upgrade_resource_identity(
+        &self,
+        request: Request<tf::upgrade_resource_identity::Request>,
+    ) -> Result<Response<tf::upgrade_resource_identity::Response>, Status> {
+        let request = request.into_inner();
+        let resource = resource(&request.type_name)?;
+        let mut diags = Diags::default();
+        // Version 0 is the only identity version there has been: keep just its attribute.
+        let raw = request.raw_identity.map(|r| r.json).unwrap_or_default();
+        let upgraded = match serde_json::from_slice::<serde_json::Value>(&raw) {
+            Ok(json) => {
+                let attr = resource.identity_attr();
+                let mut identity = Obj::default();
+                identity.set(attr, Value::from_json(json[attr].clone()));
+                Some(tf::ResourceIdentityData {
+                    identity_data: Some(identity.dynamic()),
+                })
+            }
+            Err(e) => {
+                diags.error(
+                    "Invalid stored identity",
+                    format!(
+                        "The identity of this {} is not valid JSON: {e}",
+                        request.type_name
+                    ),
+                );
+                None
+            }
+        };
+        Ok(Response::new(tf::upgrade_resource_identity::Response {
+            upgraded_identity: upgraded,
+            diagnostics: diags.into_vec(),
+        }))
+    }
+
+    async fn validate_list_resource_config(
+        &self,
+        request: Request<tf::validate_list_resource_config::Request>,
+    ) -> Result<Response<tf::validate_list_resource_config::Response>, Status> {
+        let request = request.into_inner();
+        let resource = resource(&request.type_name)?;
+        let mut diags = Diags::default();
+        if let Some(config) = object(request.config.as_ref(), "list configuration", &mut diags) {
+            resource.validate_list(&config, &mut diags);
+        }
+        Ok(Response::new(tf::validate_list_resource_config::Response {
+            diagnostics: diags.into_vec(),
+        }))
+    }
+
+    async fn list_resource(
+        &self,
+        request: Request<tf::list_resource::Request>,
+    ) -> Result<Response<tonic::codegen::BoxStream<tf::list_resource::Event>>, Status> {
+        let request = request.into_inner();
+        let resource = resource(&request.type_name)?;
+        let ctx = self.ctx();
+        let mut diags = Diags::default();
+        let config =
+            object(request.config.as_ref(), "list configuration", &mut diags).unwrap_or_default();
+        let found = if diags.has_errors() {
+            Vec::new()
+        } else {
+            resource.list(&ctx, &config, &mut diags).await
+        };
+        let limit = usize::try_from(request.limit)
+            .ok()
+            .filter(|l| *l > 0)
+            .unwrap_or(usize::MAX);
+        let mut events: Vec<Result<tf::list_resource::Event, Status>> = found
+            .iter()
+            .take(limit)
+            .map(|state| {
+                Ok(tf::list_resource::Event {
+                    identity: identity_of(resource, state),
+                    display_name: display_name(state),
+                    resource_object: request.include_resource_object.then(|| state.dynamic()),
+                    diagnostic: Vec::new(),
+                })
+            })
+            .collect();
+        // A failed list is one event that carries only the diagnostics.
+        if !diags.0.is_empty() {
+            events.push(Ok(tf::list_resource::Event {
+                diagnostic: diags.into_vec(),
+                ..Default::default()
+            }));
+        }
+        Ok(Response::new(Box::pin(futures::stream::iter(events))))
+    }
+
     async fn stop_provider(
         &self,
         _request: Request<tf::stop_provider::Request>,
     ) -> Result<Response<tf::stop_provider::Response>, Status> {
         Ok(Response::new(tf::stop_provider::Response::default()))
     }
+}
+
+fn identity_schema(resource: &dyn Resource) -> tf::ResourceIdentitySchema {
+    tf::ResourceIdentitySchema {
+        version: 0,
+        identity_attributes: vec![tf::resource_identity_schema::IdentityAttribute {
+            name: resource.identity_attr().to_owned(),
+            r#type: b"\"string\"".to_vec(),
+            required_for_import: true,
+            optional_for_import: false,
+            description: format!(
+                "The {}.",
+                resource.import_id_kind().trim_start_matches("the ")
+            ),
+        }],
+    }
+}
+
+/// How `terraform query` names a found object: its name, or what it connects.
+fn display_name(state: &Obj) -> String {
+    let text = |attr: &str| state.str(attr).unwrap_or_default().to_owned();
+    if let Some(name) = state.str("name") {
+        return name.to_owned();
+    }
+    if let Some(grantee) = state.str("grantee") {
+        return format!("{} to {grantee} ({})", text("event"), text("id"));
+    }
+    let events = state.get("events").as_strings().unwrap_or_default();
+    format!("{}: {} ({})", text("stream"), events.join(", "), text("id"))
 }
 
 fn capabilities() -> tf::ServerCapabilities {

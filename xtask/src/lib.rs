@@ -10,6 +10,9 @@ use serde_json::Value as Json;
 
 pub const PROVIDER_ADDRESS: &str = "registry.terraform.io/fanner/fanner";
 
+/// The directories under `docs/` that `cargo xtask docs` writes.
+pub const DOC_DIRS: [&str; 4] = ["", "resources", "data-sources", "guides"];
+
 pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
@@ -121,6 +124,72 @@ fn page(kind: &str, type_name: &str, schema: &Json, example: &str, import: Optio
     format!("{}\n", out.trim_end())
 }
 
+/// The adoption guide: `terraform query` and import by identity, around the `query/` example.
+fn adoption_guide(examples_root: &Path) -> anyhow::Result<String> {
+    let dir = examples_root.join("query");
+    let main = read_example(&dir.join("main.tf"))?;
+    let query = read_example(&dir.join("adopt.tfquery.hcl"))?;
+    Ok(format!(
+        r#"---
+page_title: "Adopting existing objects - fanner"
+description: |-
+  Bring streams, events, grants and subscriptions made with the CLI or the API under Terraform.
+---
+
+# Adopting existing objects
+
+Teams often start with the `fanner` CLI and move to Terraform later. Nothing has to be made
+again: Terraform 1.14 and later find the objects with `terraform query` and write their
+configuration; every version imports them by ID.
+
+## Find and generate: `terraform query` (Terraform 1.14+)
+
+Every resource type has a list resource with filters: `fanner_event` (`owner`,
+`classification`), `fanner_stream` (`owner`), `fanner_grant` (`event`, `grantee`) and
+`fanner_subscription` (`stream`, `event`, `owner`). Put `list` blocks in a `*.tfquery.hcl` file
+beside the configuration (`examples/terraform/query/`):
+
+```terraform
+{query}
+```
+
+```terraform
+{main}
+```
+
+```shell
+terraform init
+terraform query                                     # what the filters match
+terraform query -generate-config-out=generated.tf   # plus a resource and an import block each
+terraform apply                                     # imports them; changes nothing
+terraform plan                                      # no changes
+```
+
+Then delete the import blocks from `generated.tf` (or keep them: an applied import block is a
+no-op) and move the resource blocks where they belong.
+
+## Import by identity (Terraform 1.12+)
+
+Each resource has an identity: `name` for `fanner_event` and `fanner_stream`, `id` for
+`fanner_grant` and `fanner_subscription`:
+
+```terraform
+import {{
+  to       = fanner_stream.fraud_signals
+  identity = {{ name = "fraud-signals" }}
+}}
+```
+
+## Import by ID (every version)
+
+`terraform import fanner_stream.fraud_signals fraud-signals`, or an `import` block with
+`id = "fraud-signals"` (Terraform 1.5+). Each resource page names its import ID.
+"#,
+        query = query.trim_end(),
+        main = main.trim_end(),
+    ))
+}
+
 /// Every docs page (path relative to `docs/` → content) for a provider schema in the
 /// `terraform providers schema -json` shape (`provider`, `resource_schemas`,
 /// `data_source_schemas`), with examples from `examples_root`.
@@ -137,6 +206,10 @@ pub fn render(schema: &Json, examples_root: &Path) -> anyhow::Result<BTreeMap<Pa
             None,
         )
         .replace("# fanner (Provider)", "# Fanner Provider"),
+    );
+    pages.insert(
+        PathBuf::from("guides/adoption.md"),
+        adoption_guide(examples_root)?,
     );
     let resources = schema["resource_schemas"]
         .as_object()
@@ -191,7 +264,7 @@ mod tidy {
     fn committed_docs() -> anyhow::Result<BTreeMap<PathBuf, String>> {
         let docs = workspace_root().join("docs");
         let mut pages = BTreeMap::new();
-        for sub in ["", "resources", "data-sources"] {
+        for sub in DOC_DIRS {
             let dir = docs.join(sub);
             let Ok(entries) = std::fs::read_dir(&dir) else {
                 continue;

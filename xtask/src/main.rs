@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Context, bail, ensure};
-use xtask::{mirror_cli_config, provider_entry, render, workspace_root};
+use xtask::{DOC_DIRS, mirror_cli_config, provider_entry, render, workspace_root};
 
 const USAGE: &str = "usage: cargo xtask docs";
 
@@ -95,7 +95,7 @@ fn docs() -> anyhow::Result<()> {
     )?)?;
     let pages = render(&provider_entry(&schemas)?, &root.join("examples/terraform"))?;
     let docs = root.join("docs");
-    for sub in ["", "resources", "data-sources"] {
+    for sub in DOC_DIRS {
         if let Ok(entries) = std::fs::read_dir(docs.join(sub)) {
             for entry in entries {
                 let path = entry?.path();

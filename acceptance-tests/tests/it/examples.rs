@@ -24,11 +24,15 @@ fn tf_files(dir: &Path) -> anyhow::Result<Vec<(String, String)>> {
     Ok(files)
 }
 
-/// Every example directory: `provider/`, `resources/<type>/`, `data-sources/<type>/`,
+/// Every example directory: `provider/`, `query/`, `resources/<type>/`, `data-sources/<type>/`,
 /// `modules/*/` and `quickstart/`.
 fn example_dirs() -> anyhow::Result<Vec<PathBuf>> {
     let root = examples_dir();
-    let mut dirs = vec![root.join("provider"), root.join("quickstart")];
+    let mut dirs = vec![
+        root.join("provider"),
+        root.join("query"),
+        root.join("quickstart"),
+    ];
     for group in ["resources", "data-sources", "modules"] {
         for entry in std::fs::read_dir(root.join(group))? {
             dirs.push(entry?.path());

@@ -2,7 +2,9 @@
 //! in-place update → drift → destroy, on every Terraform in FANNER_TERRAFORM_BINS.
 
 mod access;
+mod adoption;
 mod examples;
+mod expiry;
 mod resources;
 
 /// An RFC 3339 instant `days` from now, at whole seconds.

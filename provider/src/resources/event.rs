@@ -2,7 +2,7 @@ use std::sync::LazyLock;
 
 use api::{Classification, CreateEvent, Event, UpdateEvent, rules};
 
-use super::{Ctx, Resource, cached_get, check_str, required_str, time};
+use super::{Ctx, Resource, cached_get, check_str, filter, passes, required_str, time};
 use crate::diag::Diags;
 use crate::schema::{Attr, Schema, Ty};
 use crate::value::Obj;
@@ -57,6 +57,17 @@ static SCHEMA: LazyLock<Schema> = LazyLock::new(|| Schema {
             "When the event last changed (RFC 3339).",
         )
         .changes_on_update(),
+    ],
+});
+
+static LIST_SCHEMA: LazyLock<Schema> = LazyLock::new(|| Schema {
+    description: "Finds events in the catalog, e.g. to adopt existing ones with `terraform query`.",
+    attributes: vec![
+        filter("owner", "Only events this principal (team) owns."),
+        filter(
+            "classification",
+            "Only events of this classification: `public`, `internal`, `pii` or `restricted`.",
+        ),
     ],
 });
 
@@ -126,6 +137,38 @@ impl Resource for EventResource {
 
     fn import_id_kind(&self) -> &'static str {
         "the event's name"
+    }
+
+    fn identity_attr(&self) -> &'static str {
+        "name"
+    }
+
+    fn list_schema(&self) -> &Schema {
+        &LIST_SCHEMA
+    }
+
+    fn validate_list(&self, config: &Obj, diags: &mut Diags) {
+        check_str(config, "owner", diags, |v| {
+            rules::check_name("principal", v)
+        });
+        check_str(config, "classification", diags, classification_problem);
+    }
+
+    async fn list(&self, ctx: &Ctx, config: &Obj, diags: &mut Diags) -> Vec<Obj> {
+        let Some(client) = ctx.client(diags) else {
+            return Vec::new();
+        };
+        let events = diags
+            .api_value("list events", client.list_events().await)
+            .unwrap_or_default();
+        events
+            .iter()
+            .filter(|e| {
+                passes(config, "owner", &e.owner)
+                    && passes(config, "classification", e.classification.as_str())
+            })
+            .map(state_of)
+            .collect()
     }
 
     fn validate(&self, config: &Obj, diags: &mut Diags) {

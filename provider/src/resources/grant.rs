@@ -3,7 +3,9 @@ use std::sync::LazyLock;
 use api::{CreateGrant, Grant, GrantStatus, UpdateGrant, rules};
 use chrono::{DateTime, Utc};
 
-use super::{Ctx, Resource, cached_get, check_str, parse_time, required_str, time};
+use super::{
+    Ctx, Resource, cached_get, check_str, ends_soon, filter, parse_time, required_str, time, when,
+};
 use crate::diag::Diags;
 use crate::schema::{Attr, Schema, Ty};
 use crate::value::{Obj, Value};
@@ -66,6 +68,15 @@ static SCHEMA: LazyLock<Schema> =
     ],
     });
 
+static LIST_SCHEMA: LazyLock<Schema> = LazyLock::new(|| Schema {
+    description: "Finds grants that are not revoked (active or expired), e.g. to adopt existing \
+                  ones with `terraform query`.",
+    attributes: vec![
+        filter("event", "Only grants on this event."),
+        filter("grantee", "Only grants to this principal (team)."),
+    ],
+});
+
 /// The grant as state. `written_expiry` is the `expires_at` text from the configuration or the
 /// prior state: it is kept when it names the same instant as the API's, so `+02:00` offsets or
 /// fractional zeros never show as a diff.
@@ -121,6 +132,41 @@ impl Resource for GrantResource {
         "the grant's id"
     }
 
+    fn identity_attr(&self) -> &'static str {
+        "id"
+    }
+
+    fn list_schema(&self) -> &Schema {
+        &LIST_SCHEMA
+    }
+
+    fn validate_list(&self, config: &Obj, diags: &mut Diags) {
+        check_str(config, "event", diags, |v| rules::check_name("event", v));
+        check_str(config, "grantee", diags, |v| {
+            rules::check_name("principal", v)
+        });
+    }
+
+    async fn list(&self, ctx: &Ctx, config: &Obj, diags: &mut Diags) -> Vec<Obj> {
+        let Some(client) = ctx.client(diags) else {
+            return Vec::new();
+        };
+        let grants = diags
+            .api_value(
+                "list grants",
+                client
+                    .list_grants(config.str("event"), config.str("grantee"))
+                    .await,
+            )
+            .unwrap_or_default();
+        grants
+            .iter()
+            // A revoked grant is gone for Terraform (see `read`).
+            .filter(|g| g.status != GrantStatus::Revoked)
+            .map(|g| state_of(g, None))
+            .collect()
+    }
+
     fn validate(&self, config: &Obj, diags: &mut Diags) {
         check_str(config, "event", diags, |v| rules::check_name("event", v));
         check_str(config, "grantee", diags, |v| {
@@ -172,6 +218,49 @@ impl Resource for GrantResource {
             && let Err(problem) = rules::check_grant_expiry(event.classification, expires_at, now)
         {
             diags.error_at("expires_at", "Invalid expires_at", problem);
+        }
+    }
+
+    /// Expiring access shows where engineers look: every plan warns while the grant ends within
+    /// `expiry_warning_days`, and once it has ended.
+    async fn plan_warnings(&self, ctx: &Ctx, planned: &Obj, diags: &mut Diags) {
+        let Some(at) = planned.str("expires_at").and_then(|t| parse_time(t).ok()) else {
+            return;
+        };
+        if ctx.expiry_warning <= chrono::Duration::zero() {
+            return;
+        }
+        let now = Utc::now();
+        let (event, grantee) = (
+            planned.str("event").unwrap_or_default(),
+            planned.str("grantee").unwrap_or_default(),
+        );
+        if at <= now {
+            diags.warning_at(
+                "expires_at",
+                format!(
+                    "Grant of {event:?} to {grantee:?} expired {}",
+                    when(at, now)
+                ),
+                format!(
+                    "{grantee:?} no longer receives {event:?}. Set a later expires_at to renew the \
+                     grant, or remove it."
+                ),
+            );
+        } else if ends_soon(ctx, at, now) {
+            diags.warning_at(
+                "expires_at",
+                format!(
+                    "Grant of {event:?} to {grantee:?} expires {}",
+                    when(at, now)
+                ),
+                format!(
+                    "Delivery of {event:?} to {grantee:?}'s streams stops then. Set a later \
+                     expires_at to renew the grant. (This warning covers grants ending within \
+                     the provider's expiry_warning_days, {} days.)",
+                    ctx.expiry_warning.num_days()
+                ),
+            );
         }
     }
 
@@ -333,6 +422,43 @@ mod tests {
             "2027-06-30T00:00:00Z",
         );
         check("2027-06-30T00:00:00Z", None, "2027-06-30T00:00:00Z");
+    }
+
+    #[tokio::test]
+    async fn plans_warn_about_grants_ending_within_the_window() {
+        async fn warnings(days_ahead: i64, window_days: i64) -> Vec<String> {
+            let ctx = Ctx::new(Err("offline".to_owned()), window_days);
+            let at = Utc::now() + chrono::Duration::days(days_ahead);
+            let mut planned = state_of(&grant("2027-06-30T00:00:00Z"), None);
+            planned.set("expires_at", time(&at));
+            let mut diags = Diags::default();
+            GrantResource
+                .plan_warnings(&ctx, &planned, &mut diags)
+                .await;
+            assert!(!diags.has_errors());
+            diags
+                .into_vec()
+                .into_iter()
+                .map(|d| {
+                    assert_eq!(d.attribute, Some(crate::diag::path("expires_at")));
+                    assert!(d.summary.contains(&at.format("%Y-%m-%d").to_string()));
+                    d.summary
+                })
+                .collect()
+        }
+        assert_eq!(warnings(30, 14).await, Vec::<String>::new());
+        let soon = warnings(10, 14).await;
+        assert!(
+            soon.len() == 1 && soon[0].contains("expires on"),
+            "{soon:?}"
+        );
+        assert_eq!(warnings(10, 0).await, Vec::<String>::new());
+        let past = warnings(-1, 14).await;
+        assert!(
+            past.len() == 1 && past[0].contains("expired on"),
+            "{past:?}"
+        );
+        assert_eq!(warnings(-1, 0).await, Vec::<String>::new());
     }
 
     #[test]

@@ -27,9 +27,14 @@ pub use subscription::SubscriptionResource;
 /// this plan is about to create.
 pub struct Ctx {
     client: Result<Client, String>,
+    /// Grants ending within this window warn in every plan (`expiry_warning_days`).
+    pub expiry_warning: chrono::Duration,
     pub cache: Cache,
     pub pending: Pending,
 }
+
+/// `expiry_warning_days` when the provider block does not set it.
+pub const DEFAULT_EXPIRY_WARNING_DAYS: i64 = 14;
 
 /// Objects this plan creates before the subscriptions that reference them. Terraform plans a
 /// referenced resource first, in the same provider process, so a subscription's plan-time access
@@ -66,16 +71,16 @@ impl Pending {
 
 impl Ctx {
     pub fn unconfigured() -> Ctx {
-        Ctx {
-            client: Err("the provider has not been configured yet".to_owned()),
-            cache: Cache::default(),
-            pending: Pending::default(),
-        }
+        Ctx::new(
+            Err("the provider has not been configured yet".to_owned()),
+            DEFAULT_EXPIRY_WARNING_DAYS,
+        )
     }
 
-    pub fn new(client: Result<Client, String>) -> Ctx {
+    pub fn new(client: Result<Client, String>, expiry_warning_days: i64) -> Ctx {
         Ctx {
             client,
+            expiry_warning: chrono::Duration::days(expiry_warning_days),
             cache: Cache::default(),
             pending: Pending::default(),
         }
@@ -110,6 +115,9 @@ pub struct Cache {
     /// Plan-time access verdicts by (stream, sorted events): many subscriptions of one stream
     /// to the same events need one check, not one each.
     pub verdicts: Verdicts,
+    /// Set by the first write: the process is applying, and re-listing after every write just
+    /// to repeat warnings the plan showed would make an apply quadratic.
+    written: std::sync::atomic::AtomicBool,
 }
 
 type VerdictCell = Arc<tokio::sync::OnceCell<api::AccessVerdict>>;
@@ -156,7 +164,13 @@ impl Verdicts {
 }
 
 impl Cache {
+    pub fn has_written(&self) -> bool {
+        self.written.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     pub async fn invalidate(&self) {
+        self.written
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         self.events.invalidate().await;
         self.grants.invalidate().await;
         self.streams.invalidate().await;
@@ -189,8 +203,20 @@ impl<T: Clone> ListCache<T> {
     where
         Fut: Future<Output = Result<Vec<T>, ClientError>>,
     {
+        Ok(self.all(list, key_of).await?.get(key).cloned())
+    }
+
+    /// Every cached entry by key, listing first if nothing is cached.
+    pub async fn all<Fut>(
+        &self,
+        list: impl FnOnce() -> Fut,
+        key_of: impl Fn(&T) -> String,
+    ) -> Result<Arc<HashMap<String, T>>, ClientError>
+    where
+        Fut: Future<Output = Result<Vec<T>, ClientError>>,
+    {
         let mut entries = self.entries.lock().await;
-        let map = match &*entries {
+        Ok(match &*entries {
             Some(map) => map.clone(),
             None => {
                 let items = list().await?;
@@ -200,8 +226,7 @@ impl<T: Clone> ListCache<T> {
                 *entries = Some(map.clone());
                 map
             }
-        };
-        Ok(map.get(key).cloned())
+        })
     }
 
     pub async fn invalidate(&self) {
@@ -252,6 +277,17 @@ pub trait Resource: Send + Sync {
     async fn delete(&self, ctx: &Ctx, prior: &Obj, diags: &mut Diags);
     /// What `terraform import` takes as the ID, for messages.
     fn import_id_kind(&self) -> &'static str;
+    /// The one identity attribute (`import { identity = { ... } }`, `terraform query`): it
+    /// holds the same value as the state's `id`.
+    fn identity_attr(&self) -> &'static str;
+    /// The filters of a `list` block in a `.tfquery.hcl` file.
+    fn list_schema(&self) -> &Schema;
+    /// Checks a list block's filters without the API.
+    fn validate_list(&self, config: &Obj, diags: &mut Diags);
+    /// The state of every object the filters in `config` match, in a stable order.
+    async fn list(&self, ctx: &Ctx, config: &Obj, diags: &mut Diags) -> Vec<Obj>;
+    /// Warnings every plan repeats while they hold, also when nothing changes (expiring access).
+    async fn plan_warnings(&self, _ctx: &Ctx, _planned: &Obj, _diags: &mut Diags) {}
 }
 
 pub fn all() -> Vec<Box<dyn Resource>> {
@@ -278,6 +314,37 @@ pub fn parse_time(s: &str) -> Result<DateTime<Utc>, String> {
         .map_err(|e| {
             format!("{s:?} is not an RFC 3339 timestamp like \"2027-06-30T00:00:00Z\": {e}")
         })
+}
+
+/// When access ending at `at` deserves a plan warning: within `ctx.expiry_warning` (or past).
+pub fn ends_soon(ctx: &Ctx, at: DateTime<Utc>, now: DateTime<Utc>) -> bool {
+    at <= now + ctx.expiry_warning
+}
+
+/// "on 2026-12-09 (2026-12-09T12:00:00Z), in 6 days", for expiry warnings.
+pub fn when(at: DateTime<Utc>, now: DateTime<Utc>) -> String {
+    let days = (at - now).num_days();
+    let relative = match days {
+        _ if at <= now => "already passed".to_owned(),
+        0 => "within a day".to_owned(),
+        1 => "in 1 day".to_owned(),
+        n => format!("in {n} days"),
+    };
+    format!(
+        "on {} ({}), {relative}",
+        at.format("%Y-%m-%d"),
+        at.to_rfc3339_opts(SecondsFormat::AutoSi, true)
+    )
+}
+
+/// Whether `value` passes the optional filter `attr` of a list block (an unset filter passes all).
+pub fn passes(config: &Obj, attr: &str, value: &str) -> bool {
+    config.str(attr).is_none_or(|wanted| wanted == value)
+}
+
+/// A list block filter: an optional string.
+pub fn filter(name: &'static str, description: &'static str) -> crate::schema::Attr {
+    crate::schema::Attr::optional(name, crate::schema::Ty::String, description)
 }
 
 /// Runs `check` on a string attribute when its value is known.

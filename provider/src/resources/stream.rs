@@ -3,7 +3,9 @@ use std::sync::LazyLock;
 
 use api::{CreateStream, Stream, UpdateStream, rules};
 
-use super::{Ctx, Resource, cached_get, check_str, check_u32, required_str, time, u32_of};
+use super::{
+    Ctx, Resource, cached_get, check_str, check_u32, filter, passes, required_str, time, u32_of,
+};
 use crate::diag::Diags;
 use crate::schema::{Attr, Schema, Ty};
 use crate::value::Obj;
@@ -77,6 +79,11 @@ static SCHEMA: LazyLock<Schema> = LazyLock::new(|| Schema {
     ],
 });
 
+static LIST_SCHEMA: LazyLock<Schema> = LazyLock::new(|| Schema {
+    description: "Finds consumer streams, e.g. to adopt existing ones with `terraform query`.",
+    attributes: vec![filter("owner", "Only streams this principal (team) owns.")],
+});
+
 fn state_of(stream: &Stream) -> Obj {
     let mut state = SCHEMA.empty_object();
     state.set("id", stream.name.as_str());
@@ -109,6 +116,34 @@ impl Resource for StreamResource {
 
     fn import_id_kind(&self) -> &'static str {
         "the stream's name"
+    }
+
+    fn identity_attr(&self) -> &'static str {
+        "name"
+    }
+
+    fn list_schema(&self) -> &Schema {
+        &LIST_SCHEMA
+    }
+
+    async fn list(&self, ctx: &Ctx, config: &Obj, diags: &mut Diags) -> Vec<Obj> {
+        let Some(client) = ctx.client(diags) else {
+            return Vec::new();
+        };
+        let streams = diags
+            .api_value("list streams", client.list_streams().await)
+            .unwrap_or_default();
+        streams
+            .iter()
+            .filter(|s| passes(config, "owner", &s.owner))
+            .map(state_of)
+            .collect()
+    }
+
+    fn validate_list(&self, config: &Obj, diags: &mut Diags) {
+        check_str(config, "owner", diags, |v| {
+            rules::check_name("principal", v)
+        });
     }
 
     fn validate(&self, config: &Obj, diags: &mut Diags) {

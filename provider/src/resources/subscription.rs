@@ -1,11 +1,13 @@
 use std::sync::LazyLock;
 
 use api::{
-    AccessProblem, CreateSubscription, DenialReason, Subscription, SubscriptionStatus,
+    AccessProblem, CreateSubscription, DenialReason, GrantStatus, Subscription, SubscriptionStatus,
     UpdateSubscription, rules,
 };
 
-use super::{Ctx, Resource, cached_get, check_str, required_str, time};
+use super::{
+    Ctx, Resource, cached_get, check_str, ends_soon, filter, passes, required_str, time, when,
+};
 use crate::diag::Diags;
 use crate::schema::{Attr, Schema, Ty};
 use crate::value::{Obj, Value};
@@ -71,6 +73,18 @@ static SCHEMA: LazyLock<Schema> = LazyLock::new(|| Schema {
     ],
 });
 
+static LIST_SCHEMA: LazyLock<Schema> = LazyLock::new(|| Schema {
+    description: "Finds subscriptions, e.g. to adopt existing ones with `terraform query`.",
+    attributes: vec![
+        filter("stream", "Only subscriptions of this stream."),
+        filter("event", "Only subscriptions that name this event."),
+        filter(
+            "owner",
+            "Only subscriptions of streams this principal (team) owns.",
+        ),
+    ],
+});
+
 fn state_of(subscription: &Subscription) -> Obj {
     let mut state = SCHEMA.empty_object();
     state.set("id", subscription.id.as_str());
@@ -133,6 +147,44 @@ impl Resource for SubscriptionResource {
 
     fn import_id_kind(&self) -> &'static str {
         "the subscription's id"
+    }
+
+    fn identity_attr(&self) -> &'static str {
+        "id"
+    }
+
+    fn list_schema(&self) -> &Schema {
+        &LIST_SCHEMA
+    }
+
+    fn validate_list(&self, config: &Obj, diags: &mut Diags) {
+        check_str(config, "stream", diags, |v| rules::check_name("stream", v));
+        check_str(config, "event", diags, |v| rules::check_name("event", v));
+        check_str(config, "owner", diags, |v| {
+            rules::check_name("principal", v)
+        });
+    }
+
+    async fn list(&self, ctx: &Ctx, config: &Obj, diags: &mut Diags) -> Vec<Obj> {
+        let Some(client) = ctx.client(diags) else {
+            return Vec::new();
+        };
+        let subscriptions = diags
+            .api_value(
+                "list subscriptions",
+                client.list_subscriptions(config.str("stream")).await,
+            )
+            .unwrap_or_default();
+        subscriptions
+            .iter()
+            .filter(|s| {
+                passes(config, "owner", &s.owner)
+                    && config
+                        .str("event")
+                        .is_none_or(|e| s.events.iter().any(|x| x == e))
+            })
+            .map(state_of)
+            .collect()
     }
 
     fn validate(&self, config: &Obj, diags: &mut Diags) {
@@ -237,6 +289,96 @@ impl Resource for SubscriptionResource {
                 &format!("check access of stream {stream:?} to its events"),
                 &e,
             ),
+        }
+    }
+
+    /// Warns on `events` for each event the stream's owner reads through grants that all end
+    /// within `expiry_warning_days`, naming the event and the date.
+    async fn plan_warnings(&self, ctx: &Ctx, planned: &Obj, diags: &mut Diags) {
+        let (Some(stream), Some(events)) =
+            (planned.str("stream"), planned.get("events").as_strings())
+        else {
+            return;
+        };
+        if ctx.expiry_warning <= chrono::Duration::zero()
+            || !ctx.is_configured()
+            || ctx.cache.has_written()
+        {
+            return;
+        }
+        let Some(client) = ctx.client(diags) else {
+            return;
+        };
+        let owner = match planned.str("owner") {
+            Some(owner) => owner.to_owned(),
+            None => match cached_get(
+                &ctx.cache.streams,
+                stream,
+                || client.list_streams(),
+                |s| s.name.clone(),
+                || client.get_stream(stream),
+            )
+            .await
+            {
+                Ok(Some(found)) => found.owner,
+                // Created by this apply, or unreadable: the access check speaks for it.
+                _ => return,
+            },
+        };
+        let Ok(grants) = ctx
+            .cache
+            .grants
+            .all(|| client.list_grants(None, None), |g| g.id.clone())
+            .await
+        else {
+            return;
+        };
+        let now = chrono::Utc::now();
+        let mut events = events;
+        events.sort();
+        events.dedup();
+        for event in &events {
+            if ctx.pending.has_grant(event, &owner) {
+                continue;
+            }
+            if let Ok(Some(found)) = super::event::lookup(ctx, client, event).await
+                && found.owner == owner
+            {
+                continue;
+            }
+            let active: Vec<_> = grants
+                .values()
+                .filter(|g| {
+                    g.event == *event && g.grantee == owner && g.status == GrantStatus::Active
+                })
+                .map(|g| g.expires_at)
+                .collect();
+            // Access lasts as long as the longest-running active grant; one without an expiry
+            // never ends, and without any the access check has already spoken.
+            let ends = if active.contains(&None) {
+                None
+            } else {
+                active.into_iter().flatten().max()
+            };
+            if let Some(at) = ends
+                && ends_soon(ctx, at, now)
+            {
+                diags.warning_at(
+                    "events",
+                    format!(
+                        "Stream {stream:?} stops receiving {event:?} {}",
+                        when(at, now)
+                    ),
+                    format!(
+                        "{owner:?} reads {event:?} through a fanner_grant that expires {}. Ask \
+                         the event's owner to renew it (a later expires_at), or remove {event:?} \
+                         from events. (This warning covers grants ending within the provider's \
+                         expiry_warning_days, {} days.)",
+                        when(at, now),
+                        ctx.expiry_warning.num_days()
+                    ),
+                );
+            }
         }
     }
 
