@@ -126,13 +126,7 @@ async fn a_killed_engine_loses_nothing(kind: Kind) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn graceful_shutdown_drains_and_hands_over_at_once() {
-    let h = Harness::start(Kind::Embedded, "graceful", 2)
-        .await
-        .expect("embedded is always available");
-    let growth = h.team("growth").await;
-    h.event(&growth, "signup").await;
-    let stream = h.stream(&growth, "growth-own", 1).await;
-    h.subscribe(&growth, "growth-own", &["signup"]).await;
+    let (h, stream) = Harness::own_signups("graceful", 2, 1).await;
     let mut config = h.config("engine-a");
     // Long leases: the second engine only gets the shards this quickly if they were released.
     config.lease_ttl = Duration::from_secs(60);
@@ -179,13 +173,7 @@ async fn graceful_shutdown_drains_and_hands_over_at_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_engines_share_shards_and_one_takes_over_when_the_other_dies() {
-    let h = Harness::start(Kind::Embedded, "two", 4)
-        .await
-        .expect("embedded is always available");
-    let growth = h.team("growth").await;
-    h.event(&growth, "signup").await;
-    let stream = h.stream(&growth, "growth-own", 2).await;
-    h.subscribe(&growth, "growth-own", &["signup"]).await;
+    let (h, stream) = Harness::own_signups("two", 4, 2).await;
 
     let a = h.engine(h.config("engine-a"));
     eventually(
@@ -240,13 +228,7 @@ async fn two_engines_share_shards_and_one_takes_over_when_the_other_dies() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_checkpoint_written_by_another_version_is_refused_not_replayed() {
-    let h = Harness::start(Kind::Embedded, "refused", 1)
-        .await
-        .expect("embedded is always available");
-    let growth = h.team("growth").await;
-    h.event(&growth, "signup").await;
-    let stream = h.stream(&growth, "growth-own", 1).await;
-    h.subscribe(&growth, "growth-own", &["signup"]).await;
+    let (h, stream) = Harness::own_signups("refused", 1, 1).await;
     let a = h.engine(h.config("engine-a"));
     let first = ids("first", 200);
     h.publish(&events("signup", &first)).await;

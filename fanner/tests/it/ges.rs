@@ -15,14 +15,8 @@ use crate::support::{Harness, Kind, backend_tests, counts, envelope, eventually,
 /// does not, so this runs on the embedded backend only.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_resharded_ges_is_read_parents_first() {
-    let h = Harness::start(Kind::Embedded, "reshard", 1)
-        .await
-        .expect("embedded is always available");
-    let growth = h.team("growth").await;
-    h.event(&growth, "signup").await;
     // One shard: the stream's order is the order of delivery.
-    let stream = h.stream(&growth, "growth-own", 1).await;
-    h.subscribe(&growth, "growth-own", &["signup"]).await;
+    let (h, stream) = Harness::own_signups("reshard", 1, 1).await;
     let mut config = h.config("engine-a");
     config.read_batch = 20;
     // Slow writes: the parent is still being delivered when its children appear.

@@ -220,13 +220,7 @@ fn sends(calls: &[Vec<String>]) -> HashMap<String, usize> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn partial_put_failures_resend_only_the_failed_entries_embedded() {
-    let h = Harness::start(Kind::Embedded, "partial", 1)
-        .await
-        .expect("embedded is always available");
-    let growth = h.team("growth").await;
-    h.event(&growth, "signup").await;
-    let stream = h.stream(&growth, "growth-own", 1).await;
-    h.subscribe(&growth, "growth-own", &["signup"]).await;
+    let (h, stream) = Harness::own_signups("partial", 1, 1).await;
     h.faults.fail_key("e-3", 2);
     h.faults.fail_key("e-7", 1);
     let engine = h.engine(h.config("engine-a"));

@@ -177,6 +177,19 @@ impl Harness {
     }
 
     /// A member principal (a team).
+    /// The usual start on the embedded backend: team `growth` owns `signup` and subscribes its
+    /// own stream `growth-own` (`stream_shards` shards) to it. Returns the stream's backing name.
+    pub async fn own_signups(test: &str, ges_shards: u32, stream_shards: u32) -> (Harness, String) {
+        let h = Harness::start(Kind::Embedded, test, ges_shards)
+            .await
+            .expect("embedded is always available");
+        let growth = h.team("growth").await;
+        h.event(&growth, "signup").await;
+        let stream = h.stream(&growth, "growth-own", stream_shards).await;
+        h.subscribe(&growth, "growth-own", &["signup"]).await;
+        (h, stream)
+    }
+
     pub async fn team(&self, name: &str) -> Ctx {
         self.cp
             .create_token(
