@@ -261,6 +261,9 @@ async fn readyz(State(cp): State<ControlPlane>) -> Response {
 }
 
 /// The process-wide Prometheus recorder, installed on first use.
+/// How often histogram samples are folded into their summaries.
+const METRICS_UPKEEP: Duration = Duration::from_secs(5);
+
 pub fn metrics_handle() -> &'static PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE.get_or_init(|| {
@@ -268,6 +271,20 @@ pub fn metrics_handle() -> &'static PrometheusHandle {
         let handle = recorder.handle();
         if metrics::set_global_recorder(recorder).is_err() {
             tracing::warn!("A metrics recorder was already installed; /metrics will be empty.");
+        }
+        // Histogram samples wait in the recorder until folded into their summaries: without
+        // this, a process nobody scrapes keeps every sample (megabytes a minute under load).
+        let upkeep = handle.clone();
+        let spawned = std::thread::Builder::new()
+            .name("metrics-upkeep".to_owned())
+            .spawn(move || {
+                loop {
+                    std::thread::sleep(METRICS_UPKEEP);
+                    upkeep.run_upkeep();
+                }
+            });
+        if let Err(error) = spawned {
+            tracing::warn!(%error, "Cannot start the metrics upkeep; histograms grow until scraped.");
         }
         handle
     })
