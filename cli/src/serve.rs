@@ -198,6 +198,36 @@ async fn open_backend(config: &Config) -> anyhow::Result<Arc<dyn StreamBackend>>
     })
 }
 
+/// Creates `dir` (and missing parents) owner-only, and tightens it if it exists with a looser mode:
+/// it holds the store, the log and the lake, and so every payload.
+fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("cannot create data directory {}", dir.display()))?;
+    make_private(dir, 0o700)
+}
+
+/// Sets `path`'s mode to `mode` when it grants anyone else more, and says so; a missing path is
+/// fine (the file is made later, inside the private dir).
+fn make_private(path: &Path, mode: u32) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let metadata = match std::fs::metadata(path) {
+        Ok(metadata) => metadata,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(error) => return Err(error).with_context(|| format!("cannot stat {}", path.display())),
+    };
+    let was = metadata.permissions().mode() & 0o777;
+    if was & !mode != 0 {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+            .with_context(|| format!("cannot make {} owner-only", path.display()))?;
+        tracing::warn!(path = %path.display(), was = format!("{was:o}"), now = format!("{mode:o}"), "Tightened the mode of a data file to owner-only.");
+    }
+    Ok(())
+}
+
 /// Writes a secret or an identity where only this user can read it, durably.
 fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
     use std::io::Write;
@@ -209,6 +239,7 @@ fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
         .mode(0o600)
         .open(path)
         .with_context(|| format!("cannot write {}", path.display()))?;
+    make_private(path, 0o600)?;
     writeln!(file, "{text}")?;
     file.sync_all()?;
     Ok(())
@@ -217,8 +248,7 @@ fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let config = Config::load(&args)?;
     init_logging(config.log_format);
-    std::fs::create_dir_all(&config.data_dir)
-        .with_context(|| format!("cannot create data directory {}", config.data_dir.display()))?;
+    create_private_dir(&config.data_dir)?;
     let identity = Identity::claim(&config.data_dir, config.instance.as_deref())?;
     let mut config = config;
     config.engine.owner = identity.name.clone();
@@ -232,6 +262,16 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             .context("cannot open the SQLite store")?,
     };
     let backend = open_backend(&config).await?;
+    // Created by SQLite and redb with the default modes; the private dir already keeps others
+    // out, and the files stay owner-only if the dir is ever copied or loosened.
+    for file in [
+        "fanner.db",
+        "fanner.db-wal",
+        "fanner.db-shm",
+        "streams.redb",
+    ] {
+        make_private(&config.data_dir.join(file), 0o600)?;
+    }
     backend
         .create_stream(&streams::StreamSpec {
             name: config.streams.ges.clone(),
@@ -364,13 +404,16 @@ struct Identity {
 
 impl Identity {
     fn claim(data_dir: &Path, configured: Option<&str>) -> anyhow::Result<Identity> {
+        use std::os::unix::fs::OpenOptionsExt;
         let lock_path = data_dir.join("fanner.lock");
         let lock = std::fs::OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
+            .mode(0o600)
             .open(&lock_path)
             .with_context(|| format!("cannot open {}", lock_path.display()))?;
+        make_private(&lock_path, 0o600)?;
         match lock.try_lock() {
             Ok(()) => {}
             Err(std::fs::TryLockError::WouldBlock) => anyhow::bail!(
@@ -386,6 +429,7 @@ impl Identity {
             Some(name) => name.to_owned(),
             None => {
                 let path = data_dir.join("instance");
+                make_private(&path, 0o600)?;
                 let kept = match std::fs::read_to_string(&path) {
                     Ok(text) => Some(text.trim().to_owned()).filter(|name| !name.is_empty()),
                     Err(error) if error.kind() == std::io::ErrorKind::NotFound => None,

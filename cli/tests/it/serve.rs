@@ -540,3 +540,79 @@ impl OutputWithStdin for std::process::Command {
         child.wait_with_output().expect("finishes")
     }
 }
+
+/// Every file and directory under `root` (itself included), with its permission bits.
+fn modes(root: &std::path::Path) -> Vec<(std::path::PathBuf, u32)> {
+    let mut found = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(path) = stack.pop() {
+        // A file may vanish while we walk (a temporary object renamed into place).
+        let Ok(metadata) = std::fs::metadata(&path) else {
+            continue;
+        };
+        found.push((path.clone(), metadata.permissions().mode() & 0o777));
+        if metadata.is_dir() {
+            for entry in std::fs::read_dir(&path).into_iter().flatten() {
+                stack.push(entry.expect("entry").path());
+            }
+        }
+    }
+    found
+}
+
+#[test]
+fn the_data_dir_is_owner_only_even_when_it_was_made_looser() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).expect("data dir");
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    std::fs::write(data.join("instance"), "kept-name\n").expect("instance");
+    std::fs::set_permissions(
+        data.join("instance"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .expect("chmod");
+    let server = Server::start_with(&data, &[("FANNER__PERSISTER__MAX_OBJECT_AGE_MS", "200")]);
+    let admin = server.admin_token.clone();
+    server.ok(
+        &admin,
+        &[
+            "event",
+            "create",
+            "card_added",
+            "--classification",
+            "internal",
+        ],
+    );
+    server.ok(
+        &admin,
+        &["publish", "card_added", "--json", r#"{"secret": 1}"#],
+    );
+
+    let objects = data.join("lake/events/card_added");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !modes(&objects).iter().any(|(path, _)| path.is_file()) {
+        assert!(std::time::Instant::now() < deadline, "no lake object");
+        // The persister flushes on age; poll rather than guess.
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let found = modes(&data);
+    for name in [
+        "fanner.db",
+        "fanner.db-wal",
+        "streams.redb",
+        "instance",
+        "fanner.lock",
+        "admin.token",
+    ] {
+        assert!(
+            found.iter().any(|(path, _)| path.ends_with(name)),
+            "{name} in {found:?}"
+        );
+    }
+    let loose: Vec<_> = found
+        .iter()
+        .filter(|(path, mode)| *mode != if path.is_dir() { 0o700 } else { 0o600 })
+        .collect();
+    assert!(loose.is_empty(), "not owner-only: {loose:?}");
+}
