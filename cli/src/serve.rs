@@ -29,6 +29,9 @@ pub struct ServeArgs {
     /// `postgres://...` for a shared store (several replicas); default: SQLite in --data-dir.
     #[arg(long, env = "FANNER_DATABASE_URL", hide_env_values = true)]
     database_url: Option<String>,
+    /// What this process runs: any of api, engine, persister (default: all three).
+    #[arg(long, value_delimiter = ',', value_enum)]
+    components: Option<Vec<Component>>,
 }
 
 #[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
@@ -62,7 +65,8 @@ pub struct Config {
     pub database_url: Option<String>,
     pub log_format: LogFormat,
     pub streams: StreamsConfig,
-    pub components: Components,
+    /// What this process runs; production runs API replicas and worker replicas apart.
+    pub components: Vec<Component>,
     /// The fan-out engine's tuning; its `ges` is always `streams.ges`.
     pub engine: fanner::EngineConfig,
     /// The persister's tuning; its `stream` is always `streams.ges`.
@@ -70,12 +74,16 @@ pub struct Config {
     pub lake: LakeConfig,
 }
 
-/// Which parts run in this process besides the control plane.
-#[derive(Debug, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct Components {
-    pub engine: bool,
-    pub persister: bool,
+/// A part of Fanner one process may run.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Component {
+    /// The HTTP API and console (without it: only `/healthz`, `/readyz`, `/metrics`).
+    Api,
+    /// The fan-out engine's shard jobs.
+    Engine,
+    /// The persister's shard jobs.
+    Persister,
 }
 
 /// Where the persister writes.
@@ -120,10 +128,7 @@ impl Default for Config {
                 backing_prefix: Settings::default().backing_prefix,
                 embedded_cache_mb: streams::embedded::DEFAULT_CACHE_BYTES / (1024 * 1024),
             },
-            components: Components {
-                engine: true,
-                persister: true,
-            },
+            components: vec![Component::Api, Component::Engine, Component::Persister],
             engine: fanner::EngineConfig::default(),
             persister: persister::Config::default(),
             lake: LakeConfig::Local { path: None },
@@ -153,6 +158,13 @@ impl Config {
         if let Some(url) = &args.database_url {
             config.database_url = Some(url.clone());
         }
+        if let Some(components) = &args.components {
+            config.components = components.clone();
+        }
+        anyhow::ensure!(
+            !config.components.is_empty(),
+            "components must name at least one of api, engine, persister"
+        );
         anyhow::ensure!(
             !config
                 .streams
@@ -309,7 +321,11 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
 
     let stop = CancellationToken::new();
     let mut components = JoinSet::new();
-    if config.components.engine {
+    let mut role = control_plane::http::Role {
+        api: config.components.contains(&Component::Api),
+        workers: Vec::new(),
+    };
+    if config.components.contains(&Component::Engine) {
         let link = Arc::new(cli::link::InProcess::new(control_plane.clone()));
         let engine = fanner::Engine::new(
             config.engine.clone(),
@@ -318,6 +334,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             link.clone(),
             link,
         );
+        role.workers.push(("engine", engine.shards()));
         components.spawn(report_engine_status(
             engine.status(),
             control_plane.clone(),
@@ -331,7 +348,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
                 .map_err(|e| anyhow::anyhow!("fan-out engine: {e}"))
         });
     }
-    if config.components.persister {
+    if config.components.contains(&Component::Persister) {
         let sink = open_lake(&config).await?;
         let persister = persister::Persister::new(
             &config.persister,
@@ -340,6 +357,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             sink,
         )
         .context("invalid persister configuration")?;
+        role.workers.push(("persister", persister.shards()));
         let stopped = stop.clone().cancelled_owned();
         components.spawn(async move {
             persister.run(stopped).await;
@@ -347,11 +365,11 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         });
     }
 
-    tracing::info!(%address, data_dir = %config.data_dir.display(), backend = ?config.streams.backend, instance = %identity.name, "Fanner is serving.");
+    tracing::info!(%address, data_dir = %config.data_dir.display(), backend = ?config.streams.backend, instance = %identity.name, components = ?config.components, "Fanner is serving.");
     eprintln!("Fanner is listening on http://{address}");
     let http = control_plane::http::serve(
         listener,
-        control_plane::http::app(control_plane.clone()),
+        control_plane::http::app_for(control_plane.clone(), role),
         {
             let stop = stop.clone();
             async move { stop.cancelled().await }
