@@ -72,6 +72,17 @@ pub struct Config {
     /// The persister's tuning; its `stream` is always `streams.ges`.
     pub persister: persister::Config,
     pub lake: LakeConfig,
+    /// HTTPS with this certificate; plain HTTP without it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsConfig>,
+}
+
+/// PEM files of the served certificate chain and its key, read again when either changes.
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 /// A part of Fanner one process may run.
@@ -132,6 +143,7 @@ impl Default for Config {
             engine: fanner::EngineConfig::default(),
             persister: persister::Config::default(),
             lake: LakeConfig::Local { path: None },
+            tls: None,
         }
     }
 }
@@ -366,16 +378,38 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     }
 
     tracing::info!(%address, data_dir = %config.data_dir.display(), backend = ?config.streams.backend, instance = %identity.name, components = ?config.components, "Fanner is serving.");
-    eprintln!("Fanner is listening on http://{address}");
-    let http = control_plane::http::serve(
-        listener,
-        control_plane::http::app_for(control_plane.clone(), role),
-        {
-            let stop = stop.clone();
-            async move { stop.cancelled().await }
-        },
-        shutdown_timeout,
-    );
+    let app = control_plane::http::app_for(control_plane.clone(), role);
+    let drained_stop = {
+        let stop = stop.clone();
+        async move { stop.cancelled().await }
+    };
+    let http: std::pin::Pin<Box<dyn Future<Output = std::io::Result<()>> + Send>> =
+        match &config.tls {
+            None => {
+                eprintln!("Fanner is listening on http://{address}");
+                Box::pin(control_plane::http::serve(
+                    listener,
+                    app,
+                    drained_stop,
+                    shutdown_timeout,
+                ))
+            }
+            Some(tls) => {
+                let files = control_plane::http::tls::TlsFiles {
+                    cert: tls.cert.clone(),
+                    key: tls.key.clone(),
+                };
+                let listener = control_plane::http::tls::TlsListener::new(listener, files)
+                    .context("cannot set up TLS")?;
+                eprintln!("Fanner is listening on https://{address}");
+                Box::pin(control_plane::http::serve(
+                    listener,
+                    app,
+                    drained_stop,
+                    shutdown_timeout,
+                ))
+            }
+        };
     tokio::spawn({
         let stop = stop.clone();
         async move {

@@ -616,3 +616,77 @@ fn the_data_dir_is_owner_only_even_when_it_was_made_looser() {
         .collect();
     assert!(loose.is_empty(), "not owner-only: {loose:?}");
 }
+
+/// Writes a new self-signed certificate for 127.0.0.1 and its key over `dir`'s `cert.pem` and
+/// `key.pem` (each replaced whole, as a certificate manager does), and the certificate again as
+/// `ca-<n>.pem` for clients to trust.
+fn new_certificate(dir: &std::path::Path, n: u32) -> std::path::PathBuf {
+    let key = rcgen::KeyPair::generate().expect("key");
+    let params = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()]).expect("params");
+    let cert = params.self_signed(&key).expect("certificate");
+    for (name, pem) in [("key.pem", key.serialize_pem()), ("cert.pem", cert.pem())] {
+        let tmp = dir.join(format!("{name}.tmp"));
+        std::fs::write(&tmp, pem).expect("write");
+        std::fs::rename(&tmp, dir.join(name)).expect("rename");
+    }
+    let ca = dir.join(format!("ca-{n}.pem"));
+    std::fs::write(&ca, cert.pem()).expect("write");
+    ca
+}
+
+#[test]
+fn serve_terminates_tls_and_serves_a_replaced_certificate() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let tls = dir.path().join("tls");
+    std::fs::create_dir(&tls).expect("tls dir");
+    let first = new_certificate(&tls, 1);
+    let cert = tls.join("cert.pem").to_string_lossy().into_owned();
+    let key = tls.join("key.pem").to_string_lossy().into_owned();
+    let server = Server::start_with(
+        &dir.path().join("data"),
+        &[("FANNER__TLS__CERT", &cert), ("FANNER__TLS__KEY", &key)],
+    );
+    assert!(
+        server.endpoint.starts_with("https://"),
+        "{}",
+        server.endpoint
+    );
+    let whoami = |ca: Option<&std::path::Path>| {
+        let mut command = std::process::Command::new(FANNER);
+        command
+            .arg("whoami")
+            .env("FANNER_ENDPOINT", &server.endpoint)
+            .env("FANNER_TOKEN", &server.admin_token);
+        if let Some(ca) = ca {
+            command.env("FANNER_CA_CERT", ca);
+        }
+        command.output().expect("fanner runs")
+    };
+    let trusted = whoami(Some(&first));
+    assert!(
+        trusted.status.success(),
+        "{}",
+        String::from_utf8_lossy(&trusted.stderr)
+    );
+    assert_eq!(
+        whoami(None).status.code(),
+        Some(1),
+        "an unknown CA is refused"
+    );
+
+    let second = new_certificate(&tls, 2);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !whoami(Some(&second)).status.success() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the replaced certificate was not served"
+        );
+        // The server polls the files' modification times every few seconds.
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    }
+    assert_eq!(
+        whoami(Some(&first)).status.code(),
+        Some(1),
+        "the old certificate is no longer served"
+    );
+}

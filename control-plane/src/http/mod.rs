@@ -4,6 +4,7 @@
 mod error;
 mod extract;
 mod handlers;
+pub mod tls;
 mod ui;
 
 use std::future::Future;
@@ -17,7 +18,6 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
-use tokio::net::TcpListener;
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -249,12 +249,16 @@ pub fn app_for(control_plane: ControlPlane, role: Role) -> Router {
 
 /// Serves `app` on `listener` until `shutdown` completes, then lets in-flight requests finish
 /// for at most `drain`; connections still open after that are cut.
-pub async fn serve(
-    listener: TcpListener,
+pub async fn serve<L>(
+    listener: L,
     app: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
     drain: Duration,
-) -> std::io::Result<()> {
+) -> std::io::Result<()>
+where
+    L: axum::serve::Listener,
+    L::Addr: std::fmt::Debug,
+{
     let begun = Arc::new(tokio::sync::Notify::new());
     let graceful = axum::serve(listener, app).with_graceful_shutdown({
         let begun = begun.clone();
