@@ -639,13 +639,32 @@ fn serve_terminates_tls_and_serves_a_replaced_certificate() {
     let dir = tempfile::tempdir().expect("temp dir");
     let tls = dir.path().join("tls");
     std::fs::create_dir(&tls).expect("tls dir");
-    let first = new_certificate(&tls, 1);
     let cert = tls.join("cert.pem").to_string_lossy().into_owned();
     let key = tls.join("key.pem").to_string_lossy().into_owned();
-    let server = Server::start_with(
-        &dir.path().join("data"),
-        &[("FANNER__TLS__CERT", &cert), ("FANNER__TLS__KEY", &key)],
+    let tls_env = [
+        ("FANNER__TLS__CERT", cert.as_str()),
+        ("FANNER__TLS__KEY", key.as_str()),
+    ];
+
+    // A key that is not the certificate's is refused at start, by name.
+    new_certificate(&tls, 0);
+    let other_key = rcgen::KeyPair::generate().expect("key");
+    std::fs::write(&key, other_key.serialize_pem()).expect("write");
+    let refused = std::process::Command::new(FANNER)
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path().join("refused"))
+        .envs(tls_env)
+        .output()
+        .expect("fanner serve runs");
+    assert_eq!(refused.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("does not belong to the certificate"),
+        "{stderr}"
     );
+
+    let first = new_certificate(&tls, 1);
+    let server = Server::start_with(&dir.path().join("data"), &tls_env);
     assert!(
         server.endpoint.starts_with("https://"),
         "{}",

@@ -63,7 +63,21 @@ impl TlsFiles {
                 path: self.key.display().to_string(),
                 reason: e.to_string(),
             })?;
-        Ok(CertifiedKey::new(certs, key))
+        let certified = CertifiedKey::new(certs, key);
+        // A renewal that has replaced one file but not yet the other fails here, and is read
+        // again at the next check.
+        match certified.keys_match() {
+            Ok(()) | Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::Unknown)) => {
+                Ok(certified)
+            }
+            Err(error) => Err(TlsError::Key {
+                path: self.key.display().to_string(),
+                reason: format!(
+                    "it does not belong to the certificate in {}: {error}",
+                    self.cert.display()
+                ),
+            }),
+        }
     }
 
     fn modified(&self) -> Option<(SystemTime, SystemTime)> {
@@ -185,8 +199,7 @@ async fn reload_loop(files: TlsFiles, current: Arc<Current>) {
                 seen = now;
                 tracing::info!(cert = %files.cert.display(), "Reloaded the TLS certificate.");
             }
-            // A half-written pair (the cert replaced, the key not yet): keep serving the old one
-            // and try again at the next tick.
+            // A half-replaced pair: keep serving the old one and try again at the next tick.
             Err(error) => {
                 tracing::warn!(%error, "Cannot reload the TLS certificate; serving the previous one.")
             }
