@@ -57,6 +57,21 @@ groups:
         annotations:
           summary: "The lake is more than 15 minutes behind"
           description: "Persister shard {{ $labels.shard }} last wrote data {{ $value }} s behind the stream."
+      - alert: FannerShardsRefused
+        expr: max by (instance, group) (fanner_shards_refused) > 0
+        for: 5m
+        labels:
+          severity: critical
+        annotations:
+          summary: "Shards are refused: nobody reads them"
+          description: "{{ $value }} shards of job {{ $labels.group }} on {{ $labels.instance }} have an unreadable checkpoint; the process log names them."
+      - alert: FannerShardJobsFailing
+        expr: sum by (instance, group) (increase(fanner_shard_job_failures_total[10m])) > 3
+        labels:
+          severity: warning
+        annotations:
+          summary: "Shard jobs keep failing"
+          description: "Job {{ $labels.group }} on {{ $labels.instance }} failed {{ $value }} times in 10 minutes; the process log has the causes."
       - alert: FannerGrantsExpiring
         expr: max by (instance) (fanner_control_plane_grants_expiring) > 0
         labels:

@@ -15,7 +15,18 @@ pub fn client(conn: &Connection) -> anyhow::Result<Client> {
         .token
         .clone()
         .context("no token: pass --token or set FANNER_TOKEN (`fanner serve` wrote the admin's to <data-dir>/admin.token)")?;
-    Ok(Client::new(&conn.endpoint, Some(token))?)
+    let ca = match &conn.ca_cert {
+        Some(path) => Some(
+            std::fs::read(path)
+                .with_context(|| format!("cannot read the CA certificate {}", path.display()))?,
+        ),
+        None => None,
+    };
+    Ok(Client::trusting(
+        &conn.endpoint,
+        Some(token),
+        ca.as_deref(),
+    )?)
 }
 
 fn done() -> anyhow::Result<ExitCode> {

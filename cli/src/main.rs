@@ -44,6 +44,9 @@ pub struct Connection {
     /// Print machine-readable JSON instead of tables.
     #[arg(long, global = true)]
     json: bool,
+    /// A PEM file of the CA that signed an https:// endpoint's certificate (a private CA).
+    #[arg(long, global = true, env = "FANNER_CA_CERT")]
+    ca_cert: Option<std::path::PathBuf>,
 }
 
 #[derive(Subcommand)]

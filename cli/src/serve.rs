@@ -29,6 +29,9 @@ pub struct ServeArgs {
     /// `postgres://...` for a shared store (several replicas); default: SQLite in --data-dir.
     #[arg(long, env = "FANNER_DATABASE_URL", hide_env_values = true)]
     database_url: Option<String>,
+    /// What this process runs: any of api, engine, persister (default: all three).
+    #[arg(long, value_delimiter = ',', value_enum)]
+    components: Option<Vec<Component>>,
 }
 
 #[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
@@ -62,20 +65,36 @@ pub struct Config {
     pub database_url: Option<String>,
     pub log_format: LogFormat,
     pub streams: StreamsConfig,
-    pub components: Components,
+    /// What this process runs; production runs API replicas and worker replicas apart.
+    pub components: Vec<Component>,
     /// The fan-out engine's tuning; its `ges` is always `streams.ges`.
     pub engine: fanner::EngineConfig,
     /// The persister's tuning; its `stream` is always `streams.ges`.
     pub persister: persister::Config,
     pub lake: LakeConfig,
+    /// HTTPS with this certificate; plain HTTP without it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsConfig>,
 }
 
-/// Which parts run in this process besides the control plane.
+/// PEM files of the served certificate chain and its key, read again when either changes.
 #[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub struct Components {
-    pub engine: bool,
-    pub persister: bool,
+pub struct TlsConfig {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// A part of Fanner one process may run.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Component {
+    /// The HTTP API and console (without it: only `/healthz`, `/readyz`, `/metrics`).
+    Api,
+    /// The fan-out engine's shard jobs.
+    Engine,
+    /// The persister's shard jobs.
+    Persister,
 }
 
 /// Where the persister writes.
@@ -120,13 +139,11 @@ impl Default for Config {
                 backing_prefix: Settings::default().backing_prefix,
                 embedded_cache_mb: streams::embedded::DEFAULT_CACHE_BYTES / (1024 * 1024),
             },
-            components: Components {
-                engine: true,
-                persister: true,
-            },
+            components: vec![Component::Api, Component::Engine, Component::Persister],
             engine: fanner::EngineConfig::default(),
             persister: persister::Config::default(),
             lake: LakeConfig::Local { path: None },
+            tls: None,
         }
     }
 }
@@ -153,6 +170,13 @@ impl Config {
         if let Some(url) = &args.database_url {
             config.database_url = Some(url.clone());
         }
+        if let Some(components) = &args.components {
+            config.components = components.clone();
+        }
+        anyhow::ensure!(
+            !config.components.is_empty(),
+            "components must name at least one of api, engine, persister"
+        );
         anyhow::ensure!(
             !config
                 .streams
@@ -198,6 +222,36 @@ async fn open_backend(config: &Config) -> anyhow::Result<Arc<dyn StreamBackend>>
     })
 }
 
+/// Creates `dir` (and missing parents) owner-only, and tightens it if it exists with a looser mode:
+/// it holds the store, the log and the lake, and so every payload.
+fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("cannot create data directory {}", dir.display()))?;
+    make_private(dir, 0o700)
+}
+
+/// Sets `path`'s mode to `mode` when it grants anyone else more, and says so; a missing path is
+/// fine (the file is made later, inside the private dir).
+fn make_private(path: &Path, mode: u32) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let metadata = match std::fs::metadata(path) {
+        Ok(metadata) => metadata,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(error) => return Err(error).with_context(|| format!("cannot stat {}", path.display())),
+    };
+    let was = metadata.permissions().mode() & 0o777;
+    if was & !mode != 0 {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+            .with_context(|| format!("cannot make {} owner-only", path.display()))?;
+        tracing::warn!(path = %path.display(), was = format!("{was:o}"), now = format!("{mode:o}"), "Tightened the mode of a data file to owner-only.");
+    }
+    Ok(())
+}
+
 /// Writes a secret or an identity where only this user can read it, durably.
 fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
     use std::io::Write;
@@ -209,6 +263,7 @@ fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
         .mode(0o600)
         .open(path)
         .with_context(|| format!("cannot write {}", path.display()))?;
+    make_private(path, 0o600)?;
     writeln!(file, "{text}")?;
     file.sync_all()?;
     Ok(())
@@ -217,8 +272,7 @@ fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let config = Config::load(&args)?;
     init_logging(config.log_format);
-    std::fs::create_dir_all(&config.data_dir)
-        .with_context(|| format!("cannot create data directory {}", config.data_dir.display()))?;
+    create_private_dir(&config.data_dir)?;
     let identity = Identity::claim(&config.data_dir, config.instance.as_deref())?;
     let mut config = config;
     config.engine.owner = identity.name.clone();
@@ -232,6 +286,16 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             .context("cannot open the SQLite store")?,
     };
     let backend = open_backend(&config).await?;
+    // Created by SQLite and redb with the default modes; the private dir already keeps others
+    // out, and the files stay owner-only if the dir is ever copied or loosened.
+    for file in [
+        "fanner.db",
+        "fanner.db-wal",
+        "fanner.db-shm",
+        "streams.redb",
+    ] {
+        make_private(&config.data_dir.join(file), 0o600)?;
+    }
     backend
         .create_stream(&streams::StreamSpec {
             name: config.streams.ges.clone(),
@@ -269,7 +333,11 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
 
     let stop = CancellationToken::new();
     let mut components = JoinSet::new();
-    if config.components.engine {
+    let mut role = control_plane::http::Role {
+        api: config.components.contains(&Component::Api),
+        workers: Vec::new(),
+    };
+    if config.components.contains(&Component::Engine) {
         let link = Arc::new(cli::link::InProcess::new(control_plane.clone()));
         let engine = fanner::Engine::new(
             config.engine.clone(),
@@ -278,6 +346,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             link.clone(),
             link,
         );
+        role.workers.push(("engine", engine.shards()));
         components.spawn(report_engine_status(
             engine.status(),
             control_plane.clone(),
@@ -291,7 +360,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
                 .map_err(|e| anyhow::anyhow!("fan-out engine: {e}"))
         });
     }
-    if config.components.persister {
+    if config.components.contains(&Component::Persister) {
         let sink = open_lake(&config).await?;
         let persister = persister::Persister::new(
             &config.persister,
@@ -300,6 +369,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             sink,
         )
         .context("invalid persister configuration")?;
+        role.workers.push(("persister", persister.shards()));
         let stopped = stop.clone().cancelled_owned();
         components.spawn(async move {
             persister.run(stopped).await;
@@ -307,17 +377,39 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         });
     }
 
-    tracing::info!(%address, data_dir = %config.data_dir.display(), backend = ?config.streams.backend, instance = %identity.name, "Fanner is serving.");
-    eprintln!("Fanner is listening on http://{address}");
-    let http = control_plane::http::serve(
-        listener,
-        control_plane::http::app(control_plane.clone()),
-        {
-            let stop = stop.clone();
-            async move { stop.cancelled().await }
-        },
-        shutdown_timeout,
-    );
+    tracing::info!(%address, data_dir = %config.data_dir.display(), backend = ?config.streams.backend, instance = %identity.name, components = ?config.components, "Fanner is serving.");
+    let app = control_plane::http::app_for(control_plane.clone(), role);
+    let drained_stop = {
+        let stop = stop.clone();
+        async move { stop.cancelled().await }
+    };
+    let http: std::pin::Pin<Box<dyn Future<Output = std::io::Result<()>> + Send>> =
+        match &config.tls {
+            None => {
+                eprintln!("Fanner is listening on http://{address}");
+                Box::pin(control_plane::http::serve(
+                    listener,
+                    app,
+                    drained_stop,
+                    shutdown_timeout,
+                ))
+            }
+            Some(tls) => {
+                let files = control_plane::http::tls::TlsFiles {
+                    cert: tls.cert.clone(),
+                    key: tls.key.clone(),
+                };
+                let listener = control_plane::http::tls::TlsListener::new(listener, files)
+                    .context("cannot set up TLS")?;
+                eprintln!("Fanner is listening on https://{address}");
+                Box::pin(control_plane::http::serve(
+                    listener,
+                    app,
+                    drained_stop,
+                    shutdown_timeout,
+                ))
+            }
+        };
     tokio::spawn({
         let stop = stop.clone();
         async move {
@@ -364,13 +456,16 @@ struct Identity {
 
 impl Identity {
     fn claim(data_dir: &Path, configured: Option<&str>) -> anyhow::Result<Identity> {
+        use std::os::unix::fs::OpenOptionsExt;
         let lock_path = data_dir.join("fanner.lock");
         let lock = std::fs::OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
+            .mode(0o600)
             .open(&lock_path)
             .with_context(|| format!("cannot open {}", lock_path.display()))?;
+        make_private(&lock_path, 0o600)?;
         match lock.try_lock() {
             Ok(()) => {}
             Err(std::fs::TryLockError::WouldBlock) => anyhow::bail!(
@@ -386,6 +481,7 @@ impl Identity {
             Some(name) => name.to_owned(),
             None => {
                 let path = data_dir.join("instance");
+                make_private(&path, 0o600)?;
                 let kept = match std::fs::read_to_string(&path) {
                     Ok(text) => Some(text.trim().to_owned()).filter(|name| !name.is_empty()),
                     Err(error) if error.kind() == std::io::ErrorKind::NotFound => None,

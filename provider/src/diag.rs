@@ -107,6 +107,9 @@ pub fn explain(error: &ClientError) -> String {
             "The control plane is slow or overloaded; try again, and check its logs if it persists."
         }
         ClientError::BadEndpoint(_) => "Set `endpoint` to the control plane's URL.",
+        ClientError::BadCaCert(_) => {
+            "Point FANNER_CA_CERT at the PEM file of the CA that signed the control plane's certificate."
+        }
         ClientError::Decode(_) => {
             "The endpoint answered, but not like a Fanner control plane: check `endpoint` and that the provider and server versions match."
         }

@@ -189,7 +189,18 @@ fn client_from(config: &Obj) -> Result<api::Client, String> {
         .str("token")
         .map(str::to_owned)
         .or_else(|| std::env::var("FANNER_TOKEN").ok().filter(|t| !t.is_empty()));
-    api::Client::new(&endpoint, token).map_err(|e| diag::explain(&e))
+    // A private CA for an https:// control plane, as for the `fanner` CLI.
+    let ca = match std::env::var_os("FANNER_CA_CERT").filter(|p| !p.is_empty()) {
+        Some(path) => Some(std::fs::read(&path).map_err(|e| {
+            format!(
+                "Cannot read FANNER_CA_CERT {}: {e}. Point it at the PEM file of the CA that \
+                 signed the control plane's certificate.",
+                std::path::Path::new(&path).display()
+            )
+        })?),
+        None => None,
+    };
+    api::Client::trusting(&endpoint, token, ca.as_deref()).map_err(|e| diag::explain(&e))
 }
 
 #[tonic::async_trait]

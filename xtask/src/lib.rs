@@ -261,6 +261,9 @@ pub fn mirror_cli_config(mirror: &Path) -> String {
 mod tidy {
     use super::*;
 
+    /// Pages written by hand beside the generated provider docs.
+    const HAND_WRITTEN: &[&str] = &["operations.md"];
+
     fn committed_docs() -> anyhow::Result<BTreeMap<PathBuf, String>> {
         let docs = workspace_root().join("docs");
         let mut pages = BTreeMap::new();
@@ -273,6 +276,9 @@ mod tidy {
                 let path = entry?.path();
                 if path.extension().is_some_and(|e| e == "md") {
                     let relative = path.strip_prefix(&docs)?.to_path_buf();
+                    if HAND_WRITTEN.iter().any(|page| relative == Path::new(page)) {
+                        continue;
+                    }
                     pages.insert(relative, std::fs::read_to_string(&path)?);
                 }
             }

@@ -286,38 +286,119 @@ fn shards_held(server: &Server, group: &str) -> Option<u32> {
         .map(|value| value as u32)
 }
 
+/// One PostgreSQL database, one moto Kinesis and one local lake that several `fanner serve`
+/// processes share, when the integration tier and a database are available.
+struct SharedDeployment {
+    database: String,
+    moto: testkit::moto::MotoServer,
+    lake: tempfile::TempDir,
+    ges: String,
+}
+
+impl SharedDeployment {
+    fn start(test: &str) -> Option<SharedDeployment> {
+        if !testkit::integration_enabled(test) {
+            return None;
+        }
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let database = runtime.block_on(testkit::postgres::fresh_database(test))?;
+        Some(SharedDeployment {
+            database,
+            moto: testkit::moto::MotoServer::start_serial().expect("moto starts"),
+            lake: tempfile::tempdir().expect("lake dir"),
+            ges: testkit::unique_name("ges"),
+        })
+    }
+
+    /// The environment of a process on this deployment, whose GES has `shards` shards.
+    fn env(&self, shards: u32) -> Vec<(&'static str, String)> {
+        [
+            ("FANNER_DATABASE_URL", self.database.clone()),
+            ("FANNER__STREAMS__BACKEND", "kinesis".to_owned()),
+            ("FANNER__STREAMS__GES", self.ges.clone()),
+            ("FANNER__STREAMS__GES_SHARDS", shards.to_string()),
+            ("FANNER__LAKE__SINK", "local".to_owned()),
+            (
+                "FANNER__LAKE__PATH",
+                self.lake.path().to_string_lossy().into_owned(),
+            ),
+            ("AWS_ENDPOINT_URL", self.moto.endpoint().to_owned()),
+            ("AWS_ACCESS_KEY_ID", "testing".to_owned()),
+            ("AWS_SECRET_ACCESS_KEY", "testing".to_owned()),
+            ("AWS_REGION", "us-east-1".to_owned()),
+            ("AWS_EC2_METADATA_DISABLED", "true".to_owned()),
+            (
+                "AWS_REQUEST_CHECKSUM_CALCULATION",
+                "when_required".to_owned(),
+            ),
+            (
+                "AWS_RESPONSE_CHECKSUM_VALIDATION",
+                "when_required".to_owned(),
+            ),
+        ]
+        .into()
+    }
+}
+
+fn as_env<'a>(env: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
+    env.iter().map(|(k, v)| (*k, v.as_str())).collect()
+}
+
+#[test]
+fn an_api_only_and_a_worker_only_process_split_the_work() {
+    let Some(shared) = SharedDeployment::start("api_and_worker_processes") else {
+        return;
+    };
+    let env = shared.env(2);
+    let env = as_env(&env);
+    let dir_api = tempfile::tempdir().expect("temp dir");
+    let dir_worker = tempfile::tempdir().expect("temp dir");
+    let api = Server::start_with_args(dir_api.path(), &["--components", "api"], &env);
+    let worker = Server::start_with_args(
+        dir_worker.path(),
+        &["--components", "engine,persister"],
+        &env,
+    );
+    // A worker answers operators only; the API process runs no shard jobs.
+    for path in ["/healthz", "/metrics"] {
+        assert!(
+            http_get(&worker.endpoint, path).starts_with("HTTP/1.0 200"),
+            "{path}"
+        );
+    }
+    assert!(http_get(&worker.endpoint, "/v1/openapi.json").starts_with("HTTP/1.0 404"));
+    wait_until("both processes are ready", Duration::from_secs(30), || {
+        [&api, &worker]
+            .iter()
+            .all(|s| http_get(&s.endpoint, "/readyz").starts_with("HTTP/1.0 200"))
+    });
+    set_up(&api);
+    wait_until(
+        "the worker holds both jobs' shards",
+        Duration::from_secs(30),
+        || {
+            shards_held(&worker, "fanner") == Some(2)
+                && shards_held(&worker, "persister") == Some(2)
+        },
+    );
+    assert_eq!(shards_held(&api, "fanner"), None);
+    let n = 200;
+    publish(&api, n);
+    until_complete(&api, shared.lake.path(), n, Instant::now());
+}
+
 #[test]
 fn two_replicas_on_postgres_and_kinesis_share_both_jobs_and_survive_a_kill_9() {
     let test = "two_replicas_on_postgres_and_kinesis";
-    if !testkit::integration_enabled(test) {
-        return;
-    }
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let Some(database) = runtime.block_on(testkit::postgres::fresh_database(test)) else {
+    let Some(shared) = SharedDeployment::start(test) else {
         return;
     };
-    let moto = testkit::moto::MotoServer::start_serial().expect("moto starts");
-    let lake = tempfile::tempdir().expect("lake dir");
-    let ges = testkit::unique_name("ges");
-    let lake_path = lake.path().to_string_lossy().into_owned();
-    let env = [
-        ("FANNER_DATABASE_URL", database.as_str()),
-        ("FANNER__STREAMS__BACKEND", "kinesis"),
-        ("FANNER__STREAMS__GES", ges.as_str()),
-        ("FANNER__STREAMS__GES_SHARDS", "4"),
-        ("FANNER__LAKE__SINK", "local"),
-        ("FANNER__LAKE__PATH", lake_path.as_str()),
-        ("AWS_ENDPOINT_URL", moto.endpoint()),
-        ("AWS_ACCESS_KEY_ID", "testing"),
-        ("AWS_SECRET_ACCESS_KEY", "testing"),
-        ("AWS_REGION", "us-east-1"),
-        ("AWS_EC2_METADATA_DISABLED", "true"),
-        ("AWS_REQUEST_CHECKSUM_CALCULATION", "when_required"),
-        ("AWS_RESPONSE_CHECKSUM_VALIDATION", "when_required"),
-    ];
+    let env = shared.env(4);
+    let lake = &shared.lake;
+    let env = as_env(&env);
     let dir_a = tempfile::tempdir().expect("temp dir");
     let dir_b = tempfile::tempdir().expect("temp dir");
     let a = Server::start_with(dir_a.path(), &env);

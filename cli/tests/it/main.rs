@@ -27,9 +27,15 @@ impl Server {
 
     /// `fanner serve` with extra environment (`FANNER__...` settings, AWS endpoints).
     pub fn start_with(data_dir: &Path, env: &[(&str, &str)]) -> Server {
+        Server::start_with_args(data_dir, &[], env)
+    }
+
+    /// `fanner serve ARGS` with extra environment.
+    pub fn start_with_args(data_dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Server {
         let mut child = Command::new(FANNER)
             .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
+            .args(args)
             .env("FANNER_LOG", "warn")
             .envs(env.iter().copied())
             .stdout(Stdio::null())

@@ -185,6 +185,8 @@ fn exported_alert_rules_pass_promtool() {
         "FannerConsumerLag",
         "FannerStreamBroken",
         "FannerGrantsExpiring",
+        "FannerShardsRefused",
+        "FannerShardJobsFailing",
     ] {
         assert!(text.contains(alert), "{alert} is exported");
     }
@@ -205,7 +207,7 @@ fn exported_alert_rules_pass_promtool() {
         String::from_utf8_lossy(&check.stdout),
         String::from_utf8_lossy(&check.stderr)
     );
-    assert!(String::from_utf8_lossy(&check.stdout).contains("SUCCESS: 7 rules found"));
+    assert!(String::from_utf8_lossy(&check.stdout).contains("SUCCESS: 9 rules found"));
 }
 
 #[test]

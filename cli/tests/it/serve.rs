@@ -540,3 +540,172 @@ impl OutputWithStdin for std::process::Command {
         child.wait_with_output().expect("finishes")
     }
 }
+
+/// Every file and directory under `root` (itself included), with its permission bits.
+fn modes(root: &std::path::Path) -> Vec<(std::path::PathBuf, u32)> {
+    let mut found = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(path) = stack.pop() {
+        // A file may vanish while we walk (a temporary object renamed into place).
+        let Ok(metadata) = std::fs::metadata(&path) else {
+            continue;
+        };
+        found.push((path.clone(), metadata.permissions().mode() & 0o777));
+        if metadata.is_dir() {
+            for entry in std::fs::read_dir(&path).into_iter().flatten() {
+                stack.push(entry.expect("entry").path());
+            }
+        }
+    }
+    found
+}
+
+#[test]
+fn the_data_dir_is_owner_only_even_when_it_was_made_looser() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).expect("data dir");
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    std::fs::write(data.join("instance"), "kept-name\n").expect("instance");
+    std::fs::set_permissions(
+        data.join("instance"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .expect("chmod");
+    let server = Server::start_with(&data, &[("FANNER__PERSISTER__MAX_OBJECT_AGE_MS", "200")]);
+    let admin = server.admin_token.clone();
+    server.ok(
+        &admin,
+        &[
+            "event",
+            "create",
+            "card_added",
+            "--classification",
+            "internal",
+        ],
+    );
+    server.ok(
+        &admin,
+        &["publish", "card_added", "--json", r#"{"secret": 1}"#],
+    );
+
+    let objects = data.join("lake/events/card_added");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !modes(&objects).iter().any(|(path, _)| path.is_file()) {
+        assert!(std::time::Instant::now() < deadline, "no lake object");
+        // The persister flushes on age; poll rather than guess.
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let found = modes(&data);
+    for name in [
+        "fanner.db",
+        "fanner.db-wal",
+        "streams.redb",
+        "instance",
+        "fanner.lock",
+        "admin.token",
+    ] {
+        assert!(
+            found.iter().any(|(path, _)| path.ends_with(name)),
+            "{name} in {found:?}"
+        );
+    }
+    let loose: Vec<_> = found
+        .iter()
+        .filter(|(path, mode)| *mode != if path.is_dir() { 0o700 } else { 0o600 })
+        .collect();
+    assert!(loose.is_empty(), "not owner-only: {loose:?}");
+}
+
+/// Writes a new self-signed certificate for 127.0.0.1 and its key over `dir`'s `cert.pem` and
+/// `key.pem` (each replaced whole, as a certificate manager does), and the certificate again as
+/// `ca-<n>.pem` for clients to trust.
+fn new_certificate(dir: &std::path::Path, n: u32) -> std::path::PathBuf {
+    let key = rcgen::KeyPair::generate().expect("key");
+    let params = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()]).expect("params");
+    let cert = params.self_signed(&key).expect("certificate");
+    for (name, pem) in [("key.pem", key.serialize_pem()), ("cert.pem", cert.pem())] {
+        let tmp = dir.join(format!("{name}.tmp"));
+        std::fs::write(&tmp, pem).expect("write");
+        std::fs::rename(&tmp, dir.join(name)).expect("rename");
+    }
+    let ca = dir.join(format!("ca-{n}.pem"));
+    std::fs::write(&ca, cert.pem()).expect("write");
+    ca
+}
+
+#[test]
+fn serve_terminates_tls_and_serves_a_replaced_certificate() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let tls = dir.path().join("tls");
+    std::fs::create_dir(&tls).expect("tls dir");
+    let cert = tls.join("cert.pem").to_string_lossy().into_owned();
+    let key = tls.join("key.pem").to_string_lossy().into_owned();
+    let tls_env = [
+        ("FANNER__TLS__CERT", cert.as_str()),
+        ("FANNER__TLS__KEY", key.as_str()),
+    ];
+
+    // A key that is not the certificate's is refused at start, by name.
+    new_certificate(&tls, 0);
+    let other_key = rcgen::KeyPair::generate().expect("key");
+    std::fs::write(&key, other_key.serialize_pem()).expect("write");
+    let refused = std::process::Command::new(FANNER)
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path().join("refused"))
+        .envs(tls_env)
+        .output()
+        .expect("fanner serve runs");
+    assert_eq!(refused.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("does not belong to the certificate"),
+        "{stderr}"
+    );
+
+    let first = new_certificate(&tls, 1);
+    let server = Server::start_with(&dir.path().join("data"), &tls_env);
+    assert!(
+        server.endpoint.starts_with("https://"),
+        "{}",
+        server.endpoint
+    );
+    let whoami = |ca: Option<&std::path::Path>| {
+        let mut command = std::process::Command::new(FANNER);
+        command
+            .arg("whoami")
+            .env("FANNER_ENDPOINT", &server.endpoint)
+            .env("FANNER_TOKEN", &server.admin_token);
+        if let Some(ca) = ca {
+            command.env("FANNER_CA_CERT", ca);
+        }
+        command.output().expect("fanner runs")
+    };
+    let trusted = whoami(Some(&first));
+    assert!(
+        trusted.status.success(),
+        "{}",
+        String::from_utf8_lossy(&trusted.stderr)
+    );
+    assert_eq!(
+        whoami(None).status.code(),
+        Some(1),
+        "an unknown CA is refused"
+    );
+
+    let second = new_certificate(&tls, 2);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !whoami(Some(&second)).status.success() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the replaced certificate was not served"
+        );
+        // The server polls the files' modification times every few seconds.
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    }
+    assert_eq!(
+        whoami(Some(&first)).status.code(),
+        Some(1),
+        "the old certificate is no longer served"
+    );
+}

@@ -4,6 +4,7 @@
 mod error;
 mod extract;
 mod handlers;
+pub mod tls;
 mod ui;
 
 use std::future::Future;
@@ -17,7 +18,6 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
-use tokio::net::TcpListener;
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -195,36 +195,70 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 
 /// The whole HTTP application. Tests drive it in-process or over a socket alike.
 pub fn app(control_plane: ControlPlane) -> Router {
-    metrics_handle();
-    let (api, openapi) = api_router();
-    let openapi_json = openapi.to_pretty_json().unwrap_or_default();
-    api.route(
-        "/v1/openapi.json",
-        get(move || async move {
-            (
-                [(axum::http::header::CONTENT_TYPE, "application/json")],
-                openapi_json,
-            )
-        }),
+    app_for(
+        control_plane,
+        Role {
+            api: true,
+            workers: Vec::new(),
+        },
     )
-    .route("/healthz", get(|| async { "ok\n" }))
-    .route("/readyz", get(readyz))
-    .route("/metrics", get(render_metrics))
-    .merge(ui::router())
-    .fallback(|| async { ApiError::NotFound("no such route".to_owned()) })
-    .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-    .layer(middleware::from_fn(observe))
-    .with_state(control_plane)
+}
+
+/// What one process serves: the API or not, and the shard workers (engine, persister) running
+/// beside it, whose health `/readyz` includes.
+#[derive(Clone, Debug)]
+pub struct Role {
+    /// The API, the OpenAPI document and the console; without it only `/healthz`, `/readyz` and
+    /// `/metrics` answer (a worker replica).
+    pub api: bool,
+    /// Each worker's name and live scheduler status.
+    pub workers: Vec<(&'static str, shard_runtime::Status)>,
+}
+
+/// The HTTP application of a process in `role`.
+pub fn app_for(control_plane: ControlPlane, role: Role) -> Router {
+    metrics_handle();
+    let operations = Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(render_metrics));
+    let router = if role.api {
+        let (api, openapi) = api_router();
+        let openapi_json = openapi.to_pretty_json().unwrap_or_default();
+        api.route(
+            "/v1/openapi.json",
+            get(move || async move {
+                (
+                    [(axum::http::header::CONTENT_TYPE, "application/json")],
+                    openapi_json,
+                )
+            }),
+        )
+        .merge(operations)
+        .merge(ui::router())
+    } else {
+        operations
+    };
+    router
+        .fallback(|| async { ApiError::NotFound("no such route".to_owned()) })
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(middleware::from_fn(observe))
+        .layer(axum::Extension(Arc::new(role)))
+        .with_state(control_plane)
 }
 
 /// Serves `app` on `listener` until `shutdown` completes, then lets in-flight requests finish
 /// for at most `drain`; connections still open after that are cut.
-pub async fn serve(
-    listener: TcpListener,
+pub async fn serve<L>(
+    listener: L,
     app: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
     drain: Duration,
-) -> std::io::Result<()> {
+) -> std::io::Result<()>
+where
+    L: axum::serve::Listener,
+    L::Addr: std::fmt::Debug,
+{
     let begun = Arc::new(tokio::sync::Notify::new());
     let graceful = axum::serve(listener, app).with_graceful_shutdown({
         let begun = begun.clone();
@@ -250,14 +284,30 @@ pub async fn serve(
     }
 }
 
-async fn readyz(State(cp): State<ControlPlane>) -> Response {
-    match cp.store().ping().await {
-        Ok(()) => (StatusCode::OK, "ready\n").into_response(),
-        Err(error) => {
-            tracing::warn!(%error, "Store is not reachable.");
-            (StatusCode::SERVICE_UNAVAILABLE, "store unreachable\n").into_response()
+/// Ready when everything this process needs answers: the store; for shard workers also the
+/// global event stream and each worker's last lease scan.
+async fn readyz(
+    State(cp): State<ControlPlane>,
+    axum::Extension(role): axum::Extension<Arc<Role>>,
+) -> Response {
+    let unready = |reason: String| (StatusCode::SERVICE_UNAVAILABLE, reason).into_response();
+    if let Err(error) = cp.store().ping().await {
+        tracing::warn!(%error, "Store is not reachable.");
+        return unready("store unreachable\n".to_owned());
+    }
+    if role.workers.is_empty() {
+        return (StatusCode::OK, "ready\n").into_response();
+    }
+    if let Err(error) = cp.backend().list_shards(cp.ges()).await {
+        tracing::warn!(%error, "The global event stream is not reachable.");
+        return unready("global event stream unreachable\n".to_owned());
+    }
+    for (name, status) in &role.workers {
+        if !status.snapshot().scanning {
+            return unready(format!("{name} is not scanning its shards\n"));
         }
     }
+    (StatusCode::OK, "ready\n").into_response()
 }
 
 /// The process-wide Prometheus recorder, installed on first use.

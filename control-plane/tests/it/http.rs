@@ -3,7 +3,11 @@ use serde_json::json;
 
 use crate::support::{Db, TestServer, db_tests};
 
-db_tests!(bad_input_gets_a_clear_4xx, service_endpoints);
+db_tests!(
+    bad_input_gets_a_clear_4xx,
+    service_endpoints,
+    a_worker_serves_operators_only_and_is_unready_until_its_jobs_scan
+);
 
 async fn bad_input_gets_a_clear_4xx(db: Db) {
     let Some(server) = TestServer::start(db).await else {
@@ -203,4 +207,50 @@ async fn service_endpoints(db: Db) {
         .await
         .expect("text");
     assert!(metrics.contains("fanner_api_requests_total"), "{metrics}");
+}
+
+async fn a_worker_serves_operators_only_and_is_unready_until_its_jobs_scan(db: Db) {
+    use streams::StreamBackend;
+    let Some(server) = TestServer::start(db).await else {
+        return;
+    };
+    server
+        .backend
+        .create_stream(&streams::StreamSpec {
+            name: server.cp.ges().to_owned(),
+            shard_count: 1,
+            retention_hours: 24,
+            tags: Default::default(),
+        })
+        .await
+        .expect("GES");
+    // A scheduler that has not completed a scan yet: a fresh status.
+    let role = control_plane::http::Role {
+        api: false,
+        workers: vec![("engine", shard_runtime::Status::default())],
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("address");
+    tokio::spawn(control_plane::http::serve(
+        listener,
+        control_plane::http::app_for(server.cp.clone(), role),
+        std::future::pending(),
+        std::time::Duration::from_secs(1),
+    ));
+    let http = server.raw();
+    let get = |path: &str| http.get(format!("http://{addr}{path}")).send();
+    for path in ["/healthz", "/metrics"] {
+        assert_eq!(get(path).await.expect("response").status(), 200, "{path}");
+    }
+    for path in ["/v1/openapi.json", "/v1/events", "/ui/"] {
+        assert_eq!(get(path).await.expect("response").status(), 404, "{path}");
+    }
+    let ready = get("/readyz").await.expect("response");
+    assert_eq!(ready.status(), 503);
+    assert_eq!(
+        ready.text().await.expect("body"),
+        "engine is not scanning its shards\n"
+    );
 }

@@ -2,10 +2,12 @@
 //!
 //! A put writes a temporary file under `<root>/.tmp/`, syncs it, renames it over the target and
 //! syncs the target directory: after `put` returns the object survives a power cut, and a
-//! reader (or a crash) never sees half an object.
+//! reader (or a crash) never sees half an object. Objects hold payloads, so files are `0600` and
+//! directories `0700` whatever the umask, and a root made looser elsewhere is tightened.
 
 use std::fs::{self, File};
 use std::io::{self, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -32,6 +34,14 @@ struct Inner {
     tmp_prefix: String,
 }
 
+fn create_private_dirs(dir: &Path) -> Result<(), SinkError> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(io_err(dir))
+}
+
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> SinkError + '_ {
     move |source| SinkError::Io {
         path: path.display().to_string(),
@@ -44,7 +54,14 @@ impl LocalFsSink {
     pub fn new(root: impl Into<PathBuf>) -> Result<Self, SinkError> {
         let root = root.into();
         let tmp = root.join(TMP_DIR);
-        fs::create_dir_all(&tmp).map_err(io_err(&tmp))?;
+        create_private_dirs(&tmp)?;
+        for dir in [&root, &tmp] {
+            let was = fs::metadata(dir).map_err(io_err(dir))?.permissions().mode() & 0o777;
+            if was & 0o077 != 0 {
+                fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(io_err(dir))?;
+                tracing::warn!(path = %dir.display(), was = format!("{was:o}"), "Tightened the lake directory to owner-only.");
+            }
+        }
         for entry in fs::read_dir(&tmp).map_err(io_err(&tmp))? {
             let entry = entry.map_err(io_err(&tmp))?;
             let stale = entry
@@ -101,14 +118,18 @@ impl Inner {
             key: path.display().to_string(),
             reason: "no parent directory".into(),
         })?;
-        fs::create_dir_all(dir).map_err(io_err(dir))?;
+        create_private_dirs(dir)?;
         let n = self.next_tmp.fetch_add(1, Ordering::Relaxed);
         let tmp = self
             .root
             .join(TMP_DIR)
             .join(format!("{}-{n}", self.tmp_prefix));
         let result = (|| {
-            let mut file = File::create(&tmp)?;
+            let mut file = fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&tmp)?;
             file.write_all(body)?;
             file.sync_all()?;
             drop(file);
