@@ -369,6 +369,11 @@ impl Client {
         .await
     }
 
+    /// Activity and gaps of every event the caller may see.
+    pub async fn event_health(&self) -> Result<Vec<EventHealth>, ClientError> {
+        self.get("/v1/health").await
+    }
+
     /// Delivery health of the caller's streams (all streams for admins and auditors).
     pub async fn health_streams(&self) -> Result<Vec<StreamHealth>, ClientError> {
         self.get("/v1/health/streams").await

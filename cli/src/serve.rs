@@ -347,6 +347,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             link,
         );
         role.workers.push(("engine", engine.shards()));
+        control_plane.take_activity_from_the_ges();
         components.spawn(report_engine_status(
             engine.status(),
             control_plane.clone(),
@@ -581,5 +582,12 @@ async fn report_engine_status(
             })
             .collect();
         control_plane.report_engine_status(targets);
+        control_plane.observe_ges_events(
+            board
+                .take_events()
+                .into_iter()
+                .map(|seen| (seen.event, seen.count, seen.last_arrival))
+                .collect(),
+        );
     }
 }

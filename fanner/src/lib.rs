@@ -92,7 +92,7 @@ pub use config::EngineConfig;
 pub use engine::{Engine, EngineError};
 pub use link::{ControlPlaneLink, Http, LinkError, RouteSource};
 use shard_runtime::Coordinator;
-pub use status::{ShardStatus, StatusBoard, TargetMode, TargetStatus};
+pub use status::{EventsSeen, ShardStatus, StatusBoard, TargetMode, TargetStatus};
 use streams::StreamBackend;
 
 /// Runs the fan-out engine until `shutdown` completes, then drains (see [`Engine::run`]).

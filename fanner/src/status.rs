@@ -1,10 +1,11 @@
 //! What the engine is doing, for people and tests, and its reports to the control plane about
 //! streams that cannot take deliveries.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use chrono::{DateTime, Utc};
 use serde::Serialize;
 use tokio::sync::mpsc;
 
@@ -54,11 +55,24 @@ pub enum TargetMode {
     Broken,
 }
 
+/// Catalog events the main cursors read from the GES since the last
+/// [`StatusBoard::take_events`]: how many of one name, and the newest one's arrival.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct EventsSeen {
+    pub event: String,
+    pub count: u64,
+    pub last_arrival: Option<DateTime<Utc>>,
+}
+
+/// Per event name: how many were read, and the newest one's arrival.
+pub(crate) type EventCounts = HashMap<String, (u64, Option<DateTime<Utc>>)>;
+
 /// A handle on the engine's live status; cheap to clone.
 #[derive(Clone, Debug)]
 pub struct StatusBoard {
     shards: Arc<Mutex<BTreeMap<String, ShardStatus>>>,
     revision: Arc<AtomicI64>,
+    events: Arc<Mutex<EventCounts>>,
 }
 
 impl Default for StatusBoard {
@@ -66,6 +80,7 @@ impl Default for StatusBoard {
         StatusBoard {
             shards: Arc::default(),
             revision: Arc::new(AtomicI64::new(-1)),
+            events: Arc::default(),
         }
     }
 }
@@ -91,6 +106,43 @@ impl StatusBoard {
 
     pub(crate) fn remove(&self, key: &str) {
         self.lock().remove(key);
+    }
+
+    /// The events read since the last call (every GES event of the catalog, whoever
+    /// published it and whether or not a stream receives it), for activity and gap tracking.
+    pub fn take_events(&self) -> Vec<EventsSeen> {
+        let taken = std::mem::take(
+            &mut *self
+                .events
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()),
+        );
+        let mut seen: Vec<EventsSeen> = taken
+            .into_iter()
+            .map(|(event, (count, last_arrival))| EventsSeen {
+                event,
+                count,
+                last_arrival,
+            })
+            .collect();
+        seen.sort_by(|a, b| a.event.cmp(&b.event));
+        seen
+    }
+
+    /// Adds one read batch's counts (one lock per batch, not per record).
+    pub(crate) fn add_events(&self, batch: EventCounts) {
+        if batch.is_empty() {
+            return;
+        }
+        let mut events = self
+            .events
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        for (event, (count, arrival)) in batch {
+            let entry = events.entry(event).or_default();
+            entry.0 += count;
+            entry.1 = entry.1.max(arrival);
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, ShardStatus>> {

@@ -432,3 +432,34 @@ fn two_replicas_on_postgres_and_kinesis_share_both_jobs_and_survive_a_kill_9() {
     );
     a.stop();
 }
+
+#[test]
+fn events_published_through_the_api_are_counted_once_from_the_ges() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = Server::start(dir.path());
+    set_up(&server);
+    publish(&server, 40);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let client =
+        api::Client::new(&server.endpoint, Some(server.admin_token.clone())).expect("client");
+    let seen = || {
+        runtime
+            .block_on(client.event_health())
+            .expect("health")
+            .into_iter()
+            .find(|health| health.event == EVENT)
+            .map_or(0, |health| health.events_seen)
+    };
+    wait_until(
+        "the engine's count reaches the control plane",
+        Duration::from_secs(30),
+        || seen() >= 40,
+    );
+    // Two more status reports: a count from the API on top of the GES's would show by now.
+    std::thread::sleep(Duration::from_secs(5));
+    assert_eq!(seen(), 40, "each event counted once");
+    server.stop();
+}

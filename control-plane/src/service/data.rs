@@ -116,7 +116,7 @@ impl ControlPlane {
             metrics::counter!("fanner_publish_events_total", "event" => event.clone(), "result" => result).increment(1);
         }
         for (event, count) in published {
-            self.inner.activity.observe(event, count, now);
+            self.observe_published(event, count, now);
         }
         if let Some((index, failure)) = outcome.failed().next() {
             return Err(ApiError::Unavailable(format!(

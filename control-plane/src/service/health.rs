@@ -2,12 +2,14 @@
 //! **gaps**: an event silent for longer than its set maximum (`fanner event update NAME
 //! --max-silence 10m`) or than its learned interval.
 //!
-//! Activity is what this control plane observes: events published through its API. It lives in
-//! memory, so a restart begins learning again. Stream delivery (mode, lag) is what the fan-out
+//! Activity is what this process observes: every event its fan-out engine reads from the GES
+//! (whoever published it), or, in a process without an engine, the events published through its
+//! API. It lives in memory, so a restart begins learning again. Stream delivery (mode, lag) is what the fan-out
 //! engine running beside it last reported from its status board.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use api::{EventHealth, GrantStatus, Role, SetMaxSilence, StreamHealth};
 use chrono::{DateTime, Utc};
@@ -32,6 +34,9 @@ const MAX_SET_SILENCE_SECONDS: u64 = 365 * 86_400;
 #[derive(Default)]
 pub(super) struct Activity {
     seen: Mutex<HashMap<String, Seen>>,
+    /// A fan-out engine in this process reports every event it reads from the GES, whoever
+    /// published it: then the API's own publishes are not counted again.
+    from_the_ges: AtomicBool,
 }
 
 #[derive(Clone)]
@@ -222,6 +227,33 @@ fn severity(mode: &str) -> u8 {
 }
 
 impl ControlPlane {
+    /// From now on, activity is what the fan-out engine in this process reads from the GES
+    /// ([`observe_ges_events`](Self::observe_ges_events)), not what this API publishes.
+    pub fn take_activity_from_the_ges(&self) {
+        self.inner
+            .activity
+            .from_the_ges
+            .store(true, Ordering::Release);
+    }
+
+    /// Records events the engine read from the GES: per name, how many and the newest arrival
+    /// (the report's time when the backend gives none).
+    pub fn observe_ges_events(&self, events: Vec<(String, u64, Option<DateTime<Utc>>)>) {
+        let now = self.now();
+        for (event, count, arrival) in events {
+            self.inner
+                .activity
+                .observe(&event, count, arrival.unwrap_or(now));
+        }
+    }
+
+    /// Records events this API published, unless the GES reader counts them.
+    pub(super) fn observe_published(&self, event: &str, count: u64, at: DateTime<Utc>) {
+        if !self.inner.activity.from_the_ges.load(Ordering::Acquire) {
+            self.inner.activity.observe(event, count, at);
+        }
+    }
+
     /// Takes the engine's current view of every consumer stream, one entry per shard and stream.
     pub fn report_engine_status(&self, targets: Vec<TargetReport>) {
         if let Ok(mut latest) = self.inner.engine_report.latest.lock() {

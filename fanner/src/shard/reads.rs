@@ -154,6 +154,7 @@ impl Worker {
         }
         let mut table = self.shared.routes.load();
         let mut tally = Tally::default();
+        let mut seen: HashMap<Bytes, (u64, Option<DateTime<Utc>>)> = HashMap::new();
         for record in &batch.records {
             let now = self.shared.routes.now();
             let unknown = matches!(
@@ -171,11 +172,21 @@ impl Worker {
                 table = self.shared.routes.load();
             }
             let verdict = judge(record, &table, now);
+            if let Some(event) = verdict.catalog_event() {
+                let entry = seen.entry(event).or_default();
+                entry.0 += 1;
+                entry.1 = entry.1.max(record.arrival_time);
+            }
             let seq: Arc<str> = Arc::from(record.sequence.as_str());
             let prev = self.main.read.replace(seq.clone());
             self.main.count += 1;
             self.deliver(record, seq, prev, verdict, &table, None, &mut tally);
         }
+        self.shared.status.add_events(
+            seen.into_iter()
+                .map(|(event, counted)| (String::from_utf8_lossy(&event).into_owned(), counted))
+                .collect(),
+        );
         if let Some(last) = &self.main.read
             && !batch.records.is_empty()
         {
@@ -260,7 +271,7 @@ impl Worker {
                     }
                 }
             }
-            Verdict::Unrouted => {
+            Verdict::Unrouted { .. } => {
                 if only.is_none() {
                     metrics::counter!("fanner_engine_unrouted_records_total").increment(1);
                 }

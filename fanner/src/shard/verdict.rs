@@ -29,7 +29,10 @@ pub(super) enum Verdict<'t> {
         key: Bytes,
     },
     /// A catalog event nobody subscribed to.
-    Unrouted,
+    Unrouted {
+        /// The event name, a slice of the record.
+        event: Bytes,
+    },
     Bad {
         reason: Reason,
         detail: String,
@@ -39,6 +42,21 @@ pub(super) enum Verdict<'t> {
         /// Subscribed streams that would have received it.
         intended: Vec<&'t router::Slot>,
     },
+}
+
+impl Verdict<'_> {
+    /// The catalog event the record carries, whether or not it is delivered anywhere.
+    pub(super) fn catalog_event(&self) -> Option<Bytes> {
+        match self {
+            Verdict::Deliver { event, .. } | Verdict::Unrouted { event } => Some(event.clone()),
+            Verdict::Bad {
+                reason: Reason::Oversize,
+                event_name: Some(name),
+                ..
+            } => Some(Bytes::from(name.clone())),
+            Verdict::Bad { .. } => None,
+        }
+    }
 }
 
 pub(super) fn judge<'t>(record: &Record, table: &'t RouteIndex, now: DateTime<Utc>) -> Verdict<'t> {
@@ -70,7 +88,9 @@ pub(super) fn judge<'t>(record: &Record, table: &'t RouteIndex, now: DateTime<Ut
         Routing::Known(routed) => routed,
     };
     if routed.deliveries().next().is_none() && routed.denied().next().is_none() {
-        return Verdict::Unrouted;
+        return Verdict::Unrouted {
+            event: record.data.slice_ref(head.event_name.as_bytes()),
+        };
     }
     let key = partition_key(&record.data, head.event_id.as_bytes());
     let size = record.data.len() + key.len();

@@ -1,6 +1,7 @@
 //! What an operator sees: the counters and gauges at `/metrics` (the process-wide Prometheus
 //! recorder the control plane serves), labelled by subscription and stream.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -115,5 +116,42 @@ async fn every_outcome_is_counted_per_subscription() {
             "{name} is exported"
         );
     }
+    engine.shutdown().await;
+}
+
+/// Every catalog event the main cursors read is counted by name, delivered or not (a producer
+/// writing straight to the GES is seen as well as one publishing through the API); records that
+/// are not catalog events are not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_status_board_counts_every_catalog_event_read() {
+    let (h, stream) = Harness::own_signups("seen", 2, 1).await;
+    let growth = h.team("growth").await;
+    h.event(&growth, "page_viewed").await;
+    let engine = h.engine(h.config("engine-a"));
+    let delivered = ids("signup", 30);
+    h.publish(&events("signup", &delivered)).await;
+    h.publish(&events("page_viewed", &ids("view", 12))).await;
+    h.put_raw(vec![PutRecord {
+        partition_key: "k".to_owned(),
+        data: Bytes::from_static(b"not an envelope"),
+    }])
+    .await;
+    h.wait_for_ids(&stream, &delivered).await;
+    let mut counted: BTreeMap<String, u64> = BTreeMap::new();
+    eventually(Duration::from_secs(10), "both events are counted", || {
+        for seen in engine.status.take_events() {
+            assert!(seen.last_arrival.is_some(), "{seen:?}");
+            *counted.entry(seen.event).or_default() += seen.count;
+        }
+        let done = counted.get("page_viewed") == Some(&12);
+        async move { done.then_some(()) }
+    })
+    .await;
+    assert_eq!(
+        counted,
+        BTreeMap::from([("page_viewed".to_owned(), 12), ("signup".to_owned(), 30)]),
+        "unrouted events count, bad records do not"
+    );
+    assert!(engine.status.take_events().is_empty(), "taken once");
     engine.shutdown().await;
 }
