@@ -6,6 +6,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Debug;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -38,7 +39,9 @@ const MAX_GET_RECORDS: usize = 10_000;
 pub struct KinesisOptions {
     /// How long create, update and delete wait for the stream to settle.
     pub settle_timeout: Duration,
-    /// The shortest gap between two `GetRecords` calls on one shard (Kinesis allows 5 a second).
+    /// The shortest gap between two `GetRecords` calls on one shard (Kinesis allows 5 a second),
+    /// kept by all readers of the shard through this backend together: the engine, the
+    /// persister and tails in one process share the budget by turns, never by luck.
     pub min_poll_gap: Duration,
     /// How long a reader waits after an empty batch before polling again.
     pub idle_poll: Duration,
@@ -62,6 +65,28 @@ impl Default for KinesisOptions {
 pub struct KinesisBackend {
     client: Client,
     options: KinesisOptions,
+    budget: Arc<ReadBudget>,
+}
+
+/// Turns at `GetRecords` per shard, shared by every reader of this backend: each call takes the
+/// next free slot, one `min_poll_gap` after the previous one.
+#[derive(Debug, Default)]
+struct ReadBudget {
+    next_free: Mutex<HashMap<(String, String), Instant>>,
+}
+
+impl ReadBudget {
+    /// When a call on `shard` of `stream` wanted at `wanted` may go out; the slot is taken.
+    fn reserve(&self, stream: &str, shard: &str, wanted: Instant, gap: Duration) -> Instant {
+        let mut next_free = self
+            .next_free
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let key = (stream.to_owned(), shard.to_owned());
+        let slot = next_free.get(&key).map_or(wanted, |free| wanted.max(*free));
+        next_free.insert(key, slot + gap);
+        slot
+    }
 }
 
 impl KinesisBackend {
@@ -80,6 +105,7 @@ impl KinesisBackend {
         Self {
             client,
             options: KinesisOptions::default(),
+            budget: Arc::default(),
         }
     }
 
@@ -535,8 +561,16 @@ impl ShardReader for KinesisReader {
                 self.finished = true;
                 continue;
             };
-            tokio::time::sleep_until(self.next_call.into()).await;
+            let slot = self.backend.budget.reserve(
+                &self.stream,
+                &self.shard,
+                self.next_call.max(Instant::now()),
+                options.min_poll_gap,
+            );
+            tokio::time::sleep_until(slot.into()).await;
             self.next_call = Instant::now() + options.min_poll_gap;
+            metrics::counter!("fanner_kinesis_get_records_total", "stream" => self.stream.clone(), "shard" => self.shard.clone())
+                .increment(1);
             let result = self
                 .backend
                 .client
@@ -672,5 +706,37 @@ where
             | "KMSOptInRequired"),
         ) => StreamError::Denied(format!("{code}: {message}")),
         _ => StreamError::Backend(DisplayErrorContext(&error).to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn readers_of_one_shard_take_turns_and_other_shards_are_apart() {
+        let budget = ReadBudget::default();
+        let gap = Duration::from_millis(200);
+        let now = Instant::now();
+        // The engine, the persister and a tail all want shard 0 at once: 5 calls a second
+        // between them, in turn.
+        let slots: Vec<Duration> = (0..3)
+            .map(|_| budget.reserve("ges", "shard-0", now, gap) - now)
+            .collect();
+        assert_eq!(slots, [Duration::ZERO, gap, 2 * gap]);
+        assert_eq!(
+            budget.reserve("ges", "shard-1", now, gap),
+            now,
+            "another shard has its own budget"
+        );
+        assert_eq!(
+            budget.reserve("other", "shard-0", now, gap),
+            now,
+            "so has another stream"
+        );
+        // A reader that wants a later turn than the next free one gets the later one.
+        let later = now + Duration::from_secs(5);
+        assert_eq!(budget.reserve("ges", "shard-0", later, gap), later);
+        assert_eq!(budget.reserve("ges", "shard-0", now, gap), later + gap);
     }
 }

@@ -233,3 +233,42 @@ async fn tags_follow_the_spec() -> anyhow::Result<()> {
     backend.delete_stream(&name).await?;
     Ok(())
 }
+
+/// Readers of one shard through one backend (the engine and the persister in one process)
+/// share its `GetRecords` budget: together they make at most one call per `min_poll_gap`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readers_of_one_shard_share_its_read_budget() -> anyhow::Result<()> {
+    let Some(backend) = backend("kinesis::read_budget").await else {
+        return Ok(());
+    };
+    let gap = Duration::from_millis(100);
+    let backend = backend.with_options(KinesisOptions {
+        min_poll_gap: gap,
+        ..quick()
+    });
+    let name = testkit::unique_name("budget");
+    backend.create_stream(&spec(&name, 1, 24)).await?;
+    let shard = backend.list_shards(&name).await?.remove(0).id;
+    let open = || backend.open_reader(&name, &shard, streams::StartPosition::TrimHorizon);
+    let (engine, persister) = (open().await?, open().await?);
+    let started = std::time::Instant::now();
+    let calls = 6;
+    let read = |mut reader: Box<dyn streams::ShardReader>| async move {
+        for _ in 0..calls {
+            reader.next_batch(10).await?;
+        }
+        anyhow::Ok(())
+    };
+    let (a, b) = tokio::join!(read(engine), read(persister));
+    a?;
+    b?;
+    // 12 calls one gap apart: at least 11 gaps, whatever the emulator's speed.
+    let took = started.elapsed();
+    assert!(
+        took >= gap * (2 * calls - 1),
+        "{} calls in {took:?}: the two readers did not take turns",
+        2 * calls
+    );
+    backend.delete_stream(&name).await?;
+    Ok(())
+}
