@@ -25,6 +25,8 @@ struct Recorder {
     running: Mutex<BTreeMap<String, String>>,
     starts: Mutex<Vec<(String, String)>>,
     panics_left: Mutex<BTreeMap<String, u32>>,
+    /// Closed shards, in the order their jobs read them to the end.
+    finished: Mutex<Vec<String>>,
 }
 
 struct Probe {
@@ -72,6 +74,15 @@ impl Job for Probe {
         };
         if panic_now {
             panic!("a bug in the job on {shard}");
+        }
+        if assignment.shard.closed {
+            // A parent of a reshard: read to its end, and the children may go.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            self.recorder.finished.lock().expect("lock").push(shard);
+            if let Err(error) = assignment.lease.checkpoint("done").await {
+                return Exit::Failed(error.to_string());
+            }
+            return Exit::Finished;
         }
         self.recorder
             .running
@@ -333,6 +344,54 @@ async fn a_finished_shard_is_never_taken_again() {
     eventually("shard-1 runs", LIMIT, || world.count("a") == 1).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(world.starts("shardId-000000000000"), 0);
+    let _ = process.stop.send(());
+    process.task.await.expect("stops");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn children_of_a_reshard_start_only_after_their_parents_are_finished() {
+    let world = World::new(1).await;
+    // One shard split into two: the parent is closed, the children list it as their parent.
+    world
+        .backend
+        .update_stream(&streams::StreamSpec {
+            name: STREAM.to_owned(),
+            shard_count: 2,
+            retention_hours: 24,
+            tags: Default::default(),
+        })
+        .await
+        .expect("resharded");
+    let shards = world.backend.list_shards(STREAM).await.expect("shards");
+    let parent = shards
+        .iter()
+        .find(|s| s.closed)
+        .expect("a closed parent")
+        .id
+        .clone();
+    let children: Vec<String> = shards
+        .iter()
+        .filter(|s| s.parents.contains(&parent))
+        .map(|s| s.id.clone())
+        .collect();
+    assert_eq!(children.len(), 2, "{shards:?}");
+
+    let process = world.start("a");
+    eventually("both children run", LIMIT, || world.count("a") == 2).await;
+    let starts = world.recorder.starts.lock().expect("lock").clone();
+    let order: Vec<&str> = starts.iter().map(|(_, shard)| shard.as_str()).collect();
+    assert_eq!(order[0], parent, "the parent starts first: {order:?}");
+    assert_eq!(
+        *world.recorder.finished.lock().expect("lock"),
+        vec![parent.clone()],
+        "and is finished before its children start: {order:?}"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        world.starts(&parent),
+        1,
+        "a finished shard is not taken again"
+    );
     let _ = process.stop.send(());
     process.task.await.expect("stops");
 }
