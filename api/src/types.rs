@@ -495,6 +495,9 @@ pub struct StreamHealth {
     pub lag_records: Option<u64>,
     /// Deliveries waiting in memory or being written.
     pub owed: u64,
+    /// Records written to the stream per second over the engine's last report interval.
+    #[serde(default)]
+    pub events_per_second: Option<f64>,
     pub reported_at: Option<DateTime<Utc>>,
 }
 

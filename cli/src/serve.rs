@@ -582,6 +582,7 @@ async fn report_engine_status(
             })
             .collect();
         control_plane.report_engine_status(targets);
+        control_plane.observe_deliveries(board.take_delivered());
         control_plane.observe_ges_events(
             board
                 .take_events()

@@ -73,6 +73,8 @@ pub struct StatusBoard {
     shards: Arc<Mutex<BTreeMap<String, ShardStatus>>>,
     revision: Arc<AtomicI64>,
     events: Arc<Mutex<EventCounts>>,
+    /// Records written per backing stream since the last [`StatusBoard::take_delivered`].
+    delivered: Arc<Mutex<HashMap<String, u64>>>,
 }
 
 impl Default for StatusBoard {
@@ -81,6 +83,7 @@ impl Default for StatusBoard {
             shards: Arc::default(),
             revision: Arc::new(AtomicI64::new(-1)),
             events: Arc::default(),
+            delivered: Arc::default(),
         }
     }
 }
@@ -143,6 +146,31 @@ impl StatusBoard {
             entry.0 += count;
             entry.1 = entry.1.max(arrival);
         }
+    }
+
+    /// Records written to each backing stream since the last call, sorted by stream.
+    pub fn take_delivered(&self) -> Vec<(String, u64)> {
+        let taken = std::mem::take(
+            &mut *self
+                .delivered
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()),
+        );
+        let mut delivered: Vec<(String, u64)> = taken.into_iter().collect();
+        delivered.sort();
+        delivered
+    }
+
+    pub(crate) fn add_delivered(&self, backing_name: &str, records: u64) {
+        if records == 0 {
+            return;
+        }
+        *self
+            .delivered
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .entry(backing_name.to_owned())
+            .or_default() += records;
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, ShardStatus>> {

@@ -211,11 +211,15 @@ pub struct TargetReport {
     pub owed: u64,
 }
 
-/// The latest engine report, kept as it came.
+/// The latest engine report, kept as it came, and the write rates it implies.
 #[derive(Default)]
 pub(super) struct EngineReport {
     latest: Mutex<Option<(DateTime<Utc>, Vec<TargetReport>)>>,
+    rates: Mutex<Rates>,
 }
+
+/// When deliveries were last reported, and records per second per backing stream.
+type Rates = (Option<DateTime<Utc>>, HashMap<String, f64>);
 
 /// Worse modes win when shards disagree.
 fn severity(mode: &str) -> u8 {
@@ -254,6 +258,25 @@ impl ControlPlane {
         }
     }
 
+    /// Records written per backing stream since the engine's previous report: the streams'
+    /// write rates until the next one (a stream absent from it wrote nothing).
+    pub fn observe_deliveries(&self, delivered: Vec<(String, u64)>) {
+        let now = self.now();
+        let Ok(mut rates) = self.inner.engine_report.rates.lock() else {
+            return;
+        };
+        let (last, per_stream) = &mut *rates;
+        let seconds = last.map(|last| (now - last).num_milliseconds() as f64 / 1000.0);
+        *last = Some(now);
+        per_stream.clear();
+        // The first report only starts the clock.
+        if let Some(seconds) = seconds.filter(|s| *s > 0.0) {
+            for (backing, records) in delivered {
+                per_stream.insert(backing, records as f64 / seconds);
+            }
+        }
+    }
+
     /// Takes the engine's current view of every consumer stream, one entry per shard and stream.
     pub fn report_engine_status(&self, targets: Vec<TargetReport>) {
         if let Ok(mut latest) = self.inner.engine_report.latest.lock() {
@@ -271,6 +294,13 @@ impl ControlPlane {
             .lock()
             .map(|l| l.clone())
             .unwrap_or_default();
+        let rates = self
+            .inner
+            .engine_report
+            .rates
+            .lock()
+            .map(|r| r.clone())
+            .unwrap_or_default();
         Ok(streams
             .into_iter()
             .map(|stream| {
@@ -283,6 +313,9 @@ impl ControlPlane {
                     lag_ms: None,
                     lag_records: None,
                     owed: 0,
+                    events_per_second: rates
+                        .0
+                        .map(|_| rates.1.get(&backing).copied().unwrap_or(0.0)),
                     reported_at: None,
                 };
                 let Some((at, targets)) = &latest else {

@@ -512,4 +512,29 @@ async fn engine_reports_become_stream_health(db: Db) {
         )],
         "a member sees only its own streams"
     );
+
+    // Write rates come from the deliveries between two reports.
+    let rates = || async {
+        analytics
+            .health_streams()
+            .await
+            .expect("stream health")
+            .into_iter()
+            .map(|h| h.events_per_second)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(rates().await, [None], "no rate before two reports");
+    server.cp.observe_deliveries(Vec::new());
+    server.cp.clock().advance(std::time::Duration::from_secs(2));
+    server
+        .cp
+        .observe_deliveries(vec![(server.cp.backing_name("analytics-users"), 100)]);
+    assert_eq!(rates().await, [Some(50.0)]);
+    server.cp.clock().advance(std::time::Duration::from_secs(2));
+    server.cp.observe_deliveries(Vec::new());
+    assert_eq!(
+        rates().await,
+        [Some(0.0)],
+        "a quiet interval is a zero rate"
+    );
 }

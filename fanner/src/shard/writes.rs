@@ -183,11 +183,13 @@ impl Worker {
         };
         let mut tally = Tally::default();
         let mut failed = Vec::new();
+        let mut written_count = 0;
         let wall = Utc::now();
         for (delivery, written) in deliveries.into_iter().zip(outcome.outcomes) {
             let subscription = delivery.subscription.clone();
             match written {
                 Ok(_) => {
+                    written_count += 1;
                     if let Some(subscription) = &subscription {
                         tally.add(subscription, &target.stream, Count::Delivered);
                     } else {
@@ -208,6 +210,7 @@ impl Worker {
             }
         }
         tally.flush();
+        self.shared.status.add_delivered(name, written_count);
         if failed.is_empty() {
             target.failures = 0;
             target.failing_since = None;

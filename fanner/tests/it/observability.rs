@@ -153,5 +153,14 @@ async fn the_status_board_counts_every_catalog_event_read() {
         "unrouted events count, bad records do not"
     );
     assert!(engine.status.take_events().is_empty(), "taken once");
+    let delivered = engine.status.take_delivered();
+    assert_eq!(
+        delivered
+            .iter()
+            .find(|(name, _)| *name == stream)
+            .map(|(_, n)| *n),
+        Some(30),
+        "every signup written to the stream once: {delivered:?}"
+    );
     engine.shutdown().await;
 }
