@@ -97,11 +97,6 @@ impl EngineConfig {
             .unwrap_or_else(|| format!("{}-dead-letters", self.ges))
     }
 
-    /// The group and key of a shard's lease.
-    pub fn lease_key(&self, shard: &str) -> String {
-        format!("{}/{shard}", self.ges)
-    }
-
     /// How the shard runtime shares the GES's shards for this engine.
     pub fn runtime_settings(&self) -> shard_runtime::Settings {
         shard_runtime::Settings {
