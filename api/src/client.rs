@@ -342,6 +342,41 @@ impl Client {
             .await
     }
 
+    /// Re-delivers a window of history into the subscription's stream.
+    pub async fn replay_subscription(
+        &self,
+        id: &str,
+        body: &ReplaySubscription,
+    ) -> Result<Hydration, ClientError> {
+        self.post(&format!("/v1/subscriptions/{}/replay", segment(id)), body)
+            .await
+    }
+
+    /// Hydrations and replays the data plane has to work on (admins).
+    pub async fn unfinished_hydrations(&self) -> Result<Vec<HydrationTask>, ClientError> {
+        self.send(self.request(Method::GET, "/v1/hydrations")).await
+    }
+
+    /// The data plane's progress on one GES shard of a hydration (admins).
+    pub async fn report_hydration(
+        &self,
+        id: &str,
+        body: &HydrationProgress,
+    ) -> Result<Hydration, ClientError> {
+        self.post(&format!("/v1/hydrations/{}/progress", segment(id)), body)
+            .await
+    }
+
+    /// The engine's choice of where live delivery begins on a GES shard (admins).
+    pub async fn set_handover(
+        &self,
+        id: &str,
+        body: &SetHandover,
+    ) -> Result<Handover, ClientError> {
+        self.post(&format!("/v1/hydrations/{}/handover", segment(id)), body)
+            .await
+    }
+
     /// The verdict a create or update would get, without writing anything.
     pub async fn check_subscription(
         &self,

@@ -38,6 +38,7 @@ impl From<&proto::Envelope> for EnvelopeView {
             content_type: envelope.content_type.clone(),
             payload: json,
             payload_base64,
+            history_id: (!envelope.history_id.is_empty()).then(|| envelope.history_id.clone()),
         }
     }
 }

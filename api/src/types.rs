@@ -164,6 +164,10 @@ pub struct Grant {
     pub revoked_by: Option<String>,
     /// As of the moment the response was made.
     pub status: GrantStatus,
+    /// The oldest history (by event time) the grantee may receive: `unbounded`, or an instant.
+    /// Defaults to the grant's creation time.
+    #[serde(default = "HistoryFrom::unbounded")]
+    pub history_from: HistoryFrom,
     pub revision: i64,
 }
 
@@ -174,6 +178,9 @@ pub struct CreateGrant {
     pub grantee: String,
     pub reason: String,
     pub expires_at: Option<DateTime<Utc>>,
+    /// `unbounded` or an RFC 3339 instant; the grant's creation time when absent.
+    #[serde(default)]
+    pub history_from: Option<HistoryFrom>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
@@ -181,6 +188,9 @@ pub struct CreateGrant {
 pub struct UpdateGrant {
     pub reason: String,
     pub expires_at: Option<DateTime<Utc>>,
+    /// Unchanged when absent.
+    #[serde(default)]
+    pub history_from: Option<HistoryFrom>,
     pub revision: Option<i64>,
 }
 
@@ -238,6 +248,12 @@ pub struct Subscription {
     pub events: Vec<String>,
     pub status: SubscriptionStatus,
     pub status_reason: Option<String>,
+    /// Where delivery began: `now` (live only), `earliest`, or an event-time instant.
+    #[serde(default)]
+    pub start_from: StartFrom,
+    /// The newest history delivery into this subscription (its hydration, or a replay).
+    #[serde(default)]
+    pub hydration: Hydration,
     pub revision: i64,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
@@ -248,13 +264,227 @@ pub struct Subscription {
 pub struct CreateSubscription {
     pub stream: String,
     pub events: Vec<String>,
+    /// `now` (the default), `earliest`, or an RFC 3339 instant by event time: the stream is
+    /// first hydrated with the history since then, then receives live events.
+    #[serde(default)]
+    pub start_from: Option<StartFrom>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateSubscription {
     pub events: Vec<String>,
+    /// Unchanged when absent. A new value replays the history since then into the stream.
+    #[serde(default)]
+    pub start_from: Option<StartFrom>,
     pub revision: Option<i64>,
+}
+
+/// Re-delivers the events of a window (by event time) into a subscription's stream.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReplaySubscription {
+    /// `earliest` or an RFC 3339 instant (inclusive).
+    pub from: StartFrom,
+    /// An RFC 3339 instant (exclusive); up to the newest event when absent.
+    pub to: Option<DateTime<Utc>>,
+}
+
+/// Where a subscription's delivery begins, by event time.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum StartFrom {
+    /// Live events only.
+    #[default]
+    Now,
+    /// Every event the lake and the global event stream hold.
+    Earliest,
+    /// Events whose event time is at or after this instant.
+    At(DateTime<Utc>),
+}
+
+impl StartFrom {
+    /// The oldest event time history covers; `None` for no history (`now`) or all of it.
+    pub fn instant(self) -> Option<DateTime<Utc>> {
+        match self {
+            StartFrom::At(at) => Some(at),
+            _ => None,
+        }
+    }
+
+    pub fn parse(text: &str) -> Result<StartFrom, String> {
+        match text {
+            "now" => Ok(StartFrom::Now),
+            "earliest" => Ok(StartFrom::Earliest),
+            _ => DateTime::parse_from_rfc3339(text)
+                .map(|at| StartFrom::At(at.with_timezone(&Utc)))
+                .map_err(|e| {
+                    format!("{text:?} is not `now`, `earliest` or an RFC 3339 instant: {e}")
+                }),
+        }
+    }
+}
+
+impl fmt::Display for StartFrom {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StartFrom::Now => f.write_str("now"),
+            StartFrom::Earliest => f.write_str("earliest"),
+            StartFrom::At(at) => {
+                f.write_str(&at.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true))
+            }
+        }
+    }
+}
+
+/// How far back a grantee may read history, by event time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HistoryFrom {
+    Unbounded,
+    At(DateTime<Utc>),
+}
+
+impl HistoryFrom {
+    fn unbounded() -> HistoryFrom {
+        HistoryFrom::Unbounded
+    }
+
+    /// The oldest event time allowed; `None` when unbounded.
+    pub fn instant(self) -> Option<DateTime<Utc>> {
+        match self {
+            HistoryFrom::Unbounded => None,
+            HistoryFrom::At(at) => Some(at),
+        }
+    }
+
+    pub fn parse(text: &str) -> Result<HistoryFrom, String> {
+        match text {
+            "unbounded" => Ok(HistoryFrom::Unbounded),
+            _ => DateTime::parse_from_rfc3339(text)
+                .map(|at| HistoryFrom::At(at.with_timezone(&Utc)))
+                .map_err(|e| format!("{text:?} is not `unbounded` or an RFC 3339 instant: {e}")),
+        }
+    }
+}
+
+impl fmt::Display for HistoryFrom {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HistoryFrom::Unbounded => f.write_str("unbounded"),
+            HistoryFrom::At(at) => {
+                f.write_str(&at.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true))
+            }
+        }
+    }
+}
+
+/// Serde and an OpenAPI schema for a type spelled as one string.
+macro_rules! string_serde {
+    ($type:ty, $description:literal, $example:literal) => {
+        impl utoipa::PartialSchema for $type {
+            fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+                utoipa::openapi::ObjectBuilder::new()
+                    .schema_type(utoipa::openapi::schema::Type::String)
+                    .description(Some($description))
+                    .examples([$example])
+                    .into()
+            }
+        }
+
+        impl ToSchema for $type {}
+
+        impl Serialize for $type {
+            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                serializer.collect_str(self)
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $type {
+            fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+                let text = std::borrow::Cow::<str>::deserialize(deserializer)?;
+                <$type>::parse(&text).map_err(serde::de::Error::custom)
+            }
+        }
+    };
+}
+string_serde!(
+    StartFrom,
+    "`now`, `earliest`, or an RFC 3339 instant (by event time).",
+    "earliest"
+);
+string_serde!(
+    HistoryFrom,
+    "`unbounded`, or an RFC 3339 instant (by event time).",
+    "2026-01-01T00:00:00Z"
+);
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum HydrationState {
+    /// No history was asked for.
+    #[default]
+    None,
+    /// Waiting for a worker to take it up.
+    Pending,
+    Running,
+    Done,
+    /// Stopped; `error` says why. Nothing was skipped silently.
+    Failed,
+}
+
+impl HydrationState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HydrationState::None => "none",
+            HydrationState::Pending => "pending",
+            HydrationState::Running => "running",
+            HydrationState::Done => "done",
+            HydrationState::Failed => "failed",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<HydrationState> {
+        [
+            HydrationState::None,
+            HydrationState::Pending,
+            HydrationState::Running,
+            HydrationState::Done,
+            HydrationState::Failed,
+        ]
+        .into_iter()
+        .find(|s| s.as_str() == text)
+    }
+
+    pub fn is_finished(self) -> bool {
+        matches!(self, HydrationState::Done | HydrationState::Failed)
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum HydrationKind {
+    /// A new subscription's history, followed by live delivery with no gap and no duplicate.
+    #[default]
+    Start,
+    /// A window re-delivered into a subscription that keeps receiving live events.
+    Replay,
+}
+
+/// History delivered into a subscription's stream from the lake and the global event stream.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Hydration {
+    /// `None` when no history was asked for.
+    pub id: Option<String>,
+    pub kind: HydrationKind,
+    pub state: HydrationState,
+    /// The oldest event time delivered (`None`: the earliest event held).
+    pub from: Option<DateTime<Utc>>,
+    /// Replays only: events at or after this event time are not re-delivered.
+    pub to: Option<DateTime<Utc>>,
+    pub events_delivered: u64,
+    pub error: Option<String>,
+    pub requested_by: Option<String>,
+    pub created_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
 }
 
 /// A dry run of a subscription: would its owner be allowed to receive these events now?
@@ -511,6 +741,70 @@ pub struct RouteTarget {
     pub owner: String,
     /// Delivery must stop at this instant (the grant's expiry); `None` for the owner's own events.
     pub access_expires_at: Option<DateTime<Utc>>,
+    /// History older than this (by event time) is not delivered; `None` for the owner's own
+    /// events and unbounded grants.
+    #[serde(default)]
+    pub history_from: Option<DateTime<Utc>>,
+    /// The subscription's hydration, while live delivery waits for it on some GES shard.
+    #[serde(default)]
+    pub hydration: Option<RouteHydration>,
+}
+
+/// Where, per GES shard, a hydrating subscription's live delivery begins: the engine delivers to
+/// it only records after `live_after`; the hydration delivers every record up to it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct RouteHydration {
+    pub id: String,
+    /// By GES shard id.
+    pub shards: BTreeMap<String, Handover>,
+    /// Every shard handed over: a shard not listed is delivered live from its start.
+    pub done: bool,
+}
+
+/// One GES shard's hand-over from a hydration to live delivery.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Handover {
+    /// The hydration reads the global event stream after this position (the lake holds every
+    /// record up to it); `None`: from the shard's start.
+    pub after: Option<String>,
+    /// Set once the engine has chosen where live delivery begins.
+    pub live: bool,
+    /// Live delivery takes the records after this position; `None`: from the shard's start.
+    pub live_after: Option<String>,
+}
+
+/// What the data plane reports about one GES shard of a hydration.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HydrationProgress {
+    pub shard: String,
+    /// Events of this shard delivered so far (in total, not since the last report).
+    pub events_delivered: u64,
+    /// Asks the engine to hand over after this position (`None`: the shard's start).
+    #[serde(default)]
+    pub handover_after: Option<Option<String>>,
+    pub done: bool,
+    pub error: Option<String>,
+}
+
+/// A hydration or replay the data plane has to work on.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct HydrationTask {
+    pub id: String,
+    pub subscription_id: String,
+    pub kind: HydrationKind,
+    pub from: Option<DateTime<Utc>>,
+    pub to: Option<DateTime<Utc>>,
+    /// Shards already finished (done or failed).
+    pub finished_shards: Vec<String>,
+}
+
+/// The engine's choice of where live delivery begins on one shard.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SetHandover {
+    pub shard: String,
+    pub live_after: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
@@ -595,6 +889,9 @@ pub struct EnvelopeView {
     pub payload: Option<serde_json::Value>,
     /// Otherwise the payload, standard base64.
     pub payload_base64: Option<String>,
+    /// Set when a hydration or replay delivered this record from history: its id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub history_id: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]

@@ -188,6 +188,7 @@ pub async fn grant_create(
             grantee,
             reason,
             expires_at,
+            history_from: None,
         })
         .await?;
     print_grant(conn, &grant)?;
@@ -380,7 +381,11 @@ pub async fn subscription_create(
     events: Vec<String>,
 ) -> anyhow::Result<ExitCode> {
     let subscription = client(conn)?
-        .create_subscription(&CreateSubscription { stream, events })
+        .create_subscription(&CreateSubscription {
+            stream,
+            events,
+            start_from: None,
+        })
         .await?;
     print_subscription(conn, &subscription)?;
     done()

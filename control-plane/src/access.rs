@@ -4,8 +4,8 @@
 use std::collections::{BTreeMap, HashMap};
 
 use api::{
-    AccessProblem, DenialReason, Event, Grant, GrantStatus, Route, RouteTarget, Stream,
-    Subscription,
+    AccessProblem, DenialReason, Event, Grant, GrantStatus, Route, RouteHydration, RouteTarget,
+    Stream, Subscription,
 };
 use chrono::{DateTime, Utc};
 
@@ -14,15 +14,27 @@ use chrono::{DateTime, Utc};
 pub enum Readable {
     /// It is the event's owner.
     Owner,
-    /// It holds an active grant; access ends at `until` (never, for a grant without expiry).
-    Granted { until: Option<DateTime<Utc>> },
+    /// It holds an active grant; access ends at `until` (never, for a grant without expiry)
+    /// and reaches back to events of `history_from` on (all history when `None`).
+    Granted {
+        until: Option<DateTime<Utc>>,
+        history_from: Option<DateTime<Utc>>,
+    },
 }
 
 impl Readable {
     pub fn until(self) -> Option<DateTime<Utc>> {
         match self {
             Readable::Owner => None,
-            Readable::Granted { until } => until,
+            Readable::Granted { until, .. } => until,
+        }
+    }
+
+    /// The oldest event time history may be delivered from: the owner reads all of it.
+    pub fn history_from(self) -> Option<DateTime<Utc>> {
+        match self {
+            Readable::Owner => None,
+            Readable::Granted { history_from, .. } => history_from,
         }
     }
 }
@@ -43,6 +55,8 @@ pub fn evaluate<'a>(
     }
     let mut saw_expired = false;
     let mut best: Option<Option<DateTime<Utc>>> = None;
+    // The widest history any active grant allows.
+    let mut history: Option<Option<DateTime<Utc>>> = None;
     for grant in grants {
         if grant.event != event.name || grant.grantee != principal || grant.revoked_at.is_some() {
             continue;
@@ -54,12 +68,21 @@ pub fn evaluate<'a>(
                     (None, until) => until,
                     (Some(None), _) | (_, None) => None,
                     (Some(Some(a)), Some(b)) => Some(a.max(b)),
-                })
+                });
+                let from = grant.history_from.instant();
+                history = Some(match (history, from) {
+                    (None, from) => from,
+                    (Some(None), _) | (_, None) => None,
+                    (Some(Some(a)), Some(b)) => Some(a.min(b)),
+                });
             }
         }
     }
     match best {
-        Some(until) => Ok(Readable::Granted { until }),
+        Some(until) => Ok(Readable::Granted {
+            until,
+            history_from: history.flatten(),
+        }),
         None if saw_expired => Err(DenialReason::GrantExpired),
         None => Err(DenialReason::NotGranted),
     }
@@ -91,6 +114,8 @@ pub struct Catalog<'a> {
     pub subscriptions: &'a [Subscription],
     /// Grants of any status; revoked and expired ones are ignored.
     pub grants: &'a [Grant],
+    /// Start hydrations by subscription id.
+    pub hydrations: &'a HashMap<String, RouteHydration>,
 }
 
 /// Subscriptions intersected with access: for each event, the streams that receive it now.
@@ -145,6 +170,8 @@ pub fn compile_routes(
                 backing_name: backing_name(&stream.name),
                 owner: stream.owner.clone(),
                 access_expires_at: readable.until(),
+                history_from: readable.history_from(),
+                hydration: catalog.hydrations.get(&subscription.id).cloned(),
             });
         }
     }
@@ -199,6 +226,7 @@ mod tests {
             } else {
                 GrantStatus::Active
             },
+            history_from: api::HistoryFrom::Unbounded,
             revision: 1,
         }
     }
@@ -232,14 +260,20 @@ mod tests {
             "fraud",
             &[grant("signup", "fraud", None, false)],
             now,
-            Ok(Readable::Granted { until: None }),
+            Ok(Readable::Granted {
+                until: None,
+                history_from: None,
+            }),
         );
         check(
             Some(&signup),
             "fraud",
             &[grant("signup", "fraud", Some(later), false)],
             now,
-            Ok(Readable::Granted { until: Some(later) }),
+            Ok(Readable::Granted {
+                until: Some(later),
+                history_from: None,
+            }),
         );
         check(
             Some(&signup),
@@ -277,7 +311,10 @@ mod tests {
                 grant("signup", "fraud", Some(later), false),
             ],
             now,
-            Ok(Readable::Granted { until: Some(later) }),
+            Ok(Readable::Granted {
+                until: Some(later),
+                history_from: None,
+            }),
         );
         check(
             Some(&signup),
@@ -287,7 +324,10 @@ mod tests {
                 grant("signup", "fraud", None, false),
             ],
             now,
-            Ok(Readable::Granted { until: None }),
+            Ok(Readable::Granted {
+                until: None,
+                history_from: None,
+            }),
         );
     }
 
@@ -322,6 +362,8 @@ mod tests {
             events: events.iter().map(|e| (*e).to_owned()).collect(),
             status: SubscriptionStatus::Active,
             status_reason: None,
+            start_from: api::StartFrom::Now,
+            hydration: api::Hydration::default(),
             revision: 1,
             created_at: now,
             updated_at: now,
@@ -346,6 +388,7 @@ mod tests {
                 streams: &streams,
                 subscriptions: &subscriptions,
                 grants: &grants,
+                hydrations: &HashMap::new(),
             },
             now,
             |name| format!("fanner-{name}"),

@@ -42,6 +42,8 @@ fn table(rng: &mut impl Rng) -> RouteTable {
                 backing_name: format!("fanner-stream-{s:03}"),
                 owner: format!("team-{}", s % 20),
                 access_expires_at: (s % 3 == 0).then(|| Utc::now() + chrono::Duration::days(30)),
+                history_from: Default::default(),
+                hydration: Default::default(),
             });
         }
     }
@@ -75,6 +77,7 @@ fn envelopes(table: &RouteTable, rng: &mut impl Rng) -> Vec<Bytes> {
                 attributes: [("region".to_owned(), "eu-west-1".to_owned())].into(),
                 content_type: "application/json".to_owned(),
                 payload: Vec::new(),
+                history_id: Default::default(),
             };
             let room = 1024usize.saturating_sub(envelope.encoded_len() + 3);
             envelope.payload = vec![b'x'; room];

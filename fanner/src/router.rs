@@ -187,6 +187,8 @@ mod tests {
             backing_name: format!("fanner-{stream}"),
             owner: "team".to_owned(),
             access_expires_at: until,
+            history_from: Default::default(),
+            hydration: Default::default(),
         }
     }
 

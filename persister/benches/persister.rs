@@ -64,6 +64,7 @@ fn envelope(i: usize, names: &[String]) -> proto::Envelope {
         .into(),
         content_type: "application/json".into(),
         payload: payload.into_bytes(),
+        history_id: Default::default(),
     }
 }
 

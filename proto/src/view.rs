@@ -48,6 +48,7 @@ pub struct EnvelopeRef<'a> {
     pub attributes: Vec<(&'a str, &'a str)>,
     pub content_type: &'a str,
     pub payload: &'a [u8],
+    pub history_id: &'a str,
 }
 
 /// The fields the fan-out engine routes by. [`EnvelopeHead::read`] checks the whole record by
@@ -108,6 +109,7 @@ impl<'a> EnvelopeRef<'a> {
                     check_wire_type(WireType::LengthDelimited, wire_type)?;
                     envelope.payload = length_delimited(tag, &mut buf)?;
                 }
+                12 => envelope.history_id = string(tag, wire_type, &mut buf)?,
                 _ => skip(wire_type, tag, &mut buf, RECURSION_LIMIT)?,
             }
         }
@@ -143,6 +145,7 @@ impl<'a> EnvelopeRef<'a> {
                 .collect::<BTreeMap<_, _>>(),
             content_type: self.content_type.to_owned(),
             payload: self.payload.to_vec(),
+            history_id: self.history_id.to_owned(),
         }
     }
 }
@@ -165,6 +168,7 @@ impl<'a> From<&'a Envelope> for EnvelopeRef<'a> {
                 .collect(),
             content_type: &e.content_type,
             payload: &e.payload,
+            history_id: &e.history_id,
         }
     }
 }
@@ -301,6 +305,11 @@ mod tests {
                     .collect(),
                 content_type: self.text(),
                 payload: (0..self.below(40)).map(|_| self.next() as u8).collect(),
+                history_id: if self.below(4) == 0 {
+                    self.text()
+                } else {
+                    String::new()
+                },
             }
         }
 

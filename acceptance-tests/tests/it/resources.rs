@@ -148,6 +148,7 @@ resource "fanner_grant" "fraud_reads_signup" {{
                 &api::UpdateGrant {
                     reason: "Changed by hand.".to_owned(),
                     expires_at: Some(chrono::DateTime::parse_from_rfc3339(&second)?.into()),
+                    history_from: None,
                     revision: None,
                 },
             )
@@ -339,6 +340,7 @@ resource "fanner_subscription" "signals" {{
                 &id,
                 &api::UpdateSubscription {
                     events: vec!["account_flagged".to_owned()],
+                    start_from: None,
                     revision: None,
                 },
             )

@@ -298,6 +298,55 @@ pub async fn set_subscription_status(
     ))
 }
 
+/// Re-delivers a window of history (by event time) into the subscription's stream.
+#[utoipa::path(post, path = "/v1/subscriptions/{id}/replay", tag = "subscriptions", params(("id" = String, Path)),
+    request_body = ReplaySubscription,
+    responses((status = 200, body = Hydration), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn replay_subscription(
+    State(cp): State<ControlPlane>,
+    ctx: Ctx,
+    Path(id): Path<String>,
+    Body(req): Body<ReplaySubscription>,
+) -> Result<Json<Hydration>> {
+    Ok(Json(cp.replay_subscription(&ctx, &id, req).await?))
+}
+
+/// Hydrations and replays the data plane has to work on (admins only).
+#[utoipa::path(get, path = "/v1/hydrations", tag = "hydrations",
+    responses((status = 200, body = Vec<HydrationTask>), (status = 403, body = ErrorBody)))]
+pub async fn unfinished_hydrations(
+    State(cp): State<ControlPlane>,
+    ctx: Ctx,
+) -> Result<Json<Vec<HydrationTask>>> {
+    Ok(Json(cp.unfinished_hydrations(&ctx).await?))
+}
+
+/// The data plane's progress on one GES shard of a hydration (admins only).
+#[utoipa::path(post, path = "/v1/hydrations/{id}/progress", tag = "hydrations", params(("id" = String, Path)),
+    request_body = HydrationProgress,
+    responses((status = 200, body = Hydration), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn report_hydration(
+    State(cp): State<ControlPlane>,
+    ctx: Ctx,
+    Path(id): Path<String>,
+    Body(req): Body<HydrationProgress>,
+) -> Result<Json<Hydration>> {
+    Ok(Json(cp.report_hydration(&ctx, &id, req).await?))
+}
+
+/// The engine's choice of where live delivery begins on a GES shard (admins only).
+#[utoipa::path(post, path = "/v1/hydrations/{id}/handover", tag = "hydrations", params(("id" = String, Path)),
+    request_body = SetHandover,
+    responses((status = 200, body = Handover), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn set_handover(
+    State(cp): State<ControlPlane>,
+    ctx: Ctx,
+    Path(id): Path<String>,
+    Body(req): Body<SetHandover>,
+) -> Result<Json<Handover>> {
+    Ok(Json(cp.set_handover(&ctx, &id, req).await?))
+}
+
 /// Who can read an event: grants (with who granted them, why, when, until when) and the
 /// subscriptions that receive it.
 #[utoipa::path(get, path = "/v1/access/{event}", tag = "access", params(("event" = String, Path)),

@@ -165,6 +165,10 @@ fn api_router() -> (Router<ControlPlane>, utoipa::openapi::OpenApi) {
             handlers::delete_subscription
         ))
         .routes(routes!(handlers::set_subscription_status))
+        .routes(routes!(handlers::replay_subscription))
+        .routes(routes!(handlers::unfinished_hydrations))
+        .routes(routes!(handlers::report_hydration))
+        .routes(routes!(handlers::set_handover))
         .routes(routes!(handlers::access_view))
         .routes(routes!(handlers::access_matrix))
         .routes(routes!(handlers::grant_history))

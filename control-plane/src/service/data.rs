@@ -277,5 +277,6 @@ fn envelope(
         attributes: event.attributes.into_iter().collect(),
         content_type,
         payload,
+        history_id: String::new(),
     })
 }

@@ -1,4 +1,4 @@
-use api::{CreateGrant, Grant, GrantStatus, UpdateGrant, rules};
+use api::{CreateGrant, Grant, GrantStatus, HistoryFrom, UpdateGrant, rules};
 
 use super::{Change, ControlPlane, bad_request, check_revision, snapshot, to_stored_precision};
 use crate::auth::{Caller, Ctx};
@@ -100,6 +100,8 @@ impl ControlPlane {
                 revoked_at: None,
                 revoked_by: None,
                 status: GrantStatus::Active,
+                // Deny by default: history before the grant is the producer's to widen.
+                history_from: stored_history(req.history_from.unwrap_or(HistoryFrom::At(now))),
                 revision: 1,
             };
             grants::insert(m.conn(), &grant).await?;
@@ -145,6 +147,7 @@ impl ControlPlane {
             let mut after = Grant {
                 reason: req.reason,
                 expires_at: req.expires_at,
+                history_from: req.history_from.map_or(before.history_from, stored_history),
                 revision: before.revision + 1,
                 ..before.clone()
             };
@@ -221,4 +224,11 @@ fn authorize_change(
 
 fn not_found(id: &str) -> ApiError {
     ApiError::NotFound(format!("grant {id:?} does not exist"))
+}
+
+fn stored_history(history: HistoryFrom) -> HistoryFrom {
+    match history {
+        HistoryFrom::At(at) => HistoryFrom::At(to_stored_precision(at)),
+        HistoryFrom::Unbounded => HistoryFrom::Unbounded,
+    }
 }

@@ -6,6 +6,7 @@ mod data;
 mod events;
 mod grants;
 mod health;
+mod history;
 mod principals;
 mod review;
 mod sessions;

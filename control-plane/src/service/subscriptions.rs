@@ -1,15 +1,15 @@
 use api::{
-    AccessVerdict, CheckSubscription, CreateSubscription, Subscription, SubscriptionStatus,
-    UpdateSubscription, rules,
+    AccessVerdict, CheckSubscription, CreateSubscription, HydrationKind, StartFrom, Subscription,
+    SubscriptionStatus, UpdateSubscription, rules,
 };
 use chrono::{DateTime, Utc};
 use sqlx::AnyConnection;
 
-use super::{Change, ControlPlane, bad_request, check_revision, snapshot};
+use super::{Change, ControlPlane, bad_request, check_revision, history, snapshot};
 use crate::access;
 use crate::auth::Ctx;
 use crate::error::ApiError;
-use crate::store::{catalog, grants, streams, subscriptions};
+use crate::store::{catalog, grants, hydrations, streams, subscriptions};
 
 impl ControlPlane {
     /// Subscriptions the caller may see, optionally only those of `stream`.
@@ -18,17 +18,27 @@ impl ControlPlane {
         ctx: &Ctx,
         stream: Option<&str>,
     ) -> Result<Vec<Subscription>, ApiError> {
-        let all = subscriptions::list(&mut *self.conn().await?, stream).await?;
+        let mut conn = self.conn().await?;
+        let all = subscriptions::list(&mut conn, stream).await?;
+        let mut newest = hydrations::newest(&mut conn).await?;
         Ok(all
             .into_iter()
             .filter(|s| ctx.caller.may_read(&s.owner))
+            .map(|mut s| {
+                s.hydration = newest.remove(&s.id).unwrap_or_default();
+                s
+            })
             .collect())
     }
 
     pub async fn get_subscription(&self, ctx: &Ctx, id: &str) -> Result<Subscription, ApiError> {
-        let subscription = subscriptions::get(&mut *self.conn().await?, id)
+        let mut conn = self.conn().await?;
+        let mut subscription = subscriptions::get(&mut conn, id)
             .await?
             .ok_or_else(|| not_found(id))?;
+        subscription.hydration = hydrations::newest_of(&mut conn, id)
+            .await?
+            .unwrap_or_default();
         if ctx.caller.may_read(&subscription.owner) {
             Ok(subscription)
         } else {
@@ -81,18 +91,33 @@ impl ControlPlane {
             }
             let events = rules::normalize_events(&req.events).map_err(ApiError::BadRequest)?;
             require_access(m.conn(), &stream.owner, &events, now).await?;
-            let subscription = Subscription {
+            let start_from = history::stored(req.start_from.unwrap_or_default());
+            let mut subscription = Subscription {
                 id: uuid::Uuid::new_v4().to_string(),
                 stream: stream.name,
                 owner: stream.owner,
                 events,
                 status: SubscriptionStatus::Active,
                 status_reason: None,
+                start_from,
+                hydration: Default::default(),
                 revision: 1,
                 created_at: now,
                 updated_at: now,
             };
             subscriptions::insert(m.conn(), &subscription).await?;
+            if start_from != StartFrom::Now {
+                subscription.hydration = history::request(
+                    m.conn(),
+                    ctx,
+                    &subscription.id,
+                    HydrationKind::Start,
+                    start_from.instant(),
+                    None,
+                    now,
+                )
+                .await?;
+            }
             Ok(
                 Change::new(None, snapshot(&subscription), subscription.clone())
                     .with_id(subscription.id),
@@ -122,8 +147,10 @@ impl ControlPlane {
             check_revision("subscription", id, req.revision, before.revision)?;
             let events = rules::normalize_events(&req.events).map_err(ApiError::BadRequest)?;
             require_access(m.conn(), &before.owner, &events, now).await?;
-            let after = Subscription {
+            let start_from = req.start_from.map_or(before.start_from, history::stored);
+            let mut after = Subscription {
                 events,
+                start_from,
                 revision: before.revision + 1,
                 updated_at: now,
                 ..before.clone()
@@ -133,6 +160,23 @@ impl ControlPlane {
                     "subscription {id:?} changed concurrently; retry"
                 )));
             }
+            // A new start replays the history since then; live delivery goes on meanwhile.
+            after.hydration = if start_from != before.start_from && start_from != StartFrom::Now {
+                history::request(
+                    m.conn(),
+                    ctx,
+                    id,
+                    HydrationKind::Replay,
+                    start_from.instant(),
+                    None,
+                    now,
+                )
+                .await?
+            } else {
+                hydrations::newest_of(m.conn(), id)
+                    .await?
+                    .unwrap_or_default()
+            };
             Ok(Change::new(snapshot(&before), snapshot(&after), after))
         }
         .await;
@@ -150,6 +194,7 @@ impl ControlPlane {
             if !ctx.caller.may_modify(&before.owner) {
                 return Err(not_yours(&before));
             }
+            hydrations::delete_of(m.conn(), id).await?;
             subscriptions::delete(m.conn(), id).await?;
             Ok(Change::new(snapshot(&before), None, before))
         }
@@ -241,11 +286,11 @@ async fn require_access(
     })
 }
 
-fn not_found(id: &str) -> ApiError {
+pub(super) fn not_found(id: &str) -> ApiError {
     ApiError::NotFound(format!("subscription {id:?} does not exist"))
 }
 
-fn not_yours(subscription: &Subscription) -> ApiError {
+pub(super) fn not_yours(subscription: &Subscription) -> ApiError {
     ApiError::Forbidden(format!(
         "subscription {} belongs to {:?}; only its owner or an admin may do this",
         subscription.id, subscription.owner

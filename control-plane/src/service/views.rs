@@ -10,7 +10,7 @@ use super::ControlPlane;
 use crate::access::{self, Catalog};
 use crate::auth::Ctx;
 use crate::error::ApiError;
-use crate::store::{audit, catalog, grants, streams, subscriptions};
+use crate::store::{audit, catalog, grants, hydrations, streams, subscriptions};
 
 /// The most entries one audit page returns.
 pub const MAX_AUDIT_PAGE: i64 = 10_000;
@@ -106,12 +106,14 @@ pub(super) async fn compile_route_table(
     let streams = streams::list(conn).await?;
     let subscriptions = subscriptions::list(conn, None).await?;
     let grants = grants::list(conn, None, now).await?;
+    let hydrations = hydrations::handovers(conn).await?;
     let routes = access::compile_routes(
         &Catalog {
             events: &events,
             streams: &streams,
             subscriptions: &subscriptions,
             grants: &grants,
+            hydrations: &hydrations,
         },
         now,
         backing_name,

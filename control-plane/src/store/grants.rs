@@ -1,11 +1,11 @@
-use api::{Grant, GrantStatus};
+use api::{Grant, GrantStatus, HistoryFrom};
 use chrono::{DateTime, Utc};
 use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, Row};
 
 use super::{StoreError, from_millis, from_millis_opt, to_millis};
 
-const COLUMNS: &str = "id, event, grantee, reason, granted_by, created_at, expires_at, revoked_at, revoked_by, revision";
+const COLUMNS: &str = "id, event, grantee, reason, granted_by, created_at, expires_at, revoked_at, revoked_by, revision, history_from";
 
 pub fn status_at(
     expires_at: Option<DateTime<Utc>>,
@@ -35,6 +35,10 @@ fn grant(row: &AnyRow, now: DateTime<Utc>) -> Result<Grant, StoreError> {
         revoked_at,
         revoked_by: row.try_get("revoked_by")?,
         status: status_at(expires_at, revoked_at.is_some(), now),
+        history_from: match from_millis_opt(row.try_get("history_from")?)? {
+            Some(at) => HistoryFrom::At(at),
+            None => HistoryFrom::Unbounded,
+        },
         revision: row.try_get("revision")?,
     })
 }
@@ -111,7 +115,7 @@ pub async fn unrevoked_to(
 
 pub async fn insert(conn: &mut AnyConnection, grant: &Grant) -> Result<(), StoreError> {
     sqlx::query(&format!(
-        "INSERT INTO grants ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
+        "INSERT INTO grants ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
     ))
     .bind(&grant.id)
     .bind(&grant.event)
@@ -123,6 +127,7 @@ pub async fn insert(conn: &mut AnyConnection, grant: &Grant) -> Result<(), Store
     .bind(grant.revoked_at.map(to_millis))
     .bind(grant.revoked_by.clone())
     .bind(grant.revision)
+    .bind(grant.history_from.instant().map(to_millis))
     .execute(conn)
     .await?;
     Ok(())
@@ -135,8 +140,8 @@ pub async fn update(
     expected_revision: i64,
 ) -> Result<bool, StoreError> {
     let result = sqlx::query(
-        "UPDATE grants SET reason = $1, expires_at = $2, revoked_at = $3, revoked_by = $4, revision = $5 \
-         WHERE id = $6 AND revision = $7",
+        "UPDATE grants SET reason = $1, expires_at = $2, revoked_at = $3, revoked_by = $4, revision = $5, \
+         history_from = $8 WHERE id = $6 AND revision = $7",
     )
     .bind(&grant.reason)
     .bind(grant.expires_at.map(to_millis))
@@ -145,6 +150,7 @@ pub async fn update(
     .bind(grant.revision)
     .bind(&grant.id)
     .bind(expected_revision)
+    .bind(grant.history_from.instant().map(to_millis))
     .execute(conn)
     .await?;
     Ok(result.rows_affected() == 1)

@@ -8,6 +8,7 @@ pub mod audit;
 pub mod catalog;
 pub mod expectations;
 pub mod grants;
+pub mod hydrations;
 pub mod leases;
 pub mod principals;
 pub mod sessions;

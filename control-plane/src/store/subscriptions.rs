@@ -1,11 +1,11 @@
-use api::{Subscription, SubscriptionStatus};
+use api::{Hydration, StartFrom, Subscription, SubscriptionStatus};
 use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, Row};
 
 use super::{StoreError, from_millis, to_millis};
 
 const COLUMNS: &str = "s.id, s.stream, st.owner, s.events, s.status, s.status_reason, s.revision, \
-                       s.created_at, s.updated_at";
+                       s.created_at, s.updated_at, s.start_from";
 
 fn subscription(row: &AnyRow) -> Result<Subscription, StoreError> {
     let events: String = row.try_get("events")?;
@@ -26,6 +26,9 @@ fn subscription(row: &AnyRow) -> Result<Subscription, StoreError> {
             }
         },
         status_reason: row.try_get("status_reason")?,
+        start_from: StartFrom::parse(&row.try_get::<String, _>("start_from")?)
+            .map_err(|e| StoreError::Corrupt(format!("subscription start_from: {e}")))?,
+        hydration: Hydration::default(),
         revision: row.try_get("revision")?,
         created_at: from_millis(row.try_get("created_at")?)?,
         updated_at: from_millis(row.try_get("updated_at")?)?,
@@ -120,8 +123,8 @@ pub async fn insert(
     subscription: &Subscription,
 ) -> Result<(), StoreError> {
     sqlx::query(
-        "INSERT INTO subscriptions (id, stream, events, status, status_reason, revision, created_at, updated_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        "INSERT INTO subscriptions (id, stream, events, status, status_reason, revision, created_at, updated_at, start_from) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
     )
     .bind(&subscription.id)
     .bind(&subscription.stream)
@@ -131,6 +134,7 @@ pub async fn insert(
     .bind(subscription.revision)
     .bind(to_millis(subscription.created_at))
     .bind(to_millis(subscription.updated_at))
+    .bind(subscription.start_from.to_string())
     .execute(&mut *conn)
     .await?;
     write_events(conn, subscription).await
@@ -143,8 +147,8 @@ pub async fn update(
     expected_revision: i64,
 ) -> Result<bool, StoreError> {
     let result = sqlx::query(
-        "UPDATE subscriptions SET events = $1, status = $2, status_reason = $3, revision = $4, updated_at = $5 \
-         WHERE id = $6 AND revision = $7",
+        "UPDATE subscriptions SET events = $1, status = $2, status_reason = $3, revision = $4, updated_at = $5, \
+         start_from = $8 WHERE id = $6 AND revision = $7",
     )
     .bind(events_json(subscription)?)
     .bind(status_str(subscription.status))
@@ -153,6 +157,7 @@ pub async fn update(
     .bind(to_millis(subscription.updated_at))
     .bind(&subscription.id)
     .bind(expected_revision)
+    .bind(subscription.start_from.to_string())
     .execute(&mut *conn)
     .await?;
     if result.rows_affected() != 1 {

@@ -205,6 +205,7 @@ async fn events(db: Db) {
             grantee: "fraud".to_owned(),
             reason: "Scoring.".to_owned(),
             expires_at: None,
+            history_from: Default::default(),
         })
         .await
         .expect("grant");
@@ -239,6 +240,7 @@ async fn grants(db: Db) {
         grantee: grantee.to_owned(),
         reason: reason.to_owned(),
         expires_at,
+        history_from: Default::default(),
     };
 
     assert_status(
@@ -377,6 +379,7 @@ async fn grants(db: Db) {
         reason: "Fraud scoring at signup.".to_owned(),
         expires_at: Some(now + Duration::days(60)),
         revision: Some(1),
+        history_from: Default::default(),
     };
     let updated = growth
         .update_grant(&granted.id, &update)
@@ -458,6 +461,7 @@ async fn grants(db: Db) {
                     reason: "x".to_owned(),
                     expires_at: None,
                     revision: None,
+                    history_from: Default::default(),
                 },
             )
             .await,

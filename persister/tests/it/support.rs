@@ -390,6 +390,7 @@ pub fn envelope(
         attributes: [("region".to_owned(), "eu".to_owned())].into(),
         content_type: "application/json".into(),
         payload: payload.to_vec(),
+        history_id: Default::default(),
     }
 }
 

@@ -298,6 +298,7 @@ impl Resource for GrantResource {
             grantee: grantee.to_owned(),
             reason: reason.to_owned(),
             expires_at,
+            history_from: None,
         };
         ctx.cache.invalidate().await;
         diags
@@ -322,6 +323,7 @@ impl Resource for GrantResource {
         let body = UpdateGrant {
             reason: reason.to_owned(),
             expires_at,
+            history_from: None,
             revision: prior.get("revision").as_i64(),
         };
         ctx.cache.invalidate().await;
@@ -391,6 +393,7 @@ mod tests {
             revoked_by: None,
             status: GrantStatus::Active,
             revision: 1,
+            history_from: api::HistoryFrom::Unbounded,
         }
     }
 

@@ -406,6 +406,7 @@ impl Resource for SubscriptionResource {
         let body = CreateSubscription {
             stream: stream.to_owned(),
             events,
+            start_from: None,
         };
         ctx.cache.invalidate().await;
         diags
@@ -428,6 +429,7 @@ impl Resource for SubscriptionResource {
         let events = events(planned, diags)?;
         let body = UpdateSubscription {
             events,
+            start_from: None,
             revision: prior.get("revision").as_i64(),
         };
         ctx.cache.invalidate().await;
