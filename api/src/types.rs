@@ -752,7 +752,7 @@ pub struct RouteTarget {
 
 /// Where, per GES shard, a hydrating subscription's live delivery begins: the engine delivers to
 /// it only records after `live_after`; the hydration delivers every record up to it.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct RouteHydration {
     pub id: String,
     /// By GES shard id.
@@ -792,6 +792,11 @@ pub struct HydrationProgress {
 pub struct HydrationTask {
     pub id: String,
     pub subscription_id: String,
+    /// The subscription's stream, and its backing stream in the backend.
+    pub stream: String,
+    pub backing_name: String,
+    /// The subscription's events when the task was listed.
+    pub events: Vec<String>,
     pub kind: HydrationKind,
     pub from: Option<DateTime<Utc>>,
     pub to: Option<DateTime<Utc>>,

@@ -10,6 +10,7 @@ use chrono::{DateTime, Utc};
 use control_plane::auth::{Caller, Ctx};
 use control_plane::{ApiError, ControlPlane};
 use fanner::{ControlPlaneLink, LinkError, RouteSource};
+use hydrator::HistoryLink;
 
 /// The principal the engine acts as in-process; it appears as the actor on the audit trail.
 pub const ENGINE_PRINCIPAL: &str = "fanner-engine";
@@ -88,5 +89,43 @@ impl ControlPlaneLink for InProcess {
             .filter(|s| s.status == SubscriptionStatus::Failed)
             .map(|s| s.id)
             .collect())
+    }
+
+    async fn set_handover(
+        &self,
+        hydration: &str,
+        shard: &str,
+        live_after: Option<&str>,
+    ) -> Result<Option<String>, LinkError> {
+        let body = api::SetHandover {
+            shard: shard.to_owned(),
+            live_after: live_after.map(str::to_owned),
+        };
+        self.control_plane
+            .set_handover(&self.ctx(), hydration, body)
+            .await
+            .map(|handover| handover.live_after)
+            .map_err(from_api)
+    }
+}
+
+#[async_trait]
+impl HistoryLink for InProcess {
+    async fn unfinished(&self) -> Result<Vec<api::HydrationTask>, LinkError> {
+        self.control_plane
+            .unfinished_hydrations(&self.ctx())
+            .await
+            .map_err(from_api)
+    }
+
+    async fn report(
+        &self,
+        id: &str,
+        progress: &api::HydrationProgress,
+    ) -> Result<api::Hydration, LinkError> {
+        self.control_plane
+            .report_hydration(&self.ctx(), id, progress.clone())
+            .await
+            .map_err(from_api)
     }
 }

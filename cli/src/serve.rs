@@ -71,6 +71,8 @@ pub struct Config {
     pub engine: fanner::EngineConfig,
     /// The persister's tuning; its `stream` is always `streams.ges`.
     pub persister: persister::Config,
+    /// History on demand, run with the engine: it reads the lake the persister writes.
+    pub hydration: HydrationConfig,
     pub lake: LakeConfig,
     /// HTTPS with this certificate; plain HTTP without it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -85,13 +87,36 @@ pub struct TlsConfig {
     pub key: PathBuf,
 }
 
+/// How fast history is written into a consumer stream.
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HydrationConfig {
+    /// Records per second per shard of the receiving stream, per GES shard hydrating (a
+    /// Kinesis shard takes 1,000). Unset: as fast as the stream takes them.
+    pub max_records_per_second: Option<u32>,
+    /// Bytes per second, likewise (a Kinesis shard takes 1 MiB).
+    pub max_bytes_per_second: Option<u32>,
+    /// Lake objects fetched and decoded ahead of delivery.
+    pub objects_in_flight: usize,
+}
+
+impl Default for HydrationConfig {
+    fn default() -> Self {
+        HydrationConfig {
+            max_records_per_second: None,
+            max_bytes_per_second: None,
+            objects_in_flight: 4,
+        }
+    }
+}
+
 /// A part of Fanner one process may run.
 #[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Component {
     /// The HTTP API and console (without it: only `/healthz`, `/readyz`, `/metrics`).
     Api,
-    /// The fan-out engine's shard jobs.
+    /// The fan-out engine's shard jobs, and hydrations and replays of history.
     Engine,
     /// The persister's shard jobs.
     Persister,
@@ -142,6 +167,7 @@ impl Default for Config {
             components: vec![Component::Api, Component::Engine, Component::Persister],
             engine: fanner::EngineConfig::default(),
             persister: persister::Config::default(),
+            hydration: HydrationConfig::default(),
             lake: LakeConfig::Local { path: None },
             tls: None,
         }
@@ -344,7 +370,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             control_plane.backend().clone(),
             Arc::new(control_plane.store().clone()),
             link.clone(),
-            link,
+            link.clone(),
         );
         role.workers.push(("engine", engine.shards()));
         control_plane.take_activity_from_the_ges();
@@ -359,6 +385,20 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
                 .run(stopped)
                 .await
                 .map_err(|e| anyhow::anyhow!("fan-out engine: {e}"))
+        });
+        let hydrator = hydrator::Hydrator::new(
+            hydrator_config(&config),
+            control_plane.backend().clone(),
+            Arc::new(control_plane.store().clone()),
+            open_lake(&config).await?,
+            link.clone(),
+            link,
+        );
+        role.workers.push(("hydration", hydrator.shards()));
+        let stopped = stop.clone().cancelled_owned();
+        components.spawn(async move {
+            hydrator.run(stopped).await;
+            Ok(())
         });
     }
     if config.components.contains(&Component::Persister) {
@@ -503,6 +543,16 @@ impl Identity {
         };
         Ok(Identity { name, _lock: lock })
     }
+}
+
+fn hydrator_config(config: &Config) -> hydrator::Config {
+    let mut hydration = hydrator::Config::new(&config.streams.ges, &config.engine.owner);
+    hydration.base_prefix = config.persister.base_prefix.clone();
+    hydration.runtime = config.engine.runtime_settings();
+    hydration.objects_in_flight = config.hydration.objects_in_flight;
+    hydration.max_records_per_second = config.hydration.max_records_per_second;
+    hydration.max_bytes_per_second = config.hydration.max_bytes_per_second;
+    hydration
 }
 
 async fn open_lake(config: &Config) -> anyhow::Result<Arc<dyn persister::ObjectSink>> {

@@ -93,6 +93,7 @@ impl Engine {
             routes,
             reports,
             status: self.status.clone(),
+            link: self.link.clone(),
         })));
         tracing::info!(owner = %self.config.owner, ges = %self.config.ges, "Fan-out engine started.");
         Scheduler::new(

@@ -9,7 +9,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use api::{RouteTable, SubscriptionStatus};
+use api::{RouteTable, SetHandover, SubscriptionStatus};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
@@ -50,6 +50,15 @@ pub trait ControlPlaneLink: Send + Sync + 'static {
     /// The subscriptions currently marked failed, so a restarted engine can mark them active
     /// again once their streams take deliveries.
     async fn failed_subscriptions(&self) -> Result<Vec<String>, LinkError>;
+
+    /// Records that live delivery of a hydrating subscription begins after `live_after` on GES
+    /// shard `shard` (`None`: its start). The first choice holds; returns the one that does.
+    async fn set_handover(
+        &self,
+        hydration: &str,
+        shard: &str,
+        live_after: Option<&str>,
+    ) -> Result<Option<String>, LinkError>;
 }
 
 /// The control plane over its HTTP API; the client needs an admin token.
@@ -62,9 +71,14 @@ impl Http {
     pub fn new(client: api::Client) -> Http {
         Http { client }
     }
+
+    pub fn client(&self) -> &api::Client {
+        &self.client
+    }
 }
 
-fn from_client(error: api::ClientError) -> LinkError {
+/// How an API error reads to the data plane.
+pub fn from_client(error: api::ClientError) -> LinkError {
     match error.status() {
         Some(404) => LinkError::NotFound(error.to_string()),
         Some(400 | 401 | 403) => LinkError::Refused(error.to_string()),
@@ -116,5 +130,22 @@ impl ControlPlaneLink for Http {
             .filter(|s| s.status == SubscriptionStatus::Failed)
             .map(|s| s.id)
             .collect())
+    }
+
+    async fn set_handover(
+        &self,
+        hydration: &str,
+        shard: &str,
+        live_after: Option<&str>,
+    ) -> Result<Option<String>, LinkError> {
+        let body = SetHandover {
+            shard: shard.to_owned(),
+            live_after: live_after.map(str::to_owned),
+        };
+        self.client
+            .set_handover(hydration, &body)
+            .await
+            .map(|handover| handover.live_after)
+            .map_err(from_client)
     }
 }

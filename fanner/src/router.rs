@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use api::RouteTable;
+use api::{Handover, RouteTable};
 use chrono::{DateTime, Utc};
 
 /// A consumer stream that appears in a route table.
@@ -29,6 +29,11 @@ pub struct Slot {
     pub subscription: Arc<str>,
     /// Delivery must stop at this instant; `None` never ends (the owner's own events).
     pub access_expires_at: Option<DateTime<Utc>>,
+    /// History older than this (by event time) is not the stream's to receive.
+    pub history_from: Option<DateTime<Utc>>,
+    /// Set while (and after) the subscription is hydrated: live delivery begins per GES shard
+    /// where its hydration ends.
+    pub hydration: Option<Arc<api::RouteHydration>>,
 }
 
 impl Slot {
@@ -36,6 +41,35 @@ impl Slot {
     pub fn allows(&self, now: DateTime<Utc>) -> bool {
         self.access_expires_at.is_none_or(|until| until > now)
     }
+
+    /// Whether the record at `sequence` of GES shard `shard` is live delivery's to make, not
+    /// the hydration's: only records after the shard's hand-over; none before it is chosen;
+    /// every record of a shard the finished hydration never reached.
+    pub fn live_at(&self, shard: &str, sequence: &str) -> bool {
+        let Some(hydration) = &self.hydration else {
+            return true;
+        };
+        match hydration.shards.get(shard) {
+            Some(Handover {
+                live: true,
+                live_after,
+                ..
+            }) => {
+                streams::cmp_position(Some(sequence), live_after.as_deref())
+                    == std::cmp::Ordering::Greater
+            }
+            Some(_) => false,
+            None => hydration.done,
+        }
+    }
+}
+
+/// A hydration waiting for the engine to choose where live delivery begins on a shard.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HandoverRequest {
+    pub hydration: String,
+    /// Live delivery must begin after this position, at the earliest (`None`: the start).
+    pub after: Option<String>,
 }
 
 /// A route table ready for lookups by event name.
@@ -48,6 +82,10 @@ pub struct RouteIndex {
     events: HashMap<Box<[u8]>, Box<[Slot]>, foldhash::fast::RandomState>,
     targets: Vec<Target>,
     by_backing: HashMap<Arc<str>, usize>,
+    /// By GES shard.
+    handover_requests: HashMap<String, Vec<HandoverRequest>>,
+    /// Start hydrations by id.
+    hydrations: HashMap<String, Arc<api::RouteHydration>>,
 }
 
 impl RouteIndex {
@@ -65,9 +103,16 @@ impl RouteIndex {
                 .entry(event.as_bytes().into())
                 .or_insert_with(|| Box::new([]));
         }
+        let mut hydrations: HashMap<&str, Arc<api::RouteHydration>> = HashMap::new();
         for route in &table.routes {
             let mut slots: Vec<Slot> = Vec::with_capacity(route.targets.len());
             for target in &route.targets {
+                let hydration = target.hydration.as_ref().map(|h| {
+                    hydrations
+                        .entry(h.id.as_str())
+                        .or_insert_with(|| Arc::new(h.clone()))
+                        .clone()
+                });
                 let position = match index.by_backing.get(target.backing_name.as_str()) {
                     Some(&position) => position,
                     None => {
@@ -89,6 +134,8 @@ impl RouteIndex {
                     target: position,
                     subscription: target.subscription_id.as_str().into(),
                     access_expires_at: target.access_expires_at,
+                    history_from: target.history_from,
+                    hydration,
                 };
                 match slots.iter_mut().find(|s| s.target == position) {
                     Some(existing) if lasts_longer(&slot, existing) => *existing = slot,
@@ -100,7 +147,36 @@ impl RouteIndex {
                 .events
                 .insert(route.event.as_bytes().into(), slots.into_boxed_slice());
         }
+        index.hydrations = hydrations
+            .iter()
+            .map(|(id, h)| ((*id).to_owned(), h.clone()))
+            .collect();
+        for hydration in hydrations.values().filter(|h| !h.done) {
+            for (shard, handover) in hydration.shards.iter().filter(|(_, h)| !h.live) {
+                index
+                    .handover_requests
+                    .entry(shard.clone())
+                    .or_default()
+                    .push(HandoverRequest {
+                        hydration: hydration.id.clone(),
+                        after: handover.after.clone(),
+                    });
+            }
+        }
         index
+    }
+
+    /// A start hydration by id, while any of its subscription's events is routed.
+    pub fn hydration(&self, id: &str) -> Option<&api::RouteHydration> {
+        self.hydrations.get(id).map(|h| &**h)
+    }
+
+    /// Hydrations waiting for live delivery's start on GES shard `shard`.
+    pub fn handover_requests(&self, shard: &str) -> &[HandoverRequest] {
+        self.handover_requests
+            .get(shard)
+            .map(Vec::as_slice)
+            .unwrap_or_default()
     }
 
     pub fn targets(&self) -> &[Target] {
@@ -127,7 +203,14 @@ impl RouteIndex {
     }
 }
 
+/// Which of two subscriptions of one stream delivers an event: one not waiting for a hydration
+/// (it takes every record), else the one whose access lasts longer.
 fn lasts_longer(a: &Slot, b: &Slot) -> bool {
+    match (a.hydration.is_some(), b.hydration.is_some()) {
+        (false, true) => return true,
+        (true, false) => return false,
+        _ => {}
+    }
     match (a.access_expires_at, b.access_expires_at) {
         (None, Some(_)) => true,
         (Some(a), Some(b)) => a > b,

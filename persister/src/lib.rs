@@ -46,6 +46,7 @@ use tokio::sync::Notify;
 
 pub mod config;
 pub mod encode;
+pub mod lake;
 pub mod partition;
 pub mod sink;
 mod state;

@@ -116,7 +116,17 @@ impl ControlPlane {
     /// Hydrations and replays the data plane still has to work on.
     pub async fn unfinished_hydrations(&self, ctx: &Ctx) -> Result<Vec<HydrationTask>, ApiError> {
         require_admin(ctx)?;
-        Ok(hydrations::unfinished(&mut *self.conn().await?).await?)
+        let mut conn = self.conn().await?;
+        let mut tasks = hydrations::unfinished(&mut conn).await?;
+        for task in &mut tasks {
+            if let Some(subscription) = subscriptions::get(&mut conn, &task.subscription_id).await?
+            {
+                task.backing_name = self.backing_name(&subscription.stream);
+                task.stream = subscription.stream;
+                task.events = subscription.events;
+            }
+        }
+        Ok(tasks)
     }
 
     /// Records the data plane's progress on one GES shard and, from all shards, the

@@ -121,7 +121,8 @@ pub async fn newest_of(
     Ok(row.as_ref().map(hydration).transpose()?.map(|(_, h)| h))
 }
 
-/// Hydrations and replays still to be worked on, oldest first.
+/// Hydrations and replays still to be worked on, oldest first; the caller fills in the
+/// subscription's stream and events.
 pub async fn unfinished(conn: &mut AnyConnection) -> Result<Vec<HydrationTask>, StoreError> {
     let rows = sqlx::query(&format!(
         "SELECT {COLUMNS} FROM hydrations h WHERE h.state IN ('pending', 'running') \
@@ -145,6 +146,9 @@ pub async fn unfinished(conn: &mut AnyConnection) -> Result<Vec<HydrationTask>, 
         tasks.push(HydrationTask {
             id,
             subscription_id,
+            stream: String::new(),
+            backing_name: String::new(),
+            events: Vec::new(),
             kind: hydration.kind,
             from: hydration.from,
             to: hydration.to,

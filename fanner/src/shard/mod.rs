@@ -39,6 +39,7 @@ use shard_runtime::{CoordinatorError, Exit, LeaseHandle};
 use crate::checkpoint::{self, Checkpoint};
 use crate::config::EngineConfig;
 use crate::dead_letter::{self, DeadLetter, Reason};
+use crate::link::ControlPlaneLink;
 use crate::router::{self, RouteIndex, Routing};
 use crate::routes::LiveRoutes;
 use crate::status::{Report, ShardStatus, StatusBoard, TargetMode, TargetStatus};
@@ -199,6 +200,9 @@ pub(crate) struct Shared {
     pub routes: Arc<LiveRoutes>,
     pub reports: mpsc::UnboundedSender<Report>,
     pub status: StatusBoard,
+    /// Hand-overs from a hydration to live delivery are recorded before any record after them
+    /// is routed, so the worker awaits them itself.
+    pub link: Arc<dyn ControlPlaneLink>,
 }
 
 enum Io {

@@ -153,6 +153,17 @@ impl Worker {
                 .increment(batch.records.len() as u64);
         }
         let mut table = self.shared.routes.load();
+        if !table.handover_requests(&self.shard).is_empty() {
+            match self.hand_over(&table).await {
+                Some(handed_over) => table = handed_over,
+                None => {
+                    // Not routed, so not owed: read again once the hand-over is recorded.
+                    self.main.reader = Reader::Closed;
+                    self.main.retry_at = Some(Instant::now() + RETRY_PAUSE);
+                    return;
+                }
+            }
+        }
         let mut tally = Tally::default();
         let mut seen: HashMap<Bytes, (u64, Option<DateTime<Utc>>)> = HashMap::new();
         for record in &batch.records {
@@ -210,6 +221,41 @@ impl Worker {
         }
     }
 
+    /// Chooses where live delivery begins for every hydration waiting on this shard: after the
+    /// last record routed (nothing after it went to the hydrating subscription) and after what
+    /// the hydration reads itself. Returns a table that carries every choice, or `None` when
+    /// one could not be recorded or seen yet, so that no record is routed without it.
+    async fn hand_over(&mut self, table: &RouteIndex) -> Option<Arc<RouteIndex>> {
+        for request in table.handover_requests(&self.shard) {
+            let after: Pos = request.after.as_deref().map(Arc::from);
+            let live_after = if cmp_pos(&after, &self.main.read) == Ordering::Greater {
+                after
+            } else {
+                self.main.read.clone()
+            };
+            match self
+                .shared
+                .link
+                .set_handover(&request.hydration, &self.shard, live_after.as_deref())
+                .await
+            {
+                Ok(held) => {
+                    tracing::info!(shard = %self.key, hydration = %request.hydration, live_after = ?held, "Live delivery of a hydrated subscription begins.");
+                }
+                Err(error) => {
+                    tracing::warn!(shard = %self.key, hydration = %request.hydration, %error, "Cannot record a hand-over yet; retrying.");
+                    return None;
+                }
+            }
+        }
+        self.shared.routes.refresh_if_older(Utc::now()).await;
+        let table = self.shared.routes.load();
+        table
+            .handover_requests(&self.shard)
+            .is_empty()
+            .then_some(table)
+    }
+
     /// An unknown event triggers one refresh of a table older than the record, at most once per
     /// [`REFRESH_GAP`].
     pub(super) fn may_refresh(&self, record: &Record, table: &RouteIndex) -> bool {
@@ -237,6 +283,9 @@ impl Worker {
         match verdict {
             Verdict::Deliver { event, routed, key } => {
                 for slot in routed.deliveries() {
+                    if !slot.live_at(&self.shard, &seq) {
+                        continue;
+                    }
                     let info = &table.targets()[slot.target];
                     if only.is_some_and(|name| *name != info.backing_name) {
                         continue;

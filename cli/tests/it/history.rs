@@ -1,0 +1,212 @@
+//! History on demand, as a team meets it: events published before their subscription existed
+//! arrive in its stream from the lake and the GES, events published while it is hydrated
+//! arrive too, and every one arrives exactly once, whatever the lake's format and backend, and
+//! across a `kill -9` in the middle.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use api::{CreateSubscription, Hydration, HydrationState, StartFrom};
+
+use crate::{FANNER, Server};
+
+const EVENT: &str = "invoice_paid";
+const STREAM: &str = "ledger";
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+fn client(server: &Server) -> api::Client {
+    api::Client::new(&server.endpoint, Some(server.admin_token.clone())).expect("client")
+}
+
+/// Publishes events `from..to` (their payload says which) and waits for every acknowledgement.
+fn publish(server: &Server, from: usize, to: usize) {
+    let mut child = Command::new(FANNER)
+        .arg("publish")
+        .env("FANNER_ENDPOINT", &server.endpoint)
+        .env("FANNER_TOKEN", &server.admin_token)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("fanner publish starts");
+    let mut stdin = child.stdin.take().expect("stdin");
+    for i in from..to {
+        writeln!(stdin, r#"{{"event": "{EVENT}", "payload": {{"n": {i}}}}}"#).expect("writes");
+    }
+    drop(stdin);
+    let output = child.wait_with_output().expect("publish ends");
+    assert!(
+        output.status.success(),
+        "publish failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// Every record on the stream: payload number → (copies, copies marked as history).
+fn stream_records(server: &Server, at_most: usize) -> BTreeMap<u64, (usize, usize)> {
+    let output = server.run(
+        &server.admin_token,
+        &[
+            "tail",
+            STREAM,
+            "--from-beginning",
+            "--limit",
+            &at_most.to_string(),
+            "--idle",
+            "1",
+        ],
+    );
+    assert!(
+        output.status.success(),
+        "tail failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let mut records = BTreeMap::new();
+    for line in String::from_utf8_lossy(&output.stdout).lines() {
+        let envelope: api::EnvelopeView = serde_json::from_str(line).expect("an envelope");
+        let n = envelope.payload.as_ref().and_then(|p| p["n"].as_u64());
+        let entry: &mut (usize, usize) = records.entry(n.expect("payload n")).or_default();
+        entry.0 += 1;
+        entry.1 += usize::from(envelope.history_id.is_some());
+    }
+    records
+}
+
+/// How many of the event's records the lake holds.
+fn lake_count(lake: &Path) -> usize {
+    let mut count = 0;
+    let mut dirs = vec![lake.join("events").join(EVENT)];
+    while let Some(dir) = dirs.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries {
+            let path = entry.expect("entry").path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if let Ok(body) = std::fs::read(&path) {
+                let name = path.to_string_lossy().into_owned();
+                let format = if name.ends_with(".parquet") {
+                    persister::ObjectFormat::Parquet
+                } else if name.ends_with(".ndjson.gz") {
+                    persister::ObjectFormat::NdjsonGzip
+                } else if name.ends_with(".ndjson") {
+                    persister::ObjectFormat::Ndjson
+                } else {
+                    continue;
+                };
+                count += persister::lake::decode(format, &body)
+                    .expect("a lake object reads")
+                    .len();
+            }
+        }
+    }
+    count
+}
+
+fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        // Polling what a user would poll; the bound above keeps a failure from hanging.
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn hydration(server: &Server, id: &str) -> Hydration {
+    runtime()
+        .block_on(client(server).get_subscription(id))
+        .expect("subscription read")
+        .expect("subscription exists")
+        .hydration
+}
+
+/// The event and stream, `before` events in the lake, then a subscription from the earliest
+/// event; returns its id.
+fn subscribe_after_history(server: &Server, lake: &Path, before: usize) -> String {
+    let admin = &server.admin_token;
+    server.ok(
+        admin,
+        &["event", "create", EVENT, "--classification", "internal"],
+    );
+    server.ok(admin, &["stream", "create", STREAM]);
+    publish(server, 0, before);
+    wait_for(
+        "the lake to hold the history",
+        Duration::from_secs(60),
+        || lake_count(lake) >= before,
+    );
+    runtime()
+        .block_on(client(server).create_subscription(&CreateSubscription {
+            stream: STREAM.to_owned(),
+            events: vec![EVENT.to_owned()],
+            start_from: Some(StartFrom::Earliest),
+        }))
+        .expect("subscription created")
+        .id
+}
+
+/// Every event number in `0..total` exactly once on the stream, `at_least_history` of them
+/// marked as history.
+fn assert_exactly_once(server: &Server, total: usize, history: usize) {
+    let mut records = BTreeMap::new();
+    wait_for("every event on the stream", Duration::from_secs(90), || {
+        records = stream_records(server, total * 2 + 10);
+        records.len() >= total
+    });
+    let copies: usize = records.values().map(|(c, _)| c).sum();
+    let duplicated: Vec<_> = records.iter().filter(|(_, (c, _))| *c > 1).collect();
+    assert!(
+        duplicated.is_empty(),
+        "{} events arrived more than once, e.g. {:?}",
+        duplicated.len(),
+        duplicated.iter().take(5).collect::<Vec<_>>()
+    );
+    assert_eq!(copies, total, "every event once");
+    assert_eq!(
+        records.keys().copied().collect::<Vec<_>>(),
+        (0..total as u64).collect::<Vec<_>>(),
+        "no gap"
+    );
+    let marked: usize = records.values().map(|(_, h)| h).sum();
+    assert!(
+        marked >= history,
+        "{marked} records carry the history mark; the {history} published before are history"
+    );
+}
+
+fn hydrate_while_publishing(env: &[(&str, &str)]) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut env = env.to_vec();
+    env.push(("FANNER__PERSISTER__MAX_OBJECT_AGE_MS", "300"));
+    let server = Server::start_with(dir.path(), &env);
+    let (before, during) = (600, 300);
+    let id = subscribe_after_history(&server, &dir.path().join("lake"), before);
+    publish(&server, before, before + during);
+    wait_for("hydration to finish", Duration::from_secs(90), || {
+        hydration(&server, &id).state.is_finished()
+    });
+    let done = hydration(&server, &id);
+    assert_eq!(done.state, HydrationState::Done, "{done:?}");
+    assert!(done.events_delivered >= before as u64, "{done:?}");
+    assert_exactly_once(&server, before + during, before);
+}
+
+#[test]
+fn history_then_live_arrives_exactly_once_from_a_gzip_ndjson_lake() {
+    hydrate_while_publishing(&[]);
+}
+
+#[test]
+fn history_then_live_arrives_exactly_once_from_a_parquet_lake() {
+    hydrate_while_publishing(&[("FANNER__PERSISTER__FORMAT", "parquet")]);
+}
