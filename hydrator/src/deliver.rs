@@ -51,6 +51,10 @@ impl RateLimit {
         }
     }
 
+    pub(crate) fn is_limited(&self) -> bool {
+        self.records.is_some() || self.bytes.is_some()
+    }
+
     /// Waits until `records` and `bytes` more keep the rate within its limits.
     pub(crate) async fn admit(&mut self, records: usize, bytes: usize) {
         self.sent_records += records as f64;

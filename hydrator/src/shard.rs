@@ -598,12 +598,10 @@ impl Worker {
                 0
             };
             let mut position = skip;
-            for chunk in records[skip.min(records.len())..].chunks(BATCH) {
-                let (batch, denied) = self.admit(task, chunk.iter());
-                if denied && !self.any_readable(task) {
-                    return Err(Fail::Task(no_access(task)));
-                }
-                self.deliver(task, batch, &mut limit).await?;
+            let batch = self.batch_size();
+            for chunk in records[skip.min(records.len())..].chunks(batch) {
+                let chunk: Vec<&Bytes> = chunk.iter().collect();
+                self.deliver(task, &chunk, &mut limit).await?;
                 position += chunk.len();
                 let progress = self.progress(&task.id);
                 progress.objects_done = index;
@@ -692,12 +690,8 @@ impl Worker {
                     taken.push(&record.data);
                 }
             }
-            for chunk in taken.chunks(BATCH) {
-                let (records, denied) = self.admit(task, chunk.iter().copied());
-                if denied && !self.any_readable(task) {
-                    return Err(Fail::Task(no_access(task)));
-                }
-                self.deliver(task, records, &mut limit).await?;
+            for chunk in taken.chunks(self.batch_size()) {
+                self.deliver(task, chunk, &mut limit).await?;
             }
             if let Some(last) = last {
                 self.progress(&task.id).ges_after = Some(last);
@@ -771,18 +765,36 @@ impl Worker {
         (out, denied)
     }
 
-    /// Writes one batch, waiting out passing failures; the task fails if the stream is gone.
+    /// Records per write: a fifth of a second's worth under a rate limit, so writes are even.
+    fn batch_size(&self) -> usize {
+        self.shared
+            .config
+            .max_records_per_second
+            .map_or(BATCH, |rate| (rate as usize / 5).clamp(1, BATCH))
+    }
+
+    /// Writes what this task takes of `chunk`, waiting out passing failures; the task fails
+    /// if the stream is gone or may read none of its events any more. Access is judged after
+    /// the rate limit's wait, so a grant revoked meanwhile stops the batch.
     async fn deliver(
         &mut self,
         task: &HydrationTask,
-        records: Vec<PutRecord>,
+        chunk: &[&Bytes],
         limit: &mut RateLimit,
     ) -> Result<(), Fail> {
+        if limit.is_limited() {
+            let (due, _) = self.admit(task, chunk.iter().copied());
+            let bytes: usize = due.iter().map(|r| r.data.len()).sum();
+            limit.admit(due.len(), bytes).await;
+        }
+        let (records, denied) = self.admit(task, chunk.iter().copied());
+        if denied && !self.any_readable(task) {
+            return Err(Fail::Task(no_access(task)));
+        }
         if records.is_empty() {
             return Ok(());
         }
         let bytes: usize = records.iter().map(|r| r.data.len()).sum();
-        limit.admit(records.len(), bytes).await;
         loop {
             match deliver::write(self.shared.backend.as_ref(), &task.backing_name, &records).await {
                 Ok(()) => break,

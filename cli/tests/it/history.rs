@@ -210,3 +210,238 @@ fn history_then_live_arrives_exactly_once_from_a_gzip_ndjson_lake() {
 fn history_then_live_arrives_exactly_once_from_a_parquet_lake() {
     hydrate_while_publishing(&[("FANNER__PERSISTER__FORMAT", "parquet")]);
 }
+
+#[test]
+fn history_then_live_arrives_exactly_once_on_kinesis() {
+    if !testkit::integration_enabled("history_on_kinesis") {
+        return;
+    }
+    let moto = testkit::moto::MotoServer::start_serial().expect("moto starts");
+    let ges = testkit::unique_name("ges");
+    let env: Vec<(&str, String)> = vec![
+        ("FANNER__STREAMS__BACKEND", "kinesis".to_owned()),
+        ("FANNER__STREAMS__GES", ges),
+        ("FANNER__STREAMS__GES_SHARDS", "2".to_owned()),
+        ("FANNER__STREAMS__BACKING_PREFIX", testkit::unique_name("h")),
+        ("AWS_ENDPOINT_URL", moto.endpoint().to_owned()),
+        ("AWS_ACCESS_KEY_ID", "testing".to_owned()),
+        ("AWS_SECRET_ACCESS_KEY", "testing".to_owned()),
+        ("AWS_REGION", "us-east-1".to_owned()),
+        ("AWS_EC2_METADATA_DISABLED", "true".to_owned()),
+        (
+            "AWS_REQUEST_CHECKSUM_CALCULATION",
+            "when_required".to_owned(),
+        ),
+        (
+            "AWS_RESPONSE_CHECKSUM_VALIDATION",
+            "when_required".to_owned(),
+        ),
+    ];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    hydrate_while_publishing(&env);
+}
+
+#[test]
+fn a_hydration_killed_midway_resumes_with_no_gap_and_at_most_a_batch_again() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    // Slow enough to be killed in the middle: 1,500 events at 300 per second.
+    let env = [
+        ("FANNER__PERSISTER__MAX_OBJECT_AGE_MS", "300"),
+        ("FANNER__HYDRATION__MAX_RECORDS_PER_SECOND", "300"),
+    ];
+    let server = Server::start_with(dir.path(), &env);
+    let before = 1500;
+    let id = subscribe_after_history(&server, &dir.path().join("lake"), before);
+    wait_for("hydration to be under way", Duration::from_secs(60), || {
+        hydration(&server, &id).events_delivered > 0
+    });
+    let midway = hydration(&server, &id);
+    assert_eq!(midway.state, HydrationState::Running, "{midway:?}");
+    server.kill();
+    let server = Server::start_with(dir.path(), &env);
+    publish(&server, before, before + 100);
+    wait_for("hydration to finish", Duration::from_secs(90), || {
+        hydration(&server, &id).state.is_finished()
+    });
+    assert_eq!(hydration(&server, &id).state, HydrationState::Done);
+    let total = before + 100;
+    let mut records = BTreeMap::new();
+    wait_for("every event on the stream", Duration::from_secs(60), || {
+        records = stream_records(&server, total * 2);
+        records.len() >= total
+    });
+    assert_eq!(
+        records.keys().copied().collect::<Vec<_>>(),
+        (0..total as u64).collect::<Vec<_>>(),
+        "no gap"
+    );
+    let repeated: usize = records.values().map(|(c, _)| c - 1).sum();
+    assert!(
+        repeated <= 500,
+        "{repeated} records repeated; a crash repeats at most one batch (500)"
+    );
+}
+
+/// A grantee's history starts where its grant says: by default when the grant was made.
+#[test]
+fn grants_bound_history_and_revocation_stops_it() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let env = [
+        ("FANNER__PERSISTER__MAX_OBJECT_AGE_MS", "300"),
+        ("FANNER__HYDRATION__MAX_RECORDS_PER_SECOND", "40"),
+    ];
+    let server = Server::start_with(dir.path(), &env);
+    let admin = &server.admin_token;
+    let token = |principal: &str| {
+        server
+            .ok(admin, &["token", "create", "--principal", principal])
+            .trim()
+            .to_owned()
+    };
+    let growth = token("growth");
+    let fraud = token("fraud");
+    let risk = token("risk");
+    server.ok(
+        &growth,
+        &["event", "create", EVENT, "--classification", "internal"],
+    );
+    // Old events (by event time), then the grants, then newer events.
+    let old = chrono::Utc::now() - chrono::Duration::days(30);
+    let mut lines = String::new();
+    for i in 0..200 {
+        lines.push_str(&format!(
+            r#"{{"event": "{EVENT}", "event_time": "{}", "payload": {{"n": {i}}}}}"#,
+            old.to_rfc3339()
+        ));
+        lines.push('\n');
+    }
+    publish_lines(&server, &growth, &lines);
+    let grants = runtime().block_on(async {
+        let growth = api::Client::new(&server.endpoint, Some(growth.clone())).expect("client");
+        let mut made = Vec::new();
+        for (grantee, history_from) in
+            [("fraud", None), ("risk", Some(api::HistoryFrom::Unbounded))]
+        {
+            made.push(
+                growth
+                    .create_grant(&api::CreateGrant {
+                        event: EVENT.to_owned(),
+                        grantee: grantee.to_owned(),
+                        reason: "Ledger reconciliation.".to_owned(),
+                        expires_at: None,
+                        history_from,
+                    })
+                    .await
+                    .expect("grant"),
+            );
+        }
+        made
+    });
+    assert_eq!(
+        grants[0].history_from,
+        api::HistoryFrom::At(grants[0].created_at),
+        "deny by default: history from the grant's creation"
+    );
+    assert_eq!(grants[1].history_from, api::HistoryFrom::Unbounded);
+    publish(&server, 200, 300);
+    wait_for(
+        "the lake to hold the history",
+        Duration::from_secs(60),
+        || lake_count(&dir.path().join("lake")) >= 300,
+    );
+    let subscribe = |token: &str, stream: &str| {
+        server.ok(token, &["stream", "create", stream]);
+        runtime()
+            .block_on(
+                api::Client::new(&server.endpoint, Some(token.to_owned()))
+                    .expect("client")
+                    .create_subscription(&CreateSubscription {
+                        stream: stream.to_owned(),
+                        events: vec![EVENT.to_owned()],
+                        start_from: Some(StartFrom::Earliest),
+                    }),
+            )
+            .expect("subscription")
+            .id
+    };
+    let fraud_sub = subscribe(&fraud, "fraud-ledger");
+    let risk_sub = subscribe(&risk, "risk-ledger");
+    wait_for("fraud's hydration", Duration::from_secs(60), || {
+        hydration(&server, &fraud_sub).state.is_finished()
+    });
+    let numbers = |stream: &str| -> Vec<u64> {
+        let out = server.ok(
+            admin,
+            &[
+                "tail",
+                stream,
+                "--from-beginning",
+                "--limit",
+                "1000",
+                "--idle",
+                "1",
+            ],
+        );
+        let mut got: Vec<u64> = out
+            .lines()
+            .filter_map(|l| serde_json::from_str::<api::EnvelopeView>(l).ok())
+            .filter_map(|e| e.payload.and_then(|p| p["n"].as_u64()))
+            .collect();
+        // History comes from each GES shard in turn.
+        got.sort_unstable();
+        got
+    };
+    let fraud_got = numbers("fraud-ledger");
+    assert_eq!(
+        fraud_got,
+        (200..300).collect::<Vec<_>>(),
+        "fraud's grant reaches back to its creation only"
+    );
+    // Risk's unbounded grant reaches every event; revoked half-way, its hydration stops.
+    wait_for("risk's hydration to start", Duration::from_secs(60), || {
+        hydration(&server, &risk_sub).events_delivered > 0
+    });
+    server.ok(&growth, &["grant", "revoke", &grants[1].id]);
+    wait_for("risk's hydration to stop", Duration::from_secs(60), || {
+        hydration(&server, &risk_sub).state.is_finished()
+    });
+    let stopped = hydration(&server, &risk_sub);
+    assert_eq!(stopped.state, HydrationState::Failed, "{stopped:?}");
+    assert!(
+        stopped
+            .error
+            .as_deref()
+            .is_some_and(|e| e.contains("access ended")),
+        "{stopped:?}"
+    );
+    let risk_got = numbers("risk-ledger");
+    assert!(
+        !risk_got.is_empty() && risk_got.len() < 300,
+        "risk got {} of 300 events before its grant was revoked",
+        risk_got.len()
+    );
+}
+
+fn publish_lines(server: &Server, token: &str, lines: &str) {
+    let mut child = Command::new(FANNER)
+        .arg("publish")
+        .env("FANNER_ENDPOINT", &server.endpoint)
+        .env("FANNER_TOKEN", token)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("fanner publish starts");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(lines.as_bytes())
+        .expect("writes");
+    let output = child.wait_with_output().expect("publish ends");
+    assert!(
+        output.status.success(),
+        "publish failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
