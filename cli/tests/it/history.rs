@@ -445,3 +445,85 @@ fn publish_lines(server: &Server, token: &str, lines: &str) {
         String::from_utf8_lossy(&output.stderr)
     );
 }
+
+/// After a consumer bug, a window of history is delivered again, beside live delivery, and the
+/// audit trail says who asked for which window and how many events it re-delivered.
+#[test]
+fn a_replay_redelivers_its_window_and_is_audited() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = Server::start_with(
+        dir.path(),
+        &[("FANNER__PERSISTER__MAX_OBJECT_AGE_MS", "300")],
+    );
+    let admin = &server.admin_token;
+    server.ok(
+        admin,
+        &["event", "create", EVENT, "--classification", "internal"],
+    );
+    server.ok(admin, &["stream", "create", STREAM]);
+    let subscription = runtime()
+        .block_on(client(&server).create_subscription(&CreateSubscription {
+            stream: STREAM.to_owned(),
+            events: vec![EVENT.to_owned()],
+            start_from: None,
+        }))
+        .expect("subscription");
+    assert_eq!(subscription.hydration.state, HydrationState::None);
+    // Events 0..100 on day one, 100..200 on day two (by event time).
+    let day = |d: i64| chrono::Utc::now() - chrono::Duration::days(10 - d);
+    let mut lines = String::new();
+    for i in 0..200 {
+        let at = day(if i < 100 { 1 } else { 2 });
+        lines.push_str(&format!(
+            r#"{{"event": "{EVENT}", "event_time": "{}", "payload": {{"n": {i}}}}}"#,
+            at.to_rfc3339()
+        ));
+        lines.push('\n');
+    }
+    publish_lines(&server, admin, &lines);
+    wait_for("the lake", Duration::from_secs(60), || {
+        lake_count(&dir.path().join("lake")) >= 200
+    });
+    let (from, to) = (day(2) - chrono::Duration::hours(1), day(3));
+    let replay = runtime()
+        .block_on(client(&server).replay_subscription(
+            &subscription.id,
+            &api::ReplaySubscription {
+                from: StartFrom::At(from),
+                to: Some(to),
+            },
+        ))
+        .expect("replay");
+    let id = replay.id.clone().expect("a replay has an id");
+    wait_for("the replay", Duration::from_secs(60), || {
+        hydration(&server, &subscription.id).state.is_finished()
+    });
+    let done = hydration(&server, &subscription.id);
+    assert_eq!(
+        (done.state, done.events_delivered),
+        (HydrationState::Done, 100)
+    );
+    let records = stream_records(&server, 1000);
+    for (n, (copies, marked)) in &records {
+        let expected = if *n >= 100 { (2, 1) } else { (1, 0) };
+        assert_eq!((*copies, *marked), expected, "event {n}");
+    }
+    assert_eq!(records.len(), 200);
+    let audit = server.ok(admin, &["audit", "export", "--format", "jsonl"]);
+    let entries: Vec<serde_json::Value> = audit
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("an audit entry"))
+        .collect();
+    let asked = entries
+        .iter()
+        .find(|e| e["action"] == "subscription.replay")
+        .expect("the replay is audited");
+    assert_eq!(asked["actor"], "admin");
+    assert_eq!(asked["after"]["id"], id.as_str());
+    assert!(asked["after"]["from"].is_string() && asked["after"]["to"].is_string());
+    let finished = entries
+        .iter()
+        .find(|e| e["action"] == "hydration.done" && e["object_id"] == id.as_str())
+        .expect("its end is audited");
+    assert_eq!(finished["after"]["events_delivered"], 100);
+}
