@@ -91,6 +91,7 @@ use std::sync::Arc;
 pub use config::EngineConfig;
 pub use engine::{Engine, EngineError};
 pub use link::{ControlPlaneLink, Http, LinkError, RouteSource};
+pub use shard::partition_key;
 use shard_runtime::Coordinator;
 pub use status::{EventsSeen, ShardStatus, StatusBoard, TargetMode, TargetStatus};
 use streams::StreamBackend;

@@ -21,7 +21,10 @@
 //! persister recorded is missing, the hydration fails with that reason; nothing is skipped.
 
 mod deliver;
+mod select;
 mod shard;
+
+pub use select::{Selection, select};
 
 use std::future::Future;
 use std::sync::Arc;

@@ -20,6 +20,7 @@ use tokio::time::Instant;
 
 use crate::Shared;
 use crate::deliver::{self, RateLimit, WriteError};
+use crate::select::select;
 
 pub const CHECKPOINT_VERSION: u32 = 1;
 /// Records per write into the consumer stream, and per checkpoint.
@@ -728,41 +729,15 @@ impl Worker {
         )
     }
 
-    /// The records of `data` this task delivers, marked, and whether access to any was over.
+    /// The records of `data` this task delivers, as of the newest route table.
     fn admit<'a>(
         &self,
         task: &HydrationTask,
         data: impl Iterator<Item = &'a Bytes>,
     ) -> (Vec<PutRecord>, bool) {
         let table = self.shared.routes.load();
-        let now = self.shared.routes.now();
-        let mut out = Vec::new();
-        let mut denied = false;
-        for record in data {
-            let Ok(envelope) = proto::EnvelopeRef::decode(record) else {
-                continue;
-            };
-            if !task.events.iter().any(|e| e == envelope.event_name) {
-                continue;
-            }
-            let Some(slot) = table.permits(envelope.event_name.as_bytes(), &task.backing_name, now)
-            else {
-                denied = true;
-                continue;
-            };
-            let event_time = envelope
-                .event_time
-                .as_ref()
-                .and_then(api::envelope::timestamp_to_utc);
-            if !in_window(event_time, task.from, task.to, slot.history_from) {
-                continue;
-            }
-            out.push(PutRecord {
-                partition_key: partition_key(envelope.event_id),
-                data: deliver::mark(record, &task.id),
-            });
-        }
-        (out, denied)
+        let selection = select(task, &table, self.shared.routes.now(), data);
+        (selection.records, selection.denied)
     }
 
     /// Records per write: a fifth of a second's worth under a rate limit, so writes are even.
@@ -823,23 +798,6 @@ fn no_access(task: &HydrationTask) -> String {
     )
 }
 
-/// Whether an event time lies in the task's window and in what the grant allows.
-fn in_window(
-    event_time: Option<DateTime<Utc>>,
-    from: Option<DateTime<Utc>>,
-    to: Option<DateTime<Utc>>,
-    history_from: Option<DateTime<Utc>>,
-) -> bool {
-    let lower = match (from, history_from) {
-        (Some(a), Some(b)) => Some(a.max(b)),
-        (a, b) => a.or(b),
-    };
-    match event_time {
-        Some(at) => lower.is_none_or(|lower| at >= lower) && to.is_none_or(|to| at < to),
-        None => lower.is_none() && to.is_none(),
-    }
-}
-
 /// Whether the lake phase delivered this GES record: it lies in a written cut of its partition.
 fn in_written_cut(record: &streams::Record, cuts: &[(String, String, String)]) -> bool {
     if cuts.is_empty() {
@@ -881,49 +839,4 @@ fn hour_in_window(
     let start = partition.hour();
     from.is_none_or(|from| start + chrono::Duration::hours(1) > from)
         && to.is_none_or(|to| start < to)
-}
-
-/// The consumer stream's partition key, as live delivery picks it: the event id.
-fn partition_key(event_id: &str) -> String {
-    if !event_id.is_empty() && event_id.len() <= streams::MAX_PARTITION_KEY_CHARS {
-        event_id.to_owned()
-    } else {
-        format!("{:032x}", rand_key())
-    }
-}
-
-fn rand_key() -> u128 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-    hasher.write_u128(Utc::now().timestamp_nanos_opt().unwrap_or(0) as u128);
-    u128::from(hasher.finish())
-}
-
-#[cfg(test)]
-mod tests {
-    use chrono::TimeZone;
-
-    use super::*;
-
-    #[test]
-    fn windows() {
-        let at = |h: u32| Utc.with_ymd_and_hms(2026, 1, 1, h, 0, 0).single();
-        let check = |time, from, to, history, expected: bool| {
-            assert_eq!(
-                in_window(time, from, to, history),
-                expected,
-                "{time:?} in [{from:?}, {to:?}) from {history:?}"
-            );
-        };
-        check(at(5), None, None, None, true);
-        check(at(5), at(5), None, None, true);
-        check(at(4), at(5), None, None, false);
-        check(at(5), None, at(5), None, false);
-        check(at(5), at(1), None, at(6), false);
-        check(at(6), at(1), None, at(6), true);
-        check(at(6), at(7), None, at(1), false);
-        check(None, None, None, None, true);
-        check(None, at(1), None, None, false);
-        check(None, None, None, at(1), false);
-    }
 }

@@ -43,6 +43,7 @@ use crate::link::ControlPlaneLink;
 use crate::router::{self, RouteIndex, Routing};
 use crate::routes::LiveRoutes;
 use crate::status::{Report, ShardStatus, StatusBoard, TargetMode, TargetStatus};
+pub use verdict::partition_key;
 use verdict::*;
 
 /// A position in the shard, cheap to clone: after this sequence number, or before the first.

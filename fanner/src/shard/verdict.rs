@@ -116,7 +116,7 @@ pub(super) fn judge<'t>(record: &Record, table: &'t RouteIndex, now: DateTime<Ut
 /// publishing makes a random UUID, so records spread evenly over shards and a record delivered
 /// twice lands on the same shard as the first copy; a random key when the id is empty or too
 /// long.
-pub(crate) fn partition_key(data: &Bytes, event_id: &[u8]) -> Bytes {
+pub fn partition_key(data: &Bytes, event_id: &[u8]) -> Bytes {
     if !event_id.is_empty() && event_id.len() <= MAX_PARTITION_KEY_CHARS {
         data.slice_ref(event_id)
     } else {

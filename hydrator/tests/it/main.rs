@@ -170,7 +170,7 @@ impl Setup {
             config,
             self.backend.clone(),
             Arc::new(self.store.clone()),
-            Arc::new(persister::LocalFsSink::new(&self.dir.path().join("lake")).expect("lake")),
+            Arc::new(persister::LocalFsSink::new(self.dir.path().join("lake")).expect("lake")),
             link.clone(),
             link,
         );
