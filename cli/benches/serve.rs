@@ -5,6 +5,9 @@
 //!
 //! `cargo bench -p cli --bench serve` runs 10,000 and 50,000 events/s for 60 s each;
 //! `FANNER_BENCH_RATES=10000` and `FANNER_BENCH_SECONDS=300` choose others.
+//!
+//! `FANNER_BENCH_HYDRATE=1000000` instead stores that many events, then times a new
+//! subscription with `start_from = "earliest"` from its creation to its hydration `done`.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
@@ -197,7 +200,99 @@ fn main() {
         .enable_all()
         .build()
         .expect("runtime");
+    if let Some(events) = std::env::var("FANNER_BENCH_HYDRATE")
+        .ok()
+        .and_then(|n| n.parse().ok())
+    {
+        runtime.block_on(hydrate(events));
+        return;
+    }
     for rate in rates {
         runtime.block_on(run(rate, seconds));
     }
+}
+
+/// Stores `events` events (lake and GES), then times a subscription's hydration over them.
+async fn hydrate(events: usize) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let serve = start(dir.path());
+    let client = Client::new(&serve.endpoint, Some(serve.token.clone())).expect("client");
+    client
+        .create_event(&CreateEvent {
+            name: EVENT.to_owned(),
+            classification: Classification::Internal,
+            description: String::new(),
+            owner: None,
+        })
+        .await
+        .expect("event");
+    client
+        .create_stream(&CreateStream {
+            name: "history".to_owned(),
+            shard_count: Some(4),
+            retention_hours: None,
+            tags: Default::default(),
+        })
+        .await
+        .expect("stream");
+    let batch: Vec<PublishEvent> = (0..BATCH)
+        .map(|i| PublishEvent {
+            event: EVENT.to_owned(),
+            payload: Some(serde_json::json!({"page": format!("/p/{}", i % 50), "ms": i})),
+            user_id: Some(format!("user-{}", i % 1000)),
+            ..PublishEvent::default()
+        })
+        .collect();
+    let request = PublishRequest { events: batch };
+    let started = Instant::now();
+    let mut in_flight = tokio::task::JoinSet::new();
+    for _ in 0..events.div_ceil(BATCH) {
+        while in_flight.len() >= 4 {
+            in_flight.join_next().await;
+        }
+        let client = client.clone();
+        let request = request.clone();
+        in_flight.spawn(async move { client.publish(&request).await.expect("published") });
+    }
+    while in_flight.join_next().await.is_some() {}
+    println!(
+        "hydrate: published {events} events in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    let stored = Instant::now();
+    while lake_events(&dir.path().join("lake")) < events {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    println!(
+        "hydrate: the lake held them {:.1} s later",
+        stored.elapsed().as_secs_f64()
+    );
+    let applied = Instant::now();
+    let subscription = client
+        .create_subscription(&CreateSubscription {
+            stream: "history".to_owned(),
+            events: vec![EVENT.to_owned()],
+            start_from: Some(api::StartFrom::Earliest),
+        })
+        .await
+        .expect("subscription");
+    let done = loop {
+        let hydration = client
+            .get_subscription(&subscription.id)
+            .await
+            .expect("read")
+            .expect("exists")
+            .hydration;
+        if hydration.state.is_finished() {
+            break hydration;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let seconds = applied.elapsed().as_secs_f64();
+    println!(
+        "hydrate: subscription created to hydration {:?} in {seconds:.1} s: {} events, {:.0} events/s",
+        done.state,
+        done.events_delivered,
+        done.events_delivered as f64 / seconds
+    );
 }
