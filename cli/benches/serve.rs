@@ -63,6 +63,44 @@ fn start(dir: &std::path::Path) -> Serve {
     }
 }
 
+/// The event and a stream of `shards` shards; a client of the admin's.
+async fn set_up(serve: &Serve, stream: &str, shards: u32) -> Client {
+    let client = Client::new(&serve.endpoint, Some(serve.token.clone())).expect("client");
+    client
+        .create_event(&CreateEvent {
+            name: EVENT.to_owned(),
+            classification: Classification::Internal,
+            description: String::new(),
+            owner: None,
+        })
+        .await
+        .expect("event");
+    client
+        .create_stream(&CreateStream {
+            name: stream.to_owned(),
+            shard_count: Some(shards),
+            retention_hours: None,
+            tags: Default::default(),
+        })
+        .await
+        .expect("stream");
+    client
+}
+
+/// One publish request of [`BATCH`] page views.
+fn publish_request() -> PublishRequest {
+    PublishRequest {
+        events: (0..BATCH)
+            .map(|i| PublishEvent {
+                event: EVENT.to_owned(),
+                payload: Some(serde_json::json!({"page": format!("/p/{}", i % 50), "ms": i})),
+                user_id: Some(format!("user-{}", i % 1000)),
+                ..PublishEvent::default()
+            })
+            .collect(),
+    }
+}
+
 /// Resident memory of `pid` in MiB.
 fn rss_mib(pid: u32) -> f64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
@@ -101,25 +139,7 @@ async fn run(rate: u64, seconds: u64) {
     let dir = tempfile::tempdir().expect("temp dir");
     let serve = start(dir.path());
     let pid = serve.child.id();
-    let client = Client::new(&serve.endpoint, Some(serve.token.clone())).expect("client");
-    client
-        .create_event(&CreateEvent {
-            name: EVENT.to_owned(),
-            classification: Classification::Internal,
-            description: String::new(),
-            owner: None,
-        })
-        .await
-        .expect("event");
-    client
-        .create_stream(&CreateStream {
-            name: "views".to_owned(),
-            shard_count: Some(2),
-            retention_hours: None,
-            tags: Default::default(),
-        })
-        .await
-        .expect("stream");
+    let client = set_up(&serve, "views", 2).await;
     client
         .create_subscription(&CreateSubscription {
             stream: "views".to_owned(),
@@ -130,15 +150,7 @@ async fn run(rate: u64, seconds: u64) {
         .expect("subscription");
     let started_rss = rss_mib(pid);
 
-    let batch: Vec<PublishEvent> = (0..BATCH)
-        .map(|i| PublishEvent {
-            event: EVENT.to_owned(),
-            payload: Some(serde_json::json!({"page": format!("/p/{}", i % 50), "ms": i})),
-            user_id: Some(format!("user-{}", i % 1000)),
-            ..PublishEvent::default()
-        })
-        .collect();
-    let request = PublishRequest { events: batch };
+    let request = publish_request();
     let interval = Duration::from_secs_f64(BATCH as f64 / rate as f64);
     let start = Instant::now();
     let mut next = tokio::time::Instant::now();
@@ -216,34 +228,8 @@ fn main() {
 async fn hydrate(events: usize) {
     let dir = tempfile::tempdir().expect("temp dir");
     let serve = start(dir.path());
-    let client = Client::new(&serve.endpoint, Some(serve.token.clone())).expect("client");
-    client
-        .create_event(&CreateEvent {
-            name: EVENT.to_owned(),
-            classification: Classification::Internal,
-            description: String::new(),
-            owner: None,
-        })
-        .await
-        .expect("event");
-    client
-        .create_stream(&CreateStream {
-            name: "history".to_owned(),
-            shard_count: Some(4),
-            retention_hours: None,
-            tags: Default::default(),
-        })
-        .await
-        .expect("stream");
-    let batch: Vec<PublishEvent> = (0..BATCH)
-        .map(|i| PublishEvent {
-            event: EVENT.to_owned(),
-            payload: Some(serde_json::json!({"page": format!("/p/{}", i % 50), "ms": i})),
-            user_id: Some(format!("user-{}", i % 1000)),
-            ..PublishEvent::default()
-        })
-        .collect();
-    let request = PublishRequest { events: batch };
+    let client = set_up(&serve, "history", 4).await;
+    let request = publish_request();
     let started = Instant::now();
     let mut in_flight = tokio::task::JoinSet::new();
     for _ in 0..events.div_ceil(BATCH) {

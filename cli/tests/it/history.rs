@@ -217,27 +217,9 @@ fn history_then_live_arrives_exactly_once_on_kinesis() {
         return;
     }
     let moto = testkit::moto::MotoServer::start_serial().expect("moto starts");
-    let ges = testkit::unique_name("ges");
-    let env: Vec<(&str, String)> = vec![
-        ("FANNER__STREAMS__BACKEND", "kinesis".to_owned()),
-        ("FANNER__STREAMS__GES", ges),
-        ("FANNER__STREAMS__GES_SHARDS", "2".to_owned()),
-        ("FANNER__STREAMS__BACKING_PREFIX", testkit::unique_name("h")),
-        ("AWS_ENDPOINT_URL", moto.endpoint().to_owned()),
-        ("AWS_ACCESS_KEY_ID", "testing".to_owned()),
-        ("AWS_SECRET_ACCESS_KEY", "testing".to_owned()),
-        ("AWS_REGION", "us-east-1".to_owned()),
-        ("AWS_EC2_METADATA_DISABLED", "true".to_owned()),
-        (
-            "AWS_REQUEST_CHECKSUM_CALCULATION",
-            "when_required".to_owned(),
-        ),
-        (
-            "AWS_RESPONSE_CHECKSUM_VALIDATION",
-            "when_required".to_owned(),
-        ),
-    ];
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let mut env = crate::kinesis_env(&moto, &testkit::unique_name("ges"), 2);
+    env.push(("FANNER__STREAMS__BACKING_PREFIX", testkit::unique_name("h")));
+    let env = crate::as_env(&env);
     hydrate_while_publishing(&env);
 }
 

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::{FANNER, Server};
+use crate::{FANNER, Server, as_env};
 
 const EVENT: &str = "order_placed";
 const STREAM: &str = "order-audit";
@@ -315,36 +315,17 @@ impl SharedDeployment {
 
     /// The environment of a process on this deployment, whose GES has `shards` shards.
     fn env(&self, shards: u32) -> Vec<(&'static str, String)> {
-        [
+        let mut env = crate::kinesis_env(&self.moto, &self.ges, shards);
+        env.extend([
             ("FANNER_DATABASE_URL", self.database.clone()),
-            ("FANNER__STREAMS__BACKEND", "kinesis".to_owned()),
-            ("FANNER__STREAMS__GES", self.ges.clone()),
-            ("FANNER__STREAMS__GES_SHARDS", shards.to_string()),
             ("FANNER__LAKE__SINK", "local".to_owned()),
             (
                 "FANNER__LAKE__PATH",
                 self.lake.path().to_string_lossy().into_owned(),
             ),
-            ("AWS_ENDPOINT_URL", self.moto.endpoint().to_owned()),
-            ("AWS_ACCESS_KEY_ID", "testing".to_owned()),
-            ("AWS_SECRET_ACCESS_KEY", "testing".to_owned()),
-            ("AWS_REGION", "us-east-1".to_owned()),
-            ("AWS_EC2_METADATA_DISABLED", "true".to_owned()),
-            (
-                "AWS_REQUEST_CHECKSUM_CALCULATION",
-                "when_required".to_owned(),
-            ),
-            (
-                "AWS_RESPONSE_CHECKSUM_VALIDATION",
-                "when_required".to_owned(),
-            ),
-        ]
-        .into()
+        ]);
+        env
     }
-}
-
-fn as_env<'a>(env: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
-    env.iter().map(|(k, v)| (*k, v.as_str())).collect()
 }
 
 #[test]

@@ -14,6 +14,38 @@ use std::time::{Duration, Instant};
 
 pub const FANNER: &str = env!("CARGO_BIN_EXE_fanner");
 
+/// The environment that points `fanner serve` at Kinesis on `moto` with `ges` as its GES.
+pub fn kinesis_env(
+    moto: &testkit::moto::MotoServer,
+    ges: &str,
+    shards: u32,
+) -> Vec<(&'static str, String)> {
+    [
+        ("FANNER__STREAMS__BACKEND", "kinesis".to_owned()),
+        ("FANNER__STREAMS__GES", ges.to_owned()),
+        ("FANNER__STREAMS__GES_SHARDS", shards.to_string()),
+        ("AWS_ENDPOINT_URL", moto.endpoint().to_owned()),
+        ("AWS_ACCESS_KEY_ID", "testing".to_owned()),
+        ("AWS_SECRET_ACCESS_KEY", "testing".to_owned()),
+        ("AWS_REGION", "us-east-1".to_owned()),
+        ("AWS_EC2_METADATA_DISABLED", "true".to_owned()),
+        (
+            "AWS_REQUEST_CHECKSUM_CALCULATION",
+            "when_required".to_owned(),
+        ),
+        (
+            "AWS_RESPONSE_CHECKSUM_VALIDATION",
+            "when_required".to_owned(),
+        ),
+    ]
+    .into()
+}
+
+/// `(name, value)` pairs as [`Server::start_with`] takes them.
+pub fn as_env<'a>(env: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
+    env.iter().map(|(k, v)| (*k, v.as_str())).collect()
+}
+
 /// A running `fanner serve`, killed on drop.
 pub struct Server {
     child: Child,

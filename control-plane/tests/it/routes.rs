@@ -69,8 +69,9 @@ async fn route_table_follows_grants(db: Db) {
                 backing_name: "fanner-fraud-signals".to_owned(),
                 owner: "fraud".to_owned(),
                 access_expires_at: Some(expires),
-                history_from: Default::default(),
-                hydration: Default::default(),
+                // Deny by default: the grant reaches back to its creation only.
+                history_from: Some(grant.created_at),
+                hydration: None,
             }],
         }]
     );
