@@ -77,7 +77,10 @@ fn schema_section(block: &Json) -> String {
             let mut label = match attr.get("nested_type") {
                 Some(nested_type) => {
                     nested.push((name.clone(), nested_type.clone()));
-                    "Attributes List".to_owned()
+                    match nested_type["nesting_mode"].as_str() {
+                        Some("single") => "Attributes".to_owned(),
+                        _ => "Attributes List".to_owned(),
+                    }
                 }
                 None => type_label(&attr["type"]),
             };
