@@ -99,9 +99,7 @@ fn docs() -> anyhow::Result<()> {
         if let Ok(entries) = std::fs::read_dir(docs.join(sub)) {
             for entry in entries {
                 let path = entry?.path();
-                let hand_written = path
-                    .strip_prefix(&docs)
-                    .is_ok_and(|relative| is_hand_written(relative));
+                let hand_written = path.strip_prefix(&docs).is_ok_and(is_hand_written);
                 if path.extension().is_some_and(|e| e == "md") && !hand_written {
                     std::fs::remove_file(path)?;
                 }
