@@ -205,6 +205,9 @@ pub async fn grant_update(
     expires_at: Option<DateTime<Utc>>,
     history_from: Option<HistoryFrom>,
 ) -> anyhow::Result<ExitCode> {
+    if reason.is_none() && expires_at.is_none() && history_from.is_none() {
+        bail!("nothing to change: give --reason, --expires-at or --history-from");
+    }
     if let Some(reason) = &reason {
         rules::check_reason(reason).map_err(anyhow::Error::msg)?;
     }

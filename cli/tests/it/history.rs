@@ -420,6 +420,11 @@ fn hydrations_and_replays_from_the_shell() {
     );
     server.fails(
         &growth,
+        &["grant", "update", &grant.id],
+        "nothing to change",
+    );
+    server.fails(
+        &growth,
         &["subscription", "replay", &id, "--from", "earliest"],
         "only its owner or an admin",
     );
