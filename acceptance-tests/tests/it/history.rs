@@ -189,6 +189,42 @@ async fn subscription_start_from_applies_and_plans_empty() -> anyhow::Result<()>
             subscription.start_from == StartFrom::Earliest
                 && subscription.hydration.kind == HydrationKind::Start
         );
+
+        // Progress, reported as the data plane does, is refreshed but never planned.
+        server
+            .admin()?
+            .report_hydration(
+                subscription
+                    .hydration
+                    .id
+                    .as_deref()
+                    .context("no hydration")?,
+                &api::HydrationProgress {
+                    shard: "shardId-000000000000".to_owned(),
+                    events_delivered: 5,
+                    handover_after: None,
+                    done: false,
+                    error: None,
+                },
+            )
+            .await?;
+        ws.assert_no_changes("hydration progress")?;
+        ws.ok(&[
+            "apply",
+            "-refresh-only",
+            "-input=false",
+            "-auto-approve",
+            "-no-color",
+        ])?;
+        let refreshed = ws.state_of("fanner_subscription.signals")?;
+        ensure!(
+            ["running", "done"]
+                .iter()
+                .any(|s| refreshed["hydration"]["state"] == *s)
+                && refreshed["hydration"]["events_delivered"].as_u64() >= Some(5),
+            "the refreshed state shows the progress: {refreshed}"
+        );
+        ws.assert_no_changes("refreshing the progress")?;
         check_import(&ws, "fanner_subscription.signals", &id)?;
 
         // A new start is an in-place update, and the plan says that it replays.
