@@ -8,7 +8,7 @@ use api::*;
 use chrono::{DateTime, Utc};
 
 use crate::output::{self, fields, opt_time, table, time};
-use crate::{Connection, ExportFormat};
+use crate::{Connection, ExportFormat, history};
 
 pub fn client(conn: &Connection) -> anyhow::Result<Client> {
     let token = conn
@@ -161,6 +161,7 @@ fn print_grant(conn: &Connection, grant: &Grant) -> anyhow::Result<()> {
         ("granted_by", grant.granted_by.clone()),
         ("created", time(&grant.created_at)),
         ("expires", opt_time(&grant.expires_at)),
+        ("history_from", grant.history_from.to_string()),
         ("status", status(grant.status).to_owned()),
     ]);
     Ok(())
@@ -180,6 +181,7 @@ pub async fn grant_create(
     grantee: String,
     reason: String,
     expires_at: Option<DateTime<Utc>>,
+    history_from: Option<HistoryFrom>,
 ) -> anyhow::Result<ExitCode> {
     rules::check_reason(&reason).map_err(anyhow::Error::msg)?;
     let grant = client(conn)?
@@ -188,8 +190,42 @@ pub async fn grant_create(
             grantee,
             reason,
             expires_at,
-            history_from: None,
+            history_from,
         })
+        .await?;
+    print_grant(conn, &grant)?;
+    done()
+}
+
+/// Changes what is given and keeps the rest, guarded by the revision read first.
+pub async fn grant_update(
+    conn: &Connection,
+    id: &str,
+    reason: Option<String>,
+    expires_at: Option<DateTime<Utc>>,
+    history_from: Option<HistoryFrom>,
+) -> anyhow::Result<ExitCode> {
+    if reason.is_none() && expires_at.is_none() && history_from.is_none() {
+        bail!("nothing to change: give --reason, --expires-at or --history-from");
+    }
+    if let Some(reason) = &reason {
+        rules::check_reason(reason).map_err(anyhow::Error::msg)?;
+    }
+    let client = client(conn)?;
+    let current = client
+        .get_grant(id)
+        .await?
+        .with_context(|| format!("grant {id:?} does not exist"))?;
+    let grant = client
+        .update_grant(
+            id,
+            &UpdateGrant {
+                reason: reason.unwrap_or(current.reason),
+                expires_at: expires_at.or(current.expires_at),
+                history_from,
+                revision: Some(current.revision),
+            },
+        )
         .await?;
     print_grant(conn, &grant)?;
     done()
@@ -210,19 +246,21 @@ fn grant_rows(grants: &[Grant]) -> impl Iterator<Item = Vec<String>> + '_ {
             g.granted_by.clone(),
             time(&g.created_at),
             opt_time(&g.expires_at),
+            g.history_from.to_string(),
             status(g.status).to_owned(),
             g.reason.clone(),
         ]
     })
 }
 
-const GRANT_HEADER: [&str; 8] = [
+const GRANT_HEADER: [&str; 9] = [
     "id",
     "event",
     "grantee",
     "granted by",
     "created",
     "expires",
+    "history from",
     "status",
     "reason",
 ];
@@ -352,18 +390,21 @@ pub async fn stream_list(conn: &Connection) -> anyhow::Result<ExitCode> {
     done()
 }
 
-fn print_subscription(conn: &Connection, subscription: &Subscription) -> anyhow::Result<()> {
+pub fn print_subscription(conn: &Connection, subscription: &Subscription) -> anyhow::Result<()> {
     if conn.json {
         return output::json(subscription);
     }
-    fields(&[
+    let mut pairs = vec![
         ("id", subscription.id.clone()),
         ("stream", subscription.stream.clone()),
         ("owner", subscription.owner.clone()),
         ("events", subscription.events.join(",")),
         ("status", subscription_status(subscription)),
-        ("revision", subscription.revision.to_string()),
-    ]);
+        ("start_from", subscription.start_from.to_string()),
+    ];
+    pairs.extend(history::hydration_fields(&subscription.hydration));
+    pairs.push(("revision", subscription.revision.to_string()));
+    fields(&pairs);
     Ok(())
 }
 
@@ -379,16 +420,58 @@ pub async fn subscription_create(
     conn: &Connection,
     stream: String,
     events: Vec<String>,
+    start_from: Option<StartFrom>,
+    wait: bool,
 ) -> anyhow::Result<ExitCode> {
-    let subscription = client(conn)?
+    let client = client(conn)?;
+    let subscription = client
         .create_subscription(&CreateSubscription {
             stream,
             events,
-            start_from: None,
+            start_from,
         })
         .await?;
-    print_subscription(conn, &subscription)?;
+    history::finish(conn, &client, subscription, wait).await
+}
+
+pub async fn subscription_show(conn: &Connection, id: &str) -> anyhow::Result<ExitCode> {
+    match client(conn)?.get_subscription(id).await? {
+        Some(subscription) => print_subscription(conn, &subscription)?,
+        None => bail!("subscription {id:?} does not exist"),
+    }
     done()
+}
+
+/// Changes the events and/or the start; a new start replays the history since then.
+pub async fn subscription_update(
+    conn: &Connection,
+    id: &str,
+    events: Option<Vec<String>>,
+    start_from: Option<StartFrom>,
+    wait: bool,
+) -> anyhow::Result<ExitCode> {
+    if events.is_none() && start_from.is_none() {
+        bail!("nothing to change: give --events, --from or both");
+    }
+    let client = client(conn)?;
+    let current = client
+        .get_subscription(id)
+        .await?
+        .with_context(|| format!("subscription {id:?} does not exist"))?;
+    let before = current.hydration.id.clone();
+    let subscription = client
+        .update_subscription(
+            id,
+            &UpdateSubscription {
+                events: events.unwrap_or(current.events),
+                start_from,
+                revision: Some(current.revision),
+            },
+        )
+        .await?;
+    // Only a replay this update started is worth waiting for.
+    let started = subscription.hydration.id.is_some() && subscription.hydration.id != before;
+    history::finish(conn, &client, subscription, wait && started).await
 }
 
 pub async fn subscription_check(
@@ -439,13 +522,14 @@ pub async fn subscription_list(
         output::json(&subscriptions)?;
     } else {
         table(
-            &["id", "stream", "owner", "status", "events"],
+            &["id", "stream", "owner", "status", "hydration", "events"],
             subscriptions.iter().map(|s| {
                 vec![
                     s.id.clone(),
                     s.stream.clone(),
                     s.owner.clone(),
                     subscription_status(s),
+                    history::hydration_cell(&s.hydration),
                     s.events.join(","),
                 ]
             }),

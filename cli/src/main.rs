@@ -6,6 +6,7 @@ mod alerts;
 mod catalog;
 mod commands;
 mod data;
+mod history;
 mod output;
 mod review;
 mod serve;
@@ -212,6 +213,22 @@ enum GrantCommand {
         /// RFC 3339; required for pii and restricted events, at most 365 days ahead.
         #[arg(long)]
         expires_at: Option<chrono::DateTime<chrono::Utc>>,
+        /// The oldest history (by event time) the grantee may receive: `unbounded` or RFC 3339.
+        /// Defaults to the grant's creation time: no history before it.
+        #[arg(long, value_parser = api::HistoryFrom::parse)]
+        history_from: Option<api::HistoryFrom>,
+    },
+    /// Change a grant's reason, expiry or history bound; what is not given stays as it is.
+    Update {
+        id: String,
+        #[arg(long)]
+        reason: Option<String>,
+        /// RFC 3339; required for pii and restricted events, at most 365 days ahead.
+        #[arg(long)]
+        expires_at: Option<chrono::DateTime<chrono::Utc>>,
+        /// The oldest history (by event time) the grantee may receive: `unbounded` or RFC 3339.
+        #[arg(long, value_parser = api::HistoryFrom::parse)]
+        history_from: Option<api::HistoryFrom>,
     },
     /// Revoke a grant now; it stays listed as revoked.
     Revoke { id: String },
@@ -266,6 +283,45 @@ enum SubscriptionCommand {
         /// Comma-separated event names.
         #[arg(long, value_delimiter = ',', required = true)]
         events: Vec<String>,
+        /// Where delivery begins, by event time: `now` (live events only), `earliest`, or an
+        /// RFC 3339 instant. History is delivered first, then live events, with no gap.
+        #[arg(long, value_parser = api::StartFrom::parse)]
+        from: Option<api::StartFrom>,
+        /// Wait until the history is delivered (a progress spinner on a terminal); exit 1 if
+        /// its hydration fails.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// A subscription with its hydration's progress.
+    Show {
+        id: String,
+    },
+    /// Change a subscription's events, or replay its history from a new `--from`.
+    Update {
+        id: String,
+        /// Comma-separated event names; unchanged when not given.
+        #[arg(long, value_delimiter = ',')]
+        events: Option<Vec<String>>,
+        /// A new start (`earliest` or RFC 3339) replays the history since then into the stream.
+        #[arg(long, value_parser = api::StartFrom::parse)]
+        from: Option<api::StartFrom>,
+        /// Wait until a replay asked for with `--from` is delivered.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Re-deliver the events of a window (by event time) into the subscription's stream, e.g.
+    /// after a consumer bug. Replayed envelopes carry `history_id`.
+    Replay {
+        id: String,
+        /// `earliest` or an RFC 3339 instant (inclusive).
+        #[arg(long, value_parser = api::StartFrom::parse)]
+        from: api::StartFrom,
+        /// An RFC 3339 instant (exclusive); up to the newest event when not given.
+        #[arg(long)]
+        to: Option<chrono::DateTime<chrono::Utc>>,
+        /// Wait until the window is delivered; exit 1 if the replay fails.
+        #[arg(long)]
+        wait: bool,
     },
     /// Would the stream's owner be allowed these events? Writes nothing.
     Check {
@@ -419,7 +475,14 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 to,
                 reason,
                 expires_at,
-            } => commands::grant_create(&conn, event, to, reason, expires_at).await,
+                history_from,
+            } => commands::grant_create(&conn, event, to, reason, expires_at, history_from).await,
+            GrantCommand::Update {
+                id,
+                reason,
+                expires_at,
+                history_from,
+            } => commands::grant_update(&conn, &id, reason, expires_at, history_from).await,
             GrantCommand::Revoke { id } => commands::grant_revoke(&conn, &id).await,
             GrantCommand::List { event, grantee } => {
                 commands::grant_list(&conn, event.as_deref(), grantee.as_deref()).await
@@ -450,8 +513,21 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             StreamCommand::List => commands::stream_list(&conn).await,
         },
         Command::Subscription(command) => match command {
-            SubscriptionCommand::Create { stream, events } => {
-                commands::subscription_create(&conn, stream, events).await
+            SubscriptionCommand::Create {
+                stream,
+                events,
+                from,
+                wait,
+            } => commands::subscription_create(&conn, stream, events, from, wait).await,
+            SubscriptionCommand::Show { id } => commands::subscription_show(&conn, &id).await,
+            SubscriptionCommand::Update {
+                id,
+                events,
+                from,
+                wait,
+            } => commands::subscription_update(&conn, &id, events, from, wait).await,
+            SubscriptionCommand::Replay { id, from, to, wait } => {
+                history::replay(&conn, &id, from, to, wait).await
             }
             SubscriptionCommand::Check { stream, events } => {
                 commands::subscription_check(&conn, stream, events).await

@@ -108,6 +108,12 @@ static ACCESS_SCHEMA: LazyLock<Schema> = LazyLock::new(|| Schema {
                     "When the grant was revoked (RFC 3339); null unless revoked.",
                 ),
                 Attr::computed("status", Ty::String, "`active`, `expired` or `revoked`."),
+                Attr::computed(
+                    "history_from",
+                    Ty::String,
+                    "The oldest history, by event time, the grantee may receive: `unbounded`, \
+                     or an RFC 3339 instant (by default the grant's creation time).",
+                ),
             ],
             "Every grant ever made on the event, oldest first.",
         ),

@@ -45,12 +45,37 @@ pub enum Mode {
     OptionalComputed,
 }
 
+/// How a computed attribute nests objects.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Nesting {
+    /// A list of objects.
+    List,
+    /// One object (or null).
+    Single,
+}
+
+impl Nesting {
+    fn proto(self) -> tfplugin6::schema::object::NestingMode {
+        match self {
+            Nesting::List => tfplugin6::schema::object::NestingMode::List,
+            Nesting::Single => tfplugin6::schema::object::NestingMode::Single,
+        }
+    }
+
+    fn json(self) -> &'static str {
+        match self {
+            Nesting::List => "list",
+            Nesting::Single => "single",
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct Attr {
     pub name: &'static str,
     pub ty: Ty,
-    /// A list of objects with these attributes (only for computed data-source results).
-    pub nested: Option<Vec<Attr>>,
+    /// Objects with these attributes (only for computed values).
+    pub nested: Option<(Nesting, Vec<Attr>)>,
     pub description: &'static str,
     pub mode: Mode,
     pub sensitive: bool,
@@ -100,7 +125,19 @@ impl Attr {
         description: &'static str,
     ) -> Attr {
         Attr {
-            nested: Some(attributes),
+            nested: Some((Nesting::List, attributes)),
+            ..Attr::new(name, Ty::String, Mode::Computed, description)
+        }
+    }
+
+    /// A computed object (null when there is nothing to show).
+    pub fn computed_object(
+        name: &'static str,
+        attributes: Vec<Attr>,
+        description: &'static str,
+    ) -> Attr {
+        Attr {
+            nested: Some((Nesting::Single, attributes)),
             ..Attr::new(name, Ty::String, Mode::Computed, description)
         }
     }
@@ -131,11 +168,11 @@ impl Attr {
 
     fn proto(&self) -> tfplugin6::schema::Attribute {
         let (ty, nested_type) = match &self.nested {
-            Some(attributes) => (
+            Some((nesting, attributes)) => (
                 Vec::new(),
                 Some(tfplugin6::schema::Object {
                     attributes: attributes.iter().map(Attr::proto).collect(),
-                    nesting: tfplugin6::schema::object::NestingMode::List as i32,
+                    nesting: nesting.proto() as i32,
                     ..Default::default()
                 }),
             ),
@@ -176,12 +213,12 @@ impl Attr {
     fn json(&self) -> Json {
         let mut out = serde_json::Map::new();
         match &self.nested {
-            Some(attributes) => {
+            Some((nesting, attributes)) => {
                 out.insert(
                     "nested_type".to_owned(),
                     json!({
                         "attributes": attributes_json(attributes),
-                        "nesting_mode": "list",
+                        "nesting_mode": nesting.json(),
                     }),
                 );
             }

@@ -13,6 +13,14 @@ pub const PROVIDER_ADDRESS: &str = "registry.terraform.io/fanner/fanner";
 /// The directories under `docs/` that `cargo xtask docs` writes.
 pub const DOC_DIRS: [&str; 4] = ["", "resources", "data-sources", "guides"];
 
+/// Pages under `docs/` written by hand beside the generated ones: `cargo xtask docs` keeps them.
+pub const HAND_WRITTEN: &[&str] = &["operations.md", "guides/history.md"];
+
+/// Whether `relative` (a path under `docs/`) is a page written by hand.
+pub fn is_hand_written(relative: &Path) -> bool {
+    HAND_WRITTEN.iter().any(|page| relative == Path::new(page))
+}
+
 pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
@@ -77,7 +85,10 @@ fn schema_section(block: &Json) -> String {
             let mut label = match attr.get("nested_type") {
                 Some(nested_type) => {
                     nested.push((name.clone(), nested_type.clone()));
-                    "Attributes List".to_owned()
+                    match nested_type["nesting_mode"].as_str() {
+                        Some("single") => "Attributes".to_owned(),
+                        _ => "Attributes List".to_owned(),
+                    }
                 }
                 None => type_label(&attr["type"]),
             };
@@ -261,9 +272,6 @@ pub fn mirror_cli_config(mirror: &Path) -> String {
 mod tidy {
     use super::*;
 
-    /// Pages written by hand beside the generated provider docs.
-    const HAND_WRITTEN: &[&str] = &["operations.md"];
-
     fn committed_docs() -> anyhow::Result<BTreeMap<PathBuf, String>> {
         let docs = workspace_root().join("docs");
         let mut pages = BTreeMap::new();
@@ -276,7 +284,7 @@ mod tidy {
                 let path = entry?.path();
                 if path.extension().is_some_and(|e| e == "md") {
                     let relative = path.strip_prefix(&docs)?.to_path_buf();
-                    if HAND_WRITTEN.iter().any(|page| relative == Path::new(page)) {
+                    if is_hand_written(&relative) {
                         continue;
                     }
                     pages.insert(relative, std::fs::read_to_string(&path)?);

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Context, bail, ensure};
-use xtask::{DOC_DIRS, mirror_cli_config, provider_entry, render, workspace_root};
+use xtask::{DOC_DIRS, is_hand_written, mirror_cli_config, provider_entry, render, workspace_root};
 
 const USAGE: &str = "usage: cargo xtask docs";
 
@@ -99,7 +99,8 @@ fn docs() -> anyhow::Result<()> {
         if let Ok(entries) = std::fs::read_dir(docs.join(sub)) {
             for entry in entries {
                 let path = entry?.path();
-                if path.extension().is_some_and(|e| e == "md") {
+                let hand_written = path.strip_prefix(&docs).is_ok_and(is_hand_written);
+                if path.extension().is_some_and(|e| e == "md") && !hand_written {
                     std::fs::remove_file(path)?;
                 }
             }

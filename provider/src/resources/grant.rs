@@ -1,10 +1,11 @@
 use std::sync::LazyLock;
 
-use api::{CreateGrant, Grant, GrantStatus, UpdateGrant, rules};
+use api::{CreateGrant, Grant, GrantStatus, HistoryFrom, UpdateGrant, rules};
 use chrono::{DateTime, Utc};
 
 use super::{
-    Ctx, Resource, cached_get, check_str, ends_soon, filter, parse_time, required_str, time, when,
+    Ctx, Resource, cached_get, check_str, ends_soon, filter, kept_text, parse_time, required_str,
+    stored, time, when,
 };
 use crate::diag::Diags;
 use crate::schema::{Attr, Schema, Ty};
@@ -36,6 +37,14 @@ static SCHEMA: LazyLock<Schema> =
             Ty::String,
             "When the grant stops (RFC 3339, e.g. `2027-06-30T00:00:00Z`). Required for `pii` \
              and `restricted` events, at most 365 days ahead.",
+        ),
+        Attr::optional_computed(
+            "history_from",
+            Ty::String,
+            "The oldest history, by event time, the grantee may receive when a subscription \
+             starts from the past (`start_from`) or replays: `unbounded`, or an RFC 3339 \
+             instant. When not set, the grant's creation time: no history from before the \
+             grant. Changed in place.",
         ),
         Attr::computed(
             "granted_by",
@@ -77,21 +86,32 @@ static LIST_SCHEMA: LazyLock<Schema> = LazyLock::new(|| Schema {
     ],
 });
 
-/// The grant as state. `written_expiry` is the `expires_at` text from the configuration or the
-/// prior state: it is kept when it names the same instant as the API's, so `+02:00` offsets or
-/// fractional zeros never show as a diff.
-fn state_of(grant: &Grant, written_expiry: Option<&str>) -> Obj {
+/// The grant as state. `written` is the configuration or the prior state: its `expires_at` and
+/// `history_from` texts are kept when they name the same instant as the API's.
+fn state_of(grant: &Grant, written: Option<&Obj>) -> Obj {
+    let written_text = |attr: &str| written.and_then(|w| w.str(attr));
     let mut state = SCHEMA.empty_object();
     state.set("id", grant.id.as_str());
     state.set("event", grant.event.as_str());
     state.set("grantee", grant.grantee.as_str());
     state.set("reason", grant.reason.as_str());
-    let expires_at = match (grant.expires_at, written_expiry) {
-        (Some(at), Some(written)) if parse_time(written).ok() == Some(at) => Value::string(written),
-        (Some(at), _) => time(&at),
-        (None, _) => Value::Null,
+    let expires_at = match grant.expires_at {
+        Some(at) => kept_text(
+            written_text("expires_at"),
+            |written| parse_time(written).ok().map(stored) == Some(at),
+            time(&at),
+        ),
+        None => Value::Null,
     };
     state.set("expires_at", expires_at);
+    state.set(
+        "history_from",
+        kept_text(
+            written_text("history_from"),
+            |written| parse_history(written).ok() == Some(grant.history_from),
+            Value::String(grant.history_from.to_string()),
+        ),
+    );
     state.set("granted_by", grant.granted_by.as_str());
     let status = match grant.status {
         GrantStatus::Active => "active",
@@ -103,6 +123,32 @@ fn state_of(grant: &Grant, written_expiry: Option<&str>) -> Obj {
     state.set("revision", grant.revision);
     state.set("created_at", time(&grant.created_at));
     state
+}
+
+/// `history_from` as the control plane stores it (instants to the millisecond).
+fn parse_history(text: &str) -> Result<HistoryFrom, String> {
+    Ok(match HistoryFrom::parse(text)? {
+        HistoryFrom::At(at) => HistoryFrom::At(stored(at)),
+        HistoryFrom::Unbounded => HistoryFrom::Unbounded,
+    })
+}
+
+/// The configured `history_from` when it differs from `prior`'s (all of it on a create).
+fn history_change(
+    prior: Option<&Obj>,
+    planned: &Obj,
+    diags: &mut Diags,
+) -> Result<Option<HistoryFrom>, ()> {
+    let value = planned.get("history_from");
+    if prior.is_some_and(|p| p.get("history_from") == value) {
+        return Ok(None);
+    }
+    match value.as_str() {
+        None => Ok(None),
+        Some(text) => parse_history(text).map(Some).map_err(|problem| {
+            diags.error_at("history_from", "Invalid history_from", problem);
+        }),
+    }
 }
 
 fn expiry(obj: &Obj, diags: &mut Diags) -> Result<Option<DateTime<Utc>>, ()> {
@@ -174,6 +220,9 @@ impl Resource for GrantResource {
         });
         check_str(config, "reason", diags, rules::check_reason);
         check_str(config, "expires_at", diags, |v| parse_time(v).map(|_| ()));
+        check_str(config, "history_from", diags, |v| {
+            parse_history(v).map(|_| ())
+        });
     }
 
     /// When the expiry is new or changes, checks it against the event's classification now, so
@@ -278,7 +327,7 @@ impl Resource for GrantResource {
         match found {
             // A revoked grant is gone for good: plan to make a new one.
             Ok(Some(grant)) if grant.status == GrantStatus::Revoked => None,
-            Ok(Some(grant)) => Some(state_of(&grant, state.str("expires_at"))),
+            Ok(Some(grant)) => Some(state_of(&grant, Some(state))),
             Ok(None) => None,
             Err(e) => {
                 diags.api(&format!("read grant {id:?}"), &e);
@@ -293,12 +342,13 @@ impl Resource for GrantResource {
         let grantee = required_str(planned, "grantee", diags)?;
         let reason = required_str(planned, "reason", diags)?;
         let expires_at = expiry(planned, diags).ok()?;
+        let history_from = history_change(None, planned, diags).ok()?;
         let body = CreateGrant {
             event: event.to_owned(),
             grantee: grantee.to_owned(),
             reason: reason.to_owned(),
             expires_at,
-            history_from: None,
+            history_from,
         };
         ctx.cache.invalidate().await;
         diags
@@ -306,7 +356,7 @@ impl Resource for GrantResource {
                 &format!("grant event {event:?} to {grantee:?}"),
                 client.create_grant(&body).await,
             )
-            .map(|grant| state_of(&grant, planned.str("expires_at")))
+            .map(|grant| state_of(&grant, Some(planned)))
     }
 
     async fn update(
@@ -320,10 +370,11 @@ impl Resource for GrantResource {
         let id = required_str(prior, "id", diags)?;
         let reason = required_str(planned, "reason", diags)?;
         let expires_at = expiry(planned, diags).ok()?;
+        let history_from = history_change(Some(prior), planned, diags).ok()?;
         let body = UpdateGrant {
             reason: reason.to_owned(),
             expires_at,
-            history_from: None,
+            history_from,
             revision: prior.get("revision").as_i64(),
         };
         ctx.cache.invalidate().await;
@@ -332,7 +383,7 @@ impl Resource for GrantResource {
                 &format!("update grant {id:?}"),
                 client.update_grant(id, &body).await,
             )
-            .map(|grant| state_of(&grant, planned.str("expires_at")))
+            .map(|grant| state_of(&grant, Some(planned)))
     }
 
     async fn delete(&self, ctx: &Ctx, prior: &Obj, diags: &mut Diags) {
@@ -366,6 +417,7 @@ pub fn access_entry(grant: &Grant) -> Value {
         "revoked_at",
         grant.revoked_at.as_ref().map_or(Value::Null, time),
     );
+    entry.set("history_from", grant.history_from.to_string());
     let status = match grant.status {
         GrantStatus::Active => "active",
         GrantStatus::Expired => "expired",
@@ -401,7 +453,9 @@ mod tests {
     fn the_written_expiry_survives_when_it_names_the_same_instant() {
         #[track_caller]
         fn check(api: &str, written: Option<&str>, expected: &str) {
-            let state = state_of(&grant(api), written);
+            let mut config = SCHEMA.empty_object();
+            config.set("expires_at", Value::opt_string(written));
+            let state = state_of(&grant(api), Some(&config));
             assert_eq!(state.get("expires_at"), &Value::string(expected));
         }
         check(
@@ -425,6 +479,61 @@ mod tests {
             "2027-06-30T00:00:00Z",
         );
         check("2027-06-30T00:00:00Z", None, "2027-06-30T00:00:00Z");
+    }
+
+    #[test]
+    fn the_written_history_bound_survives_when_it_names_the_same_bound() {
+        #[track_caller]
+        fn check(api: &str, written: Option<&str>, expected: &str) {
+            let mut api_grant = grant("2027-06-30T00:00:00Z");
+            api_grant.history_from = parse_history(api).expect("valid");
+            let mut config = SCHEMA.empty_object();
+            config.set("history_from", Value::opt_string(written));
+            let state = state_of(&api_grant, Some(&config));
+            assert_eq!(state.get("history_from"), &Value::string(expected));
+        }
+        check("unbounded", Some("unbounded"), "unbounded");
+        check("unbounded", None, "unbounded");
+        check(
+            "2026-01-01T00:00:00Z",
+            Some("2026-01-01T01:00:00+01:00"),
+            "2026-01-01T01:00:00+01:00",
+        );
+        check(
+            "2026-01-01T00:00:00.250Z",
+            Some("2026-01-01T00:00:00.250999Z"),
+            "2026-01-01T00:00:00.250999Z",
+        );
+        check(
+            "2026-01-01T00:00:00Z",
+            Some("unbounded"),
+            "2026-01-01T00:00:00Z",
+        );
+        check("2026-01-01T00:00:00Z", None, "2026-01-01T00:00:00Z");
+    }
+
+    #[test]
+    fn history_from_is_sent_only_when_it_changes() {
+        let with = |text: Option<&str>| {
+            let mut obj = SCHEMA.empty_object();
+            obj.set("history_from", text.map_or(Value::Unknown, Value::string));
+            obj
+        };
+        let mut diags = Diags::default();
+        let prior = with(Some("2026-01-01T00:00:00Z"));
+        assert_eq!(history_change(Some(&prior), &prior, &mut diags), Ok(None));
+        assert_eq!(
+            history_change(Some(&prior), &with(Some("unbounded")), &mut diags),
+            Ok(Some(HistoryFrom::Unbounded))
+        );
+        // Not configured on a create: the control plane's default, the creation time.
+        assert_eq!(history_change(None, &with(None), &mut diags), Ok(None));
+        assert!(!diags.has_errors());
+        assert_eq!(
+            history_change(None, &with(Some("yesterday")), &mut diags),
+            Err(())
+        );
+        assert!(diags.has_errors());
     }
 
     #[tokio::test]

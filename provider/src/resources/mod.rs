@@ -308,6 +308,21 @@ pub fn time(t: &DateTime<Utc>) -> Value {
     )
 }
 
+/// The state's text for a value the API spells its own way (instants in UTC at millisecond
+/// precision): `written`, from the configuration or the prior state, when it names the same
+/// value, so `+02:00` offsets or fractional digits never show as a diff; else the API's text.
+pub fn kept_text(written: Option<&str>, same: impl Fn(&str) -> bool, api: Value) -> Value {
+    match written {
+        Some(text) if same(text) => Value::string(text),
+        _ => api,
+    }
+}
+
+/// An instant at the precision the control plane stores.
+pub fn stored(at: DateTime<Utc>) -> DateTime<Utc> {
+    at.trunc_subsecs(3)
+}
+
 pub fn parse_time(s: &str) -> Result<DateTime<Utc>, String> {
     DateTime::parse_from_rfc3339(s)
         .map(|t| t.with_timezone(&Utc))

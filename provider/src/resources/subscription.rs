@@ -1,12 +1,13 @@
 use std::sync::LazyLock;
 
 use api::{
-    AccessProblem, CreateSubscription, DenialReason, GrantStatus, Subscription, SubscriptionStatus,
-    UpdateSubscription, rules,
+    AccessProblem, CreateSubscription, DenialReason, GrantStatus, Hydration, StartFrom,
+    Subscription, SubscriptionStatus, UpdateSubscription, rules,
 };
 
 use super::{
-    Ctx, Resource, cached_get, check_str, ends_soon, filter, passes, required_str, time, when,
+    Ctx, Resource, cached_get, check_str, ends_soon, filter, kept_text, passes, required_str,
+    stored, time, when,
 };
 use crate::diag::Diags;
 use crate::schema::{Attr, Schema, Ty};
@@ -35,6 +36,48 @@ static SCHEMA: LazyLock<Schema> = LazyLock::new(|| Schema {
             Ty::set_of_strings(),
             "The names of the events to deliver to the stream. Changed in place.",
         ),
+        Attr::optional_computed(
+            "start_from",
+            Ty::String,
+            "Where delivery begins, by event time: `now` (live events only), `earliest` (every \
+             event the lake and the global event stream hold), or an RFC 3339 instant. The \
+             stream first receives the history since then that its owner may read (each grant \
+             bounds it by its `history_from`), then live events, with no gap and no duplicate; \
+             replayed envelopes carry a `history_id`. Changing it on an existing subscription \
+             is an in-place update that **replays the history since the new value into the \
+             stream**, beside live delivery (the plan warns); `now` replays nothing.",
+        )
+        .default("now"),
+        Attr::computed_object(
+            "hydration",
+            vec![
+                Attr::computed(
+                    "state",
+                    Ty::String,
+                    "`none` (no history asked for), `pending`, `running`, `done` or `failed`.",
+                ),
+                Attr::computed(
+                    "from",
+                    Ty::String,
+                    "The oldest event time delivered: an RFC 3339 instant or `earliest`; null \
+                     without history.",
+                ),
+                Attr::computed(
+                    "events_delivered",
+                    Ty::Number,
+                    "History events written into the stream so far.",
+                ),
+                Attr::computed(
+                    "error",
+                    Ty::String,
+                    "Why the history could not be delivered; null unless `state` is `failed`.",
+                ),
+            ],
+            "The newest history delivery into the stream (the hydration `start_from` asked for, \
+             or a later replay) and its progress, as of the last refresh. Progress alone never \
+             plans a change.",
+        )
+        .changes_on_update(),
         Attr::computed(
             "owner",
             Ty::String,
@@ -85,11 +128,22 @@ static LIST_SCHEMA: LazyLock<Schema> = LazyLock::new(|| Schema {
     ],
 });
 
-fn state_of(subscription: &Subscription) -> Obj {
+/// The subscription as state; `written` (the configuration or the prior state) keeps its
+/// `start_from` text when it names the same start as the API's.
+fn state_of(subscription: &Subscription, written: Option<&Obj>) -> Obj {
     let mut state = SCHEMA.empty_object();
     state.set("id", subscription.id.as_str());
     state.set("stream", subscription.stream.as_str());
     state.set("events", subscription.events.clone());
+    state.set(
+        "start_from",
+        kept_text(
+            written.and_then(|w| w.str("start_from")),
+            |text| parse_start(text).ok() == Some(subscription.start_from),
+            Value::String(subscription.start_from.to_string()),
+        ),
+    );
+    state.set("hydration", hydration_value(&subscription.hydration));
     state.set("owner", subscription.owner.as_str());
     let status = match subscription.status {
         SubscriptionStatus::Active => "active",
@@ -104,6 +158,49 @@ fn state_of(subscription: &Subscription) -> Obj {
     state.set("created_at", time(&subscription.created_at));
     state.set("updated_at", time(&subscription.updated_at));
     state
+}
+
+/// `start_from` as the control plane stores it (instants to the millisecond).
+fn parse_start(text: &str) -> Result<StartFrom, String> {
+    Ok(match StartFrom::parse(text)? {
+        StartFrom::At(at) => StartFrom::At(stored(at)),
+        other => other,
+    })
+}
+
+fn hydration_value(hydration: &Hydration) -> Value {
+    let mut object = Obj::default();
+    object.set("state", hydration.state.as_str());
+    let from = match (&hydration.id, &hydration.from) {
+        (None, _) => Value::Null,
+        (Some(_), Some(at)) => time(at),
+        (Some(_), None) => Value::string("earliest"),
+    };
+    object.set("from", from);
+    object.set(
+        "events_delivered",
+        i64::try_from(hydration.events_delivered).unwrap_or(i64::MAX),
+    );
+    object.set("error", Value::opt_string(hydration.error.as_deref()));
+    object.into_value()
+}
+
+/// The configured `start_from` when it differs from `prior`'s (all of it on a create).
+fn start_change(
+    prior: Option<&Obj>,
+    planned: &Obj,
+    diags: &mut Diags,
+) -> Result<Option<StartFrom>, ()> {
+    let value = planned.get("start_from");
+    if prior.is_some_and(|p| p.get("start_from") == value) {
+        return Ok(None);
+    }
+    match value.as_str() {
+        None => Ok(None),
+        Some(text) => parse_start(text).map(Some).map_err(|problem| {
+            diags.error_at("start_from", "Invalid start_from", problem);
+        }),
+    }
 }
 
 /// A refusal this same plan fixes: the event or the grant is created (or renewed) before the
@@ -183,12 +280,13 @@ impl Resource for SubscriptionResource {
                         .str("event")
                         .is_none_or(|e| s.events.iter().any(|x| x == e))
             })
-            .map(state_of)
+            .map(|s| state_of(s, None))
             .collect()
     }
 
     fn validate(&self, config: &Obj, diags: &mut Diags) {
         check_str(config, "stream", diags, |v| rules::check_name("stream", v));
+        check_str(config, "start_from", diags, |v| parse_start(v).map(|_| ()));
         let Some(items) = config.get("events").as_list() else {
             return;
         };
@@ -225,6 +323,9 @@ impl Resource for SubscriptionResource {
         planned: &mut Obj,
         diags: &mut Diags,
     ) {
+        if let Some(prior) = prior {
+            warn_of_replay(prior, planned, diags);
+        }
         let events_changed = prior.is_none_or(|p| {
             let (mut a, mut b) = (
                 p.get("events").as_strings().unwrap_or_default(),
@@ -396,17 +497,18 @@ impl Resource for SubscriptionResource {
         diags
             .api_value(&format!("read subscription {id:?}"), found)?
             .as_ref()
-            .map(state_of)
+            .map(|s| state_of(s, Some(state)))
     }
 
     async fn create(&self, ctx: &Ctx, planned: &Obj, diags: &mut Diags) -> Option<Obj> {
         let client = ctx.client(diags)?;
         let stream = required_str(planned, "stream", diags)?;
         let events = events(planned, diags)?;
+        let start_from = start_change(None, planned, diags).ok()?;
         let body = CreateSubscription {
             stream: stream.to_owned(),
             events,
-            start_from: None,
+            start_from,
         };
         ctx.cache.invalidate().await;
         diags
@@ -414,7 +516,7 @@ impl Resource for SubscriptionResource {
                 &format!("subscribe stream {stream:?}"),
                 client.create_subscription(&body).await,
             )
-            .map(|subscription| state_of(&subscription))
+            .map(|subscription| state_of(&subscription, Some(planned)))
     }
 
     async fn update(
@@ -427,9 +529,10 @@ impl Resource for SubscriptionResource {
         let client = ctx.client(diags)?;
         let id = required_str(prior, "id", diags)?;
         let events = events(planned, diags)?;
+        let start_from = start_change(Some(prior), planned, diags).ok()?;
         let body = UpdateSubscription {
             events,
-            start_from: None,
+            start_from,
             revision: prior.get("revision").as_i64(),
         };
         ctx.cache.invalidate().await;
@@ -438,7 +541,7 @@ impl Resource for SubscriptionResource {
                 &format!("update subscription {id:?}"),
                 client.update_subscription(id, &body).await,
             )
-            .map(|subscription| state_of(&subscription))
+            .map(|subscription| state_of(&subscription, Some(planned)))
     }
 
     async fn delete(&self, ctx: &Ctx, prior: &Obj, diags: &mut Diags) {
@@ -453,5 +556,176 @@ impl Resource for SubscriptionResource {
             &format!("delete subscription {id:?}"),
             client.delete_subscription(id).await,
         );
+    }
+}
+
+/// Says in the plan what applying a new `start_from` does: it replays history into the stream.
+fn warn_of_replay(prior: &Obj, planned: &Obj, diags: &mut Diags) {
+    let Some(text) = planned.str("start_from") else {
+        return;
+    };
+    if prior.get("start_from") == planned.get("start_from") {
+        return;
+    }
+    let Ok(start) = parse_start(text) else {
+        return;
+    };
+    let same = prior
+        .str("start_from")
+        .and_then(|p| parse_start(p).ok())
+        .is_some_and(|p| p == start);
+    if same || start == StartFrom::Now {
+        return;
+    }
+    let stream = planned.str("stream").unwrap_or("the stream");
+    let since = match start {
+        StartFrom::Earliest => "the earliest event held".to_owned(),
+        other => other.to_string(),
+    };
+    diags.warning_at(
+        "start_from",
+        format!("Applying replays history since {since} into stream {stream:?}"),
+        format!(
+            "start_from changes to {text:?}: the apply re-delivers every event since {since} (by \
+             event time) that the stream's owner may read, beside live delivery. Consumers see \
+             the replayed envelopes marked with a history_id and may get events they already \
+             had; they can deduplicate by event_id. Follow the progress in the hydration \
+             attribute or with `fanner subscription show`."
+        ),
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn subscription(start_from: StartFrom, hydration: Hydration) -> Subscription {
+        let at = chrono::DateTime::parse_from_rfc3339("2026-11-01T00:00:00Z")
+            .expect("valid")
+            .to_utc();
+        Subscription {
+            id: "s1".to_owned(),
+            stream: "fraud-signals".to_owned(),
+            owner: "fraud".to_owned(),
+            events: vec!["user_signed_up".to_owned()],
+            status: SubscriptionStatus::Active,
+            status_reason: None,
+            start_from,
+            hydration,
+            revision: 1,
+            created_at: at,
+            updated_at: at,
+        }
+    }
+
+    fn with_start(text: &str) -> Obj {
+        let mut obj = SCHEMA.empty_object();
+        obj.set("stream", "fraud-signals");
+        obj.set("start_from", text);
+        obj
+    }
+
+    #[test]
+    fn the_written_start_survives_when_it_names_the_same_start() {
+        #[track_caller]
+        fn check(api: &str, written: Option<&str>, expected: &str) {
+            let start = parse_start(api).expect("valid");
+            let written = written.map(with_start);
+            let state = state_of(&subscription(start, Hydration::default()), written.as_ref());
+            assert_eq!(state.get("start_from"), &Value::string(expected));
+        }
+        check(
+            "2026-06-30T00:00:00Z",
+            Some("2026-06-30T02:00:00+02:00"),
+            "2026-06-30T02:00:00+02:00",
+        );
+        // The control plane keeps milliseconds: finer digits are the same start.
+        check(
+            "2026-06-30T00:00:00.123Z",
+            Some("2026-06-30T00:00:00.123456Z"),
+            "2026-06-30T00:00:00.123456Z",
+        );
+        check(
+            "2026-06-30T00:00:00Z",
+            Some("2026-07-01T00:00:00Z"),
+            "2026-06-30T00:00:00Z",
+        );
+        check("earliest", Some("now"), "earliest");
+        check("earliest", Some("not a start"), "earliest");
+        check("now", None, "now");
+    }
+
+    #[test]
+    fn hydration_shows_its_progress_and_where_it_began() {
+        #[track_caller]
+        fn check(hydration: Hydration, state: &str, from: Value, delivered: i64) {
+            let value = hydration_value(&hydration);
+            let object = value.as_map().expect("an object");
+            assert_eq!(object["state"], Value::string(state));
+            assert_eq!(object["from"], from);
+            assert_eq!(object["events_delivered"], Value::Int(delivered));
+        }
+        check(Hydration::default(), "none", Value::Null, 0);
+        let running = Hydration {
+            id: Some("h1".to_owned()),
+            state: api::HydrationState::Running,
+            events_delivered: 1200,
+            ..Hydration::default()
+        };
+        check(running.clone(), "running", Value::string("earliest"), 1200);
+        let at = crate::resources::parse_time("2026-06-30T00:00:00.5Z").expect("valid");
+        let failed = Hydration {
+            from: Some(at),
+            state: api::HydrationState::Failed,
+            error: Some("the lake lacks an object".to_owned()),
+            ..running
+        };
+        let value = hydration_value(&failed);
+        assert_eq!(
+            value.as_map().expect("an object")["error"],
+            Value::string("the lake lacks an object")
+        );
+        check(
+            failed,
+            "failed",
+            Value::string("2026-06-30T00:00:00.500Z"),
+            1200,
+        );
+    }
+
+    #[test]
+    fn a_new_start_warns_that_the_apply_replays() {
+        #[track_caller]
+        fn check(prior: &str, planned: &str, expected: Option<&str>) {
+            let mut diags = Diags::default();
+            warn_of_replay(&with_start(prior), &with_start(planned), &mut diags);
+            let found: Vec<_> = diags.into_vec();
+            match expected {
+                None => assert!(found.is_empty(), "{prior} → {planned}: {found:?}"),
+                Some(summary) => {
+                    assert_eq!(found.len(), 1, "{prior} → {planned}");
+                    assert_eq!(found[0].summary, summary);
+                    assert_eq!(found[0].attribute, Some(crate::diag::path("start_from")));
+                }
+            }
+        }
+        check(
+            "now",
+            "earliest",
+            Some(
+                "Applying replays history since the earliest event held into stream \
+                 \"fraud-signals\"",
+            ),
+        );
+        check(
+            "earliest",
+            "2026-06-30T00:00:00Z",
+            Some(
+                "Applying replays history since 2026-06-30T00:00:00Z into stream \"fraud-signals\"",
+            ),
+        );
+        check("earliest", "now", None);
+        check("2026-06-30T00:00:00Z", "2026-06-30T02:00:00+02:00", None);
+        check("earliest", "earliest", None);
     }
 }

@@ -10,3 +10,8 @@ output "signup_readers" {
 output "signup_streams" {
   value = data.fanner_access.signup.subscriptions[*].stream
 }
+
+# How far back each grantee may read history.
+output "signup_history" {
+  value = { for g in data.fanner_access.signup.grants : g.grantee => g.history_from if g.status == "active" }
+}

@@ -3,10 +3,12 @@ resource "fanner_event" "signup" {
   classification = "pii"
 }
 
-# Lets the fraud team read signups until mid-2027.
+# Lets the fraud team read signups until mid-2027, and their history since 2026 (without
+# history_from, only events from the grant's creation on).
 resource "fanner_grant" "fraud_reads_signup" {
-  event      = fanner_event.signup.name
-  grantee    = "fraud"
-  reason     = "Fraud scoring at signup."
-  expires_at = "2027-06-30T00:00:00Z"
+  event        = fanner_event.signup.name
+  grantee      = "fraud"
+  reason       = "Fraud scoring at signup."
+  expires_at   = "2027-06-30T00:00:00Z"
+  history_from = "2026-01-01T00:00:00Z"
 }
