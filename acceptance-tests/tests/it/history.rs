@@ -190,25 +190,23 @@ async fn subscription_start_from_applies_and_plans_empty() -> anyhow::Result<()>
                 && subscription.hydration.kind == HydrationKind::Start
         );
 
-        // Progress, reported as the data plane does, is refreshed but never planned.
-        server
-            .admin()?
-            .report_hydration(
-                subscription
-                    .hydration
-                    .id
-                    .as_deref()
-                    .context("no hydration")?,
-                &api::HydrationProgress {
-                    shard: "shardId-000000000000".to_owned(),
-                    events_delivered: 5,
-                    handover_after: None,
-                    done: false,
-                    error: None,
-                },
-            )
-            .await?;
+        // Progress, as the data plane moves it, is refreshed but never planned.
         ws.assert_no_changes("hydration progress")?;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while !fraud
+            .get_subscription(&id)
+            .await?
+            .context("gone")?
+            .hydration
+            .state
+            .is_finished()
+        {
+            ensure!(
+                std::time::Instant::now() < deadline,
+                "the hydration did not finish"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
         ws.ok(&[
             "apply",
             "-refresh-only",
@@ -217,12 +215,16 @@ async fn subscription_start_from_applies_and_plans_empty() -> anyhow::Result<()>
             "-no-color",
         ])?;
         let refreshed = ws.state_of("fanner_subscription.signals")?;
+        let now = fraud
+            .get_subscription(&id)
+            .await?
+            .context("gone")?
+            .hydration;
         ensure!(
-            ["running", "done"]
-                .iter()
-                .any(|s| refreshed["hydration"]["state"] == *s)
-                && refreshed["hydration"]["events_delivered"].as_u64() >= Some(5),
-            "the refreshed state shows the progress: {refreshed}"
+            refreshed["hydration"]["state"] == now.state.as_str()
+                && refreshed["hydration"]["events_delivered"].as_u64()
+                    == Some(now.events_delivered),
+            "the refreshed state shows the progress ({now:?}): {refreshed}"
         );
         ws.assert_no_changes("refreshing the progress")?;
         check_import(&ws, "fanner_subscription.signals", &id)?;
