@@ -325,21 +325,10 @@ impl SharedDeployment {
                 "FANNER__LAKE__PATH",
                 self.lake.path().to_string_lossy().into_owned(),
             ),
-            ("AWS_ENDPOINT_URL", self.moto.endpoint().to_owned()),
-            ("AWS_ACCESS_KEY_ID", "testing".to_owned()),
-            ("AWS_SECRET_ACCESS_KEY", "testing".to_owned()),
-            ("AWS_REGION", "us-east-1".to_owned()),
-            ("AWS_EC2_METADATA_DISABLED", "true".to_owned()),
-            (
-                "AWS_REQUEST_CHECKSUM_CALCULATION",
-                "when_required".to_owned(),
-            ),
-            (
-                "AWS_RESPONSE_CHECKSUM_VALIDATION",
-                "when_required".to_owned(),
-            ),
         ]
-        .into()
+        .into_iter()
+        .chain(testkit::aws_env(self.moto.endpoint()))
+        .collect()
     }
 }
 
