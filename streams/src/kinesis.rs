@@ -7,7 +7,7 @@
 //! own enhanced fan-out consumer that Kinesis pushes records to ([`ReadMode::Efo`], see
 //! [`KinesisBackend::with_enhanced_fan_out`]), with its own 2 MB/s per shard and no call budget.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::fmt::Debug;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -92,6 +92,8 @@ pub struct KinesisBackend {
     consumer: Option<Arc<str>>,
     /// Consumer ARNs by stream ARN and consumer name, registered once per process.
     consumers: Arc<Mutex<HashMap<(String, String), String>>>,
+    /// Shards with a live subscription in this process, by stream, shard and consumer.
+    subscribed: Claims,
 }
 
 /// Turns at `GetRecords` per shard, shared by every reader of this backend: each call takes the
@@ -134,12 +136,15 @@ impl KinesisBackend {
             budget: Arc::default(),
             consumer: None,
             consumers: Arc::default(),
+            subscribed: Arc::default(),
         }
     }
 
     /// The same backend whose readers use enhanced fan-out as the consumer `consumer` (a reader
     /// role, such as the engine's lease group), registered on each stream on first use. Every
-    /// process of one role shares the consumer; each shard has one subscription at a time.
+    /// process of one role shares the consumer. Kinesis allows one subscription per consumer and
+    /// shard: a second reader of a shard in this process (the engine's cursor of a stream that
+    /// fell behind) polls while the first is subscribed.
     pub fn with_enhanced_fan_out(&self, consumer: &str) -> Self {
         Self {
             consumer: Some(Arc::from(consumer)),
@@ -562,14 +567,18 @@ impl StreamBackend for KinesisBackend {
         from: StartPosition,
     ) -> Result<Box<dyn ShardReader>> {
         if let Some(consumer) = &self.consumer {
-            let consumer_arn = self.consumer_arn(stream, consumer).await?;
-            return Ok(Box::new(SubscribedReader::start(
-                self.clone(),
-                stream,
-                shard,
-                from,
-                consumer_arn,
-            )));
+            let key = (stream.to_owned(), shard.to_owned(), consumer.to_string());
+            if let Some(claim) = SubscriptionClaim::take(&self.subscribed, key) {
+                let consumer_arn = self.consumer_arn(stream, consumer).await?;
+                return Ok(Box::new(SubscribedReader::start(
+                    self.clone(),
+                    stream,
+                    shard,
+                    from,
+                    consumer_arn,
+                    claim,
+                )));
+            }
         }
         let iterator = self.shard_iterator(stream, shard, &from).await?;
         Ok(Box::new(KinesisReader {
@@ -812,6 +821,39 @@ struct SubscribedReader {
     task: tokio::task::AbortHandle,
     stream: String,
     shard: String,
+    _claim: SubscriptionClaim,
+}
+
+/// Shards with a live subscription in one process: (stream, shard, consumer).
+type Claims = Arc<Mutex<HashSet<(String, String, String)>>>;
+
+/// A shard subscribed to by a consumer in this process, released on drop.
+struct SubscriptionClaim {
+    claims: Claims,
+    key: (String, String, String),
+}
+
+impl SubscriptionClaim {
+    /// The claim on `key`, unless another reader holds it.
+    fn take(claims: &Claims, key: (String, String, String)) -> Option<Self> {
+        let fresh = claims
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(key.clone());
+        fresh.then(|| Self {
+            claims: claims.clone(),
+            key,
+        })
+    }
+}
+
+impl Drop for SubscriptionClaim {
+    fn drop(&mut self) {
+        self.claims
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&self.key);
+    }
 }
 
 /// Events a subscription task may get ahead of its reader.
@@ -824,6 +866,7 @@ impl SubscribedReader {
         shard: &str,
         from: StartPosition,
         consumer_arn: String,
+        claim: SubscriptionClaim,
     ) -> Self {
         let (sender, deliveries) = mpsc::channel(SUBSCRIPTION_QUEUE);
         let subscription = Subscription {
@@ -846,6 +889,7 @@ impl SubscribedReader {
             task,
             stream: stream.to_owned(),
             shard: shard.to_owned(),
+            _claim: claim,
         }
     }
 
@@ -909,9 +953,8 @@ impl ShardReader for SubscribedReader {
             return;
         }
         // `recv` is cancel-safe: a wait cut short by the caller loses nothing.
-        match tokio::time::timeout(max_wait, self.deliveries.recv()).await {
-            Ok(Some(delivery)) => self.absorb(delivery),
-            Ok(None) | Err(_) => {}
+        if let Ok(Some(delivery)) = tokio::time::timeout(max_wait, self.deliveries.recv()).await {
+            self.absorb(delivery);
         }
     }
 }
