@@ -1089,7 +1089,7 @@ impl Subscription {
     /// Where the next subscription starts: just after the last record handed over; before any,
     /// where the reader was opened, except that a `Latest` start that has seen events goes on
     /// from its continuation sequence number (a new `Latest` would skip what arrived between).
-    fn starting_position(&self) -> StartingPosition {
+    fn starting_position(&self) -> Result<StartingPosition> {
         let (kind, sequence) = match (&self.last_sequence, &self.continuation, &self.start) {
             (Some(sequence), _, _) | (None, Some(sequence), StartPosition::Latest) => (
                 ShardIteratorType::AfterSequenceNumber,
@@ -1109,7 +1109,7 @@ impl Subscription {
             .r#type(kind)
             .set_sequence_number(sequence)
             .build()
-            .unwrap_or_else(|_| unreachable!("the starting position's type is always set"))
+            .map_err(|error| StreamError::Invalid(error.to_string()))
     }
 
     async fn subscribe(
@@ -1128,7 +1128,7 @@ impl Subscription {
             .subscribe_to_shard()
             .consumer_arn(&self.consumer_arn)
             .shard_id(&self.shard)
-            .starting_position(self.starting_position())
+            .starting_position(self.starting_position()?)
             .send()
             .await
         {
@@ -1166,6 +1166,7 @@ impl Subscription {
     ) -> Ended {
         let renew_at = tokio::time::Instant::now() + self.backend.options.resubscribe_after;
         let mut delivered = false;
+        let mut millis_behind = None;
         loop {
             let event = match tokio::time::timeout_at(renew_at, events.recv()).await {
                 Err(_) | Ok(Ok(None)) => return Ended::Renew,
@@ -1204,7 +1205,10 @@ impl Subscription {
                     && event.millis_behind_latest() == 0
                     && self.end_check_due()
                     && self.read_to_end().await);
-            if !records.is_empty()
+            // Empty events are handed over only when they change how far behind the reader is.
+            let behind_changed = millis_behind != Some(event.millis_behind_latest());
+            millis_behind = Some(event.millis_behind_latest());
+            if (!records.is_empty() || behind_changed)
                 && sender
                     .send(Delivery::Records {
                         records,

@@ -151,3 +151,37 @@ async fn enhanced_fan_out_reads_in_order_across_renewals_to_the_end_of_a_split_s
     backend.delete_stream(&name).await?;
     Ok(())
 }
+
+/// `update_stream` reshards with `UpdateShardCount`; a polling reader of a parent gets every
+/// record written before, then the shard's end, and the children name their parents.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_polling_reader_reaches_the_end_of_a_shard_closed_by_update_shard_count()
+-> anyhow::Result<()> {
+    let Some(server) = testkit::kinesis_local::shared("kinesis_local::update_shard_count") else {
+        return Ok(());
+    };
+    let backend = KinesisBackend::new(&server.sdk_config().await).with_options(options());
+    let name = testkit::unique_name("scale");
+    backend.create_stream(&spec(&name, 1, 24)).await?;
+    let parent = backend.list_shards(&name).await?.remove(0).id;
+    put(&backend, &name, 0, 20).await?;
+    let mut reader = backend
+        .open_reader(&name, &parent, StartPosition::TrimHorizon)
+        .await?;
+
+    let scaled = backend.update_stream(&spec(&name, 2, 24)).await?;
+    assert_eq!(scaled.shard_count, 2);
+    put(&backend, &name, 20, 30).await?;
+    let (records, ended) = read_until(reader.as_mut(), usize::MAX).await?;
+    assert!(ended, "the parent reports its end");
+    assert_eq!(texts(&records), numbers(0..20));
+    let shards = backend.list_shards(&name).await?;
+    let children: Vec<_> = shards.iter().filter(|shard| !shard.closed).collect();
+    assert_eq!(children.len(), 2, "{shards:?}");
+    assert!(
+        children.iter().all(|child| child.parents.contains(&parent)),
+        "{shards:?}"
+    );
+    backend.delete_stream(&name).await?;
+    Ok(())
+}
