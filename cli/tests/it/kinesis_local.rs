@@ -19,6 +19,8 @@ use crate::lifecycle::{
 /// Events published, in batches, while the GES is resharded.
 const EVENTS: usize = 600;
 const BATCH: usize = 50;
+/// Records the engine reads per call.
+const READ_BATCH: usize = 20;
 /// Partition keys (user ids): each key's events must reach the stream in publish order, which
 /// they do only when every parent shard is finished before its children are read.
 const KEYS: usize = 8;
@@ -35,6 +37,9 @@ fn env(server: &KinesisLocal, ges: &str, read: &str) -> Vec<(&'static str, Strin
         ("FANNER__STREAMS__GES", ges.to_owned()),
         ("FANNER__STREAMS__GES_SHARDS", "2".to_owned()),
         ("FANNER__STREAMS__KINESIS__READ", read.to_owned()),
+        // Small reads keep the engine behind the publisher, so a parent still has records to
+        // deliver when its children take new ones: reading a child early would show.
+        ("FANNER__ENGINE__READ_BATCH", READ_BATCH.to_string()),
     ]
     .into_iter()
     .chain(server.env())
