@@ -13,7 +13,7 @@ use testkit::kinesis_local::{KinesisLocal, merge_shards, split_shard};
 
 use crate::Server;
 use crate::lifecycle::{
-    EVENT, http_get, lake_ids, set_up, stream_envelopes, until_complete, wait_until,
+    EVENT, http_get, lake_ids, set_up, shards_held, stream_envelopes, until_complete, wait_until,
 };
 
 /// Events published, in batches, while the GES is resharded.
@@ -207,4 +207,64 @@ fn a_split_and_a_merge_while_publishing_lose_nothing_by_polling() {
 #[test]
 fn a_split_and_a_merge_while_publishing_lose_nothing_by_enhanced_fan_out() {
     reshard_while_publishing("kinesis_local::resharding_efo", "efo");
+}
+
+/// Two replicas on one PostgreSQL reading the GES by enhanced fan-out; one is killed and the
+/// survivor subscribes to its shards as the same consumers once Kinesis lets the dead
+/// subscriptions go.
+#[test]
+fn a_replica_killed_mid_stream_hands_its_subscriptions_over() {
+    let test = "kinesis_local::replica_takeover_efo";
+    let Some(emulator) = testkit::kinesis_local::shared(test) else {
+        return;
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let Some(database) = runtime.block_on(testkit::postgres::fresh_database(test)) else {
+        return;
+    };
+    let lake = tempfile::tempdir().expect("lake dir");
+    let ges = testkit::unique_name("ges");
+    let mut env = env(emulator, &ges, "efo");
+    env.extend([
+        ("FANNER_DATABASE_URL", database),
+        ("FANNER__LAKE__SINK", "local".to_owned()),
+        (
+            "FANNER__LAKE__PATH",
+            lake.path().to_string_lossy().into_owned(),
+        ),
+    ]);
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let (dir_a, dir_b) = (
+        tempfile::tempdir().expect("temp dir"),
+        tempfile::tempdir().expect("temp dir"),
+    );
+    let a = Server::start_with(dir_a.path(), &env);
+    let b = Server::start_with(dir_b.path(), &env);
+    set_up(&a);
+    for group in ["fanner", "persister"] {
+        wait_until(
+            &format!("the replicas share the {group} job's shards 1 + 1"),
+            Duration::from_secs(60),
+            || shards_held(&a, group) == Some(1) && shards_held(&b, group) == Some(1),
+        );
+    }
+    let n = 300;
+    crate::lifecycle::publish(&a, n);
+    b.kill();
+    let killed = Instant::now();
+    wait_until(
+        "the survivor holds every shard of both jobs",
+        Duration::from_secs(60),
+        || shards_held(&a, "fanner") == Some(2) && shards_held(&a, "persister") == Some(2),
+    );
+    let (lake_took, stream_took) = until_complete(&a, lake.path(), n, killed);
+    assert!(
+        lake_ids(lake.path()).values().all(|&count| count == 1),
+        "every event is in the lake exactly once"
+    );
+    eprintln!("{test}: after kill -9, lake complete in {lake_took:?}, stream in {stream_took:?}");
+    a.stop();
 }

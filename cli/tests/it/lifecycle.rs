@@ -35,7 +35,7 @@ pub(crate) fn set_up(server: &Server) {
 }
 
 /// Publishes `n` events and returns once every one is acknowledged.
-fn publish(server: &Server, n: usize) {
+pub(crate) fn publish(server: &Server, n: usize) {
     let mut child = Command::new(FANNER)
         .arg("publish")
         .env("FANNER_ENDPOINT", &server.endpoint)
