@@ -146,6 +146,16 @@ pub struct StreamsConfig {
     pub backing_prefix: String,
     /// The embedded log's page cache, in MiB.
     pub embedded_cache_mb: usize,
+    /// How readers of the Kinesis backend get records (ignored by the embedded backend).
+    pub kinesis: KinesisConfig,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct KinesisConfig {
+    /// `polling`: the engine and the persister share each GES shard's 5 `GetRecords` calls a
+    /// second; `efo`: each has its own enhanced fan-out consumer (named after its lease group).
+    pub read: streams::kinesis::ReadMode,
 }
 
 impl Default for Config {
@@ -163,6 +173,9 @@ impl Default for Config {
                 ges_shards: 2,
                 backing_prefix: Settings::default().backing_prefix,
                 embedded_cache_mb: streams::embedded::DEFAULT_CACHE_BYTES / (1024 * 1024),
+                kinesis: KinesisConfig {
+                    read: streams::kinesis::ReadMode::Polling,
+                },
             },
             components: vec![Component::Api, Component::Engine, Component::Persister],
             engine: fanner::EngineConfig::default(),
@@ -230,22 +243,47 @@ fn init_logging(format: LogFormat) {
     }
 }
 
-async fn open_backend(config: &Config) -> anyhow::Result<Arc<dyn StreamBackend>> {
-    Ok(match config.streams.backend {
-        BackendKind::Embedded => {
-            let path = config.data_dir.join("streams.redb");
-            let options = streams::embedded::EmbeddedOptions {
-                cache_bytes: config.streams.embedded_cache_mb.saturating_mul(1024 * 1024),
-                ..Default::default()
-            };
-            Arc::new(
-                streams::embedded::EmbeddedBackend::open_with(&path, options).with_context(
-                    || format!("cannot open the embedded stream store {}", path.display()),
-                )?,
-            )
+/// The backend, and how a reader role (its lease group) reads the GES through it.
+struct Backends {
+    shared: Arc<dyn StreamBackend>,
+    kinesis: Option<(streams::kinesis::KinesisBackend, streams::kinesis::ReadMode)>,
+}
+
+impl Backends {
+    /// The backend the shard jobs of `group` read the GES through: with `read = "efo"`, as an
+    /// enhanced fan-out consumer of that name.
+    fn for_readers(&self, group: &str) -> Arc<dyn StreamBackend> {
+        match &self.kinesis {
+            Some((kinesis, mode)) => Arc::new(kinesis.for_readers(*mode, group)),
+            None => self.shared.clone(),
         }
-        BackendKind::Kinesis => Arc::new(streams::kinesis::KinesisBackend::from_env().await),
+    }
+}
+
+async fn open_backend(config: &Config) -> anyhow::Result<Backends> {
+    if config.streams.backend == BackendKind::Kinesis {
+        let kinesis = streams::kinesis::KinesisBackend::from_env().await;
+        return Ok(Backends {
+            shared: Arc::new(kinesis.clone()),
+            kinesis: Some((kinesis, config.streams.kinesis.read)),
+        });
+    }
+    Ok(Backends {
+        shared: open_embedded(config)?,
+        kinesis: None,
     })
+}
+
+fn open_embedded(config: &Config) -> anyhow::Result<Arc<dyn StreamBackend>> {
+    let path = config.data_dir.join("streams.redb");
+    let options = streams::embedded::EmbeddedOptions {
+        cache_bytes: config.streams.embedded_cache_mb.saturating_mul(1024 * 1024),
+        ..Default::default()
+    };
+    Ok(Arc::new(
+        streams::embedded::EmbeddedBackend::open_with(&path, options)
+            .with_context(|| format!("cannot open the embedded stream store {}", path.display()))?,
+    ))
 }
 
 /// Creates `dir` (and missing parents) owner-only, and tightens it if it exists with a looser mode:
@@ -311,7 +349,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             .await
             .context("cannot open the SQLite store")?,
     };
-    let backend = open_backend(&config).await?;
+    let backends = open_backend(&config).await?;
+    let backend = backends.shared.clone();
     // Created by SQLite and redb with the default modes; the private dir already keeps others
     // out, and the files stay owner-only if the dir is ever copied or loosened.
     for file in [
@@ -367,7 +406,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         let link = Arc::new(cli::link::InProcess::new(control_plane.clone()));
         let engine = fanner::Engine::new(
             config.engine.clone(),
-            control_plane.backend().clone(),
+            backends.for_readers(fanner::config::LEASE_GROUP),
             Arc::new(control_plane.store().clone()),
             link.clone(),
             link.clone(),
@@ -405,7 +444,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         let sink = open_lake(&config).await?;
         let persister = persister::Persister::new(
             &config.persister,
-            control_plane.backend().clone(),
+            backends.for_readers(persister::GROUP),
             Arc::new(control_plane.store().clone()),
             sink,
         )

@@ -27,6 +27,7 @@ async fn main() {
             min_poll_gap: Duration::from_millis(20),
             idle_poll: Duration::from_millis(50),
             read_attempts: 6,
+            ..KinesisOptions::default()
         }),
     );
     // One GES shard: moto's PutRecords loses records when two calls write one shard at once,

@@ -2,9 +2,12 @@
 //!
 //! Streams are provisioned (a shard count), scaled with `UpdateShardCount` (uniform scaling, in
 //! the at-most-doubling or halving steps Kinesis allows). Readers poll `GetRecords` with the shard
-//! iterator kept between calls, never more often than five calls a second per shard.
+//! iterator kept between calls, never more often than five calls a second per shard, shared by
+//! every poller of the shard in this process ([`ReadMode::Polling`]); or each reader role has its
+//! own enhanced fan-out consumer that Kinesis pushes records to ([`ReadMode::Efo`], see
+//! [`KinesisBackend::with_enhanced_fan_out`]), with its own 2 MB/s per shard and no call budget.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::fmt::Debug;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -15,11 +18,14 @@ use aws_sdk_kinesis::Client;
 use aws_sdk_kinesis::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_kinesis::primitives::Blob;
 use aws_sdk_kinesis::types::{
-    PutRecordsRequestEntry, ScalingType, ShardIteratorType, StreamStatus,
+    ConsumerStatus, PutRecordsRequestEntry, ScalingType, ShardIteratorType, StartingPosition,
+    StreamStatus, SubscribeToShardEventStream,
 };
 use bytes::Bytes;
 use chrono::DateTime;
 use rand::Rng;
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
 
 use crate::{
     PutFailure, PutOutcome, PutRecord, ReadBatch, Record, Result, Shard, ShardReader,
@@ -45,8 +51,23 @@ pub struct KinesisOptions {
     pub min_poll_gap: Duration,
     /// How long a reader waits after an empty batch before polling again.
     pub idle_poll: Duration,
-    /// `GetRecords` calls a reader makes for one batch when throttled, before giving up.
+    /// `GetRecords` calls a reader makes for one batch when throttled, before giving up; also
+    /// the `SubscribeToShard` attempts in a row an enhanced fan-out reader makes before it fails.
     pub read_attempts: u32,
+    /// How long one `SubscribeToShard` subscription is read before the reader subscribes again
+    /// from where it is. Kinesis ends a subscription after five minutes itself.
+    pub resubscribe_after: Duration,
+}
+
+/// How the readers of a [`KinesisBackend`] get records: `[streams.kinesis] read` in `fanner serve`.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ReadMode {
+    /// `GetRecords`, at most 5 calls a second per shard shared by every reader of the shard.
+    #[default]
+    Polling,
+    /// Enhanced fan-out: `SubscribeToShard` with a consumer per reader role, 2 MB/s each.
+    Efo,
 }
 
 impl Default for KinesisOptions {
@@ -56,6 +77,7 @@ impl Default for KinesisOptions {
             min_poll_gap: Duration::from_millis(200),
             idle_poll: Duration::from_secs(1),
             read_attempts: 6,
+            resubscribe_after: Duration::from_secs(300),
         }
     }
 }
@@ -66,6 +88,12 @@ pub struct KinesisBackend {
     client: Client,
     options: KinesisOptions,
     budget: Arc<ReadBudget>,
+    /// The enhanced fan-out consumer readers of this handle subscribe as; `None`: they poll.
+    consumer: Option<Arc<str>>,
+    /// Consumer ARNs by stream ARN and consumer name, registered once per process.
+    consumers: Arc<Mutex<HashMap<(String, String), String>>>,
+    /// Shards with a live subscription in this process, by stream, shard and consumer.
+    subscribed: Claims,
 }
 
 /// Turns at `GetRecords` per shard, shared by every reader of this backend: each call takes the
@@ -106,6 +134,30 @@ impl KinesisBackend {
             client,
             options: KinesisOptions::default(),
             budget: Arc::default(),
+            consumer: None,
+            consumers: Arc::default(),
+            subscribed: Arc::default(),
+        }
+    }
+
+    /// The same backend whose readers use enhanced fan-out as the consumer `consumer` (a reader
+    /// role, such as the engine's lease group), registered on each stream on first use. Every
+    /// process of one role shares the consumer. Kinesis allows one subscription per consumer and
+    /// shard: a second reader of a shard in this process (the engine's cursor of a stream that
+    /// fell behind) polls while the first is subscribed.
+    pub fn with_enhanced_fan_out(&self, consumer: &str) -> Self {
+        Self {
+            consumer: Some(Arc::from(consumer)),
+            ..self.clone()
+        }
+    }
+
+    /// This backend for a reader role under `mode`: itself when polling, else
+    /// [`with_enhanced_fan_out`](Self::with_enhanced_fan_out) as `consumer`.
+    pub fn for_readers(&self, mode: ReadMode, consumer: &str) -> Self {
+        match mode {
+            ReadMode::Polling => self.clone(),
+            ReadMode::Efo => self.with_enhanced_fan_out(consumer),
         }
     }
 
@@ -315,6 +367,65 @@ impl KinesisBackend {
         }
     }
 
+    /// The ARN of `consumer` on `stream`, registered (idempotently: an existing one is looked up)
+    /// and active.
+    async fn consumer_arn(&self, stream: &str, consumer: &str) -> Result<String> {
+        let Some((description, _)) = self.summary(stream).await? else {
+            return Err(StreamError::NotFound(stream.to_owned()));
+        };
+        let key = (description.backing_id.clone(), consumer.to_owned());
+        if let Some(arn) = self.lock_consumers().get(&key) {
+            return Ok(arn.clone());
+        }
+        let registered = self
+            .client
+            .register_stream_consumer()
+            .stream_arn(&description.backing_id)
+            .consumer_name(consumer)
+            .send()
+            .await;
+        match registered {
+            Ok(_) => tracing::info!(stream, consumer, "Registered an enhanced fan-out consumer."),
+            Err(error) if error.code() == Some("ResourceInUseException") => {}
+            Err(error) => return Err(map_error(stream, error)),
+        }
+        let deadline = Instant::now() + self.options.settle_timeout;
+        let mut pause = Duration::from_millis(50);
+        loop {
+            let described = self
+                .client
+                .describe_stream_consumer()
+                .stream_arn(&description.backing_id)
+                .consumer_name(consumer)
+                .send()
+                .await
+                .map_err(|error| map_error(stream, error))?;
+            let Some(found) = described.consumer_description() else {
+                return Err(StreamError::Backend(format!(
+                    "DescribeStreamConsumer for {consumer:?} on {stream:?} returned no description"
+                )));
+            };
+            if *found.consumer_status() == ConsumerStatus::Active {
+                let arn = found.consumer_arn().to_owned();
+                self.lock_consumers().insert(key, arn.clone());
+                return Ok(arn);
+            }
+            if Instant::now() + pause > deadline {
+                return Err(StreamError::Backend(format!(
+                    "consumer {consumer:?} of stream {stream:?} did not become active"
+                )));
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_secs(2));
+        }
+    }
+
+    fn lock_consumers(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), String>> {
+        self.consumers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     /// Tells a missing stream from a missing shard.
     async fn missing(&self, stream: &str, shard: &str) -> StreamError {
         match self.summary(stream).await {
@@ -455,6 +566,20 @@ impl StreamBackend for KinesisBackend {
         shard: &str,
         from: StartPosition,
     ) -> Result<Box<dyn ShardReader>> {
+        if let Some(consumer) = &self.consumer {
+            let key = (stream.to_owned(), shard.to_owned(), consumer.to_string());
+            if let Some(claim) = SubscriptionClaim::take(&self.subscribed, key) {
+                let consumer_arn = self.consumer_arn(stream, consumer).await?;
+                return Ok(Box::new(SubscribedReader::start(
+                    self.clone(),
+                    stream,
+                    shard,
+                    from,
+                    consumer_arn,
+                    claim,
+                )));
+            }
+        }
         let iterator = self.shard_iterator(stream, shard, &from).await?;
         Ok(Box::new(KinesisReader {
             backend: self.clone(),
@@ -628,19 +753,7 @@ impl ShardReader for KinesisReader {
                     }
                 },
             };
-            let records = output
-                .records()
-                .iter()
-                .map(|record| Record {
-                    sequence: record.sequence_number().to_owned(),
-                    partition_key: record.partition_key().unwrap_or_default().to_owned(),
-                    data: Bytes::copy_from_slice(record.data().as_ref()),
-                    arrival_time: record
-                        .approximate_arrival_timestamp()
-                        .and_then(|time| time.to_millis().ok())
-                        .and_then(DateTime::from_timestamp_millis),
-                })
-                .collect::<Vec<_>>();
+            let records = output.records().iter().map(record).collect::<Vec<_>>();
             if let Some(last) = records.last() {
                 self.last_sequence = Some(last.sequence.clone());
             }
@@ -667,6 +780,450 @@ impl ShardReader for KinesisReader {
         };
         let until = poll_at.min(Instant::now() + max_wait);
         tokio::time::sleep_until(until.into()).await;
+    }
+}
+
+fn record(record: &aws_sdk_kinesis::types::Record) -> Record {
+    Record {
+        sequence: record.sequence_number().to_owned(),
+        partition_key: record.partition_key().unwrap_or_default().to_owned(),
+        data: Bytes::copy_from_slice(record.data().as_ref()),
+        arrival_time: record
+            .approximate_arrival_timestamp()
+            .and_then(|time| time.to_millis().ok())
+            .and_then(DateTime::from_timestamp_millis),
+    }
+}
+
+/// What the subscription task of a [`SubscribedReader`] hands over, in order.
+enum Delivery {
+    Records {
+        records: Vec<Record>,
+        millis_behind: i64,
+    },
+    /// The shard is closed and every record was delivered.
+    End,
+    /// The subscription failed for good; the task has stopped.
+    Failed(StreamError),
+}
+
+/// A shard read by enhanced fan-out. A task holds the `SubscribeToShard` event stream, subscribes
+/// again every `resubscribe_after` and after an error from just after the last record delivered
+/// (or, before any, from the last continuation sequence number of a `Latest` start), and hands
+/// events over through a short queue, so a slow reader holds Kinesis back rather than buffering.
+struct SubscribedReader {
+    deliveries: mpsc::Receiver<Delivery>,
+    pending: VecDeque<Record>,
+    millis_behind: Option<i64>,
+    /// The shard's end was delivered; once `pending` is empty, every batch says so.
+    ended: bool,
+    failed: Option<StreamError>,
+    task: tokio::task::AbortHandle,
+    stream: String,
+    shard: String,
+    _claim: SubscriptionClaim,
+}
+
+/// Shards with a live subscription in one process: (stream, shard, consumer).
+type Claims = Arc<Mutex<HashSet<(String, String, String)>>>;
+
+/// A shard subscribed to by a consumer in this process, released on drop.
+struct SubscriptionClaim {
+    claims: Claims,
+    key: (String, String, String),
+}
+
+impl SubscriptionClaim {
+    /// The claim on `key`, unless another reader holds it.
+    fn take(claims: &Claims, key: (String, String, String)) -> Option<Self> {
+        let fresh = claims
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(key.clone());
+        fresh.then(|| Self {
+            claims: claims.clone(),
+            key,
+        })
+    }
+}
+
+impl Drop for SubscriptionClaim {
+    fn drop(&mut self) {
+        self.claims
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&self.key);
+    }
+}
+
+/// Events a subscription task may get ahead of its reader.
+const SUBSCRIPTION_QUEUE: usize = 2;
+
+impl SubscribedReader {
+    fn start(
+        backend: KinesisBackend,
+        stream: &str,
+        shard: &str,
+        from: StartPosition,
+        consumer_arn: String,
+        claim: SubscriptionClaim,
+    ) -> Self {
+        let (sender, deliveries) = mpsc::channel(SUBSCRIPTION_QUEUE);
+        let subscription = Subscription {
+            backend,
+            stream: stream.to_owned(),
+            shard: shard.to_owned(),
+            consumer_arn,
+            start: from,
+            last_sequence: None,
+            continuation: None,
+            end_checked: None,
+        };
+        let task = tokio::spawn(subscription.run(sender)).abort_handle();
+        Self {
+            deliveries,
+            pending: VecDeque::new(),
+            millis_behind: None,
+            ended: false,
+            failed: None,
+            task,
+            stream: stream.to_owned(),
+            shard: shard.to_owned(),
+            _claim: claim,
+        }
+    }
+
+    fn absorb(&mut self, delivery: Delivery) {
+        match delivery {
+            Delivery::Records {
+                records,
+                millis_behind,
+            } => {
+                self.pending.extend(records);
+                self.millis_behind = Some(millis_behind);
+            }
+            Delivery::End => {
+                self.ended = true;
+                self.millis_behind = Some(0);
+            }
+            Delivery::Failed(error) => self.failed = Some(error),
+        }
+    }
+}
+
+impl Drop for SubscribedReader {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+#[async_trait]
+impl ShardReader for SubscribedReader {
+    async fn next_batch(&mut self, limit: usize) -> Result<ReadBatch> {
+        let limit = limit.max(1);
+        while self.pending.len() < limit && !self.ended && self.failed.is_none() {
+            match self.deliveries.try_recv() {
+                Ok(delivery) => self.absorb(delivery),
+                Err(mpsc::error::TryRecvError::Empty) => break,
+                Err(mpsc::error::TryRecvError::Disconnected) => {
+                    self.failed = Some(StreamError::Backend(format!(
+                        "the subscription to shard {:?} of stream {:?} ended",
+                        self.shard, self.stream
+                    )));
+                }
+            }
+        }
+        // Records delivered before a failure are handed out first.
+        if self.pending.is_empty()
+            && let Some(error) = self.failed.take()
+        {
+            return Err(error);
+        }
+        let take = limit.min(self.pending.len());
+        let records: Vec<Record> = self.pending.drain(..take).collect();
+        Ok(ReadBatch {
+            records,
+            millis_behind: self.millis_behind,
+            shard_end: self.ended && self.pending.is_empty(),
+        })
+    }
+
+    async fn wait_for_records(&mut self, max_wait: Duration) {
+        if !self.pending.is_empty() || self.ended || self.failed.is_some() {
+            return;
+        }
+        // `recv` is cancel-safe: a wait cut short by the caller loses nothing.
+        if let Ok(Some(delivery)) = tokio::time::timeout(max_wait, self.deliveries.recv()).await {
+            self.absorb(delivery);
+        }
+    }
+}
+
+/// One shard's `SubscribeToShard` subscriptions, one after the other, and the position they
+/// continue from.
+struct Subscription {
+    backend: KinesisBackend,
+    stream: String,
+    shard: String,
+    consumer_arn: String,
+    start: StartPosition,
+    /// The last record handed over; nothing at or before it is handed over again.
+    last_sequence: Option<String>,
+    /// The latest event's continuation sequence number.
+    continuation: Option<String>,
+    /// When the shard's end was last checked with `GetRecords`.
+    end_checked: Option<Instant>,
+}
+
+/// How often an idle subscription checks whether its shard is closed and read to its end.
+const END_CHECK_EVERY: Duration = Duration::from_secs(5);
+
+/// How long subscribing may keep failing before the reader fails: a shard's previous
+/// subscription by the same consumer (another process's, before a takeover, or this reader's own,
+/// just renewed) holds it for up to five seconds.
+const SUBSCRIBE_PATIENCE: Duration = Duration::from_secs(30);
+
+/// How one subscription ended.
+enum Ended {
+    /// Read for `resubscribe_after`, closed by Kinesis, or failed after handing events over:
+    /// subscribe again.
+    Renew,
+    /// The reader is gone or the shard's end was handed over.
+    Done,
+    Error(StreamError),
+}
+
+impl Subscription {
+    async fn run(mut self, sender: mpsc::Sender<Delivery>) {
+        let floor = self
+            .backend
+            .options
+            .min_poll_gap
+            .max(Duration::from_millis(50));
+        let mut failures = 0;
+        let mut failing_since: Option<Instant> = None;
+        loop {
+            let ended = match self.subscribe().await {
+                Ok(events) => self.read(events, &sender).await,
+                Err(error) => Ended::Error(error),
+            };
+            let error = match ended {
+                Ended::Done => return,
+                Ended::Renew => {
+                    failures = 0;
+                    failing_since = None;
+                    continue;
+                }
+                Ended::Error(error) => error,
+            };
+            let since = *failing_since.get_or_insert_with(Instant::now);
+            if !error.is_transient() || since.elapsed() > SUBSCRIBE_PATIENCE {
+                let _ = sender.send(Delivery::Failed(error)).await;
+                return;
+            }
+            failures += 1;
+            let ceiling = (floor * (1 << failures.min(6))).min(Duration::from_secs(2));
+            let pause = Duration::from_millis(rand::rng().random_range(
+                u64::try_from(floor.as_millis()).unwrap_or(0)
+                    ..=u64::try_from(ceiling.as_millis()).unwrap_or(0),
+            ));
+            tracing::debug!(
+                stream = %self.stream,
+                shard = %self.shard,
+                error = %error,
+                pause_ms = pause.as_millis() as u64,
+                "Subscription to a shard failed; subscribing again."
+            );
+            tokio::time::sleep(pause).await;
+        }
+    }
+
+    /// Whether an idle subscription may check for the shard's end again (once per
+    /// [`END_CHECK_EVERY`]).
+    fn end_check_due(&mut self) -> bool {
+        let now = Instant::now();
+        let due = self
+            .end_checked
+            .is_none_or(|checked| now.duration_since(checked) >= END_CHECK_EVERY);
+        if due {
+            self.end_checked = Some(now);
+        }
+        due
+    }
+
+    /// Whether the shard is closed and read to its end: an iterator just after what was handed
+    /// over returns no records and no next iterator. A failed check counts as not ended.
+    async fn read_to_end(&self) -> bool {
+        let from = match &self.last_sequence {
+            Some(sequence) => StartPosition::AfterSequence(sequence.clone()),
+            None => self.start.clone(),
+        };
+        let Ok(Some(iterator)) = self
+            .backend
+            .shard_iterator(&self.stream, &self.shard, &from)
+            .await
+        else {
+            return false;
+        };
+        let slot = self.backend.budget.reserve(
+            &self.stream,
+            &self.shard,
+            Instant::now(),
+            self.backend.options.min_poll_gap,
+        );
+        tokio::time::sleep_until(slot.into()).await;
+        metrics::counter!("fanner_kinesis_get_records_total", "stream" => self.stream.clone(), "shard" => self.shard.clone())
+            .increment(1);
+        self.backend
+            .client
+            .get_records()
+            .shard_iterator(iterator)
+            .limit(1)
+            .send()
+            .await
+            .is_ok_and(|output| {
+                output.records().is_empty() && output.next_shard_iterator().is_none()
+            })
+    }
+
+    /// Where the next subscription starts: just after the last record handed over; before any,
+    /// where the reader was opened, except that a `Latest` start that has seen events goes on
+    /// from its continuation sequence number (a new `Latest` would skip what arrived between).
+    fn starting_position(&self) -> Result<StartingPosition> {
+        let (kind, sequence) = match (&self.last_sequence, &self.continuation, &self.start) {
+            (Some(sequence), _, _) | (None, Some(sequence), StartPosition::Latest) => (
+                ShardIteratorType::AfterSequenceNumber,
+                Some(sequence.clone()),
+            ),
+            (None, _, StartPosition::TrimHorizon) => (ShardIteratorType::TrimHorizon, None),
+            (None, _, StartPosition::Latest) => (ShardIteratorType::Latest, None),
+            (None, _, StartPosition::AfterSequence(sequence)) => (
+                ShardIteratorType::AfterSequenceNumber,
+                Some(sequence.clone()),
+            ),
+            (None, _, StartPosition::AtSequence(sequence)) => {
+                (ShardIteratorType::AtSequenceNumber, Some(sequence.clone()))
+            }
+        };
+        StartingPosition::builder()
+            .r#type(kind)
+            .set_sequence_number(sequence)
+            .build()
+            .map_err(|error| StreamError::Invalid(error.to_string()))
+    }
+
+    async fn subscribe(
+        &self,
+    ) -> Result<
+        aws_sdk_kinesis::primitives::event_stream::EventReceiver<
+            SubscribeToShardEventStream,
+            aws_sdk_kinesis::types::error::SubscribeToShardEventStreamError,
+        >,
+    > {
+        metrics::counter!("fanner_kinesis_subscriptions_total", "stream" => self.stream.clone(), "shard" => self.shard.clone())
+            .increment(1);
+        match self
+            .backend
+            .client
+            .subscribe_to_shard()
+            .consumer_arn(&self.consumer_arn)
+            .shard_id(&self.shard)
+            .starting_position(self.starting_position()?)
+            .send()
+            .await
+        {
+            Ok(output) => Ok(output.event_stream),
+            Err(error) => Err(self.error(error).await),
+        }
+    }
+
+    /// A failed subscription, as the reader reports it.
+    async fn error<E, R>(&self, error: SdkError<E, R>) -> StreamError
+    where
+        E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+        R: Debug,
+    {
+        match error.code() {
+            Some("ResourceNotFoundException") => {
+                self.backend.missing(&self.stream, &self.shard).await
+            }
+            // The shard's previous subscription by this consumer is still open: Kinesis lets it
+            // go within seconds.
+            Some("ResourceInUseException") => {
+                StreamError::Throttled(error.message().unwrap_or_default().to_owned())
+            }
+            _ => map_error(&self.stream, error),
+        }
+    }
+
+    async fn read(
+        &mut self,
+        mut events: aws_sdk_kinesis::primitives::event_stream::EventReceiver<
+            SubscribeToShardEventStream,
+            aws_sdk_kinesis::types::error::SubscribeToShardEventStreamError,
+        >,
+        sender: &mpsc::Sender<Delivery>,
+    ) -> Ended {
+        let renew_at = tokio::time::Instant::now() + self.backend.options.resubscribe_after;
+        let mut delivered = false;
+        let mut millis_behind = None;
+        loop {
+            let event = match tokio::time::timeout_at(renew_at, events.recv()).await {
+                Err(_) | Ok(Ok(None)) => return Ended::Renew,
+                Ok(Err(error)) => {
+                    let error = self.error(error).await;
+                    tracing::debug!(stream = %self.stream, shard = %self.shard, error = %error, "Subscription to a shard broke off.");
+                    return if delivered {
+                        Ended::Renew
+                    } else {
+                        Ended::Error(error)
+                    };
+                }
+                Ok(Ok(Some(SubscribeToShardEventStream::SubscribeToShardEvent(event)))) => event,
+                Ok(Ok(Some(_))) => continue,
+            };
+            delivered = true;
+            let records: Vec<Record> = event
+                .records()
+                .iter()
+                .map(record)
+                .filter(|record| {
+                    crate::cmp_position(self.last_sequence.as_deref(), Some(&record.sequence))
+                        .is_lt()
+                })
+                .collect();
+            if let Some(last) = records.last() {
+                self.last_sequence = Some(last.sequence.clone());
+            }
+            if !event.continuation_sequence_number().is_empty() {
+                self.continuation = Some(event.continuation_sequence_number().to_owned());
+            }
+            // Child shards come only with the last event of a closed shard. An emulator that never
+            // sends them leaves a caught-up, idle subscription: that is when to ask GetRecords.
+            let end = !event.child_shards().is_empty()
+                || (records.is_empty()
+                    && event.millis_behind_latest() == 0
+                    && self.end_check_due()
+                    && self.read_to_end().await);
+            // Empty events are handed over only when they change how far behind the reader is.
+            let behind_changed = millis_behind != Some(event.millis_behind_latest());
+            millis_behind = Some(event.millis_behind_latest());
+            if (!records.is_empty() || behind_changed)
+                && sender
+                    .send(Delivery::Records {
+                        records,
+                        millis_behind: event.millis_behind_latest(),
+                    })
+                    .await
+                    .is_err()
+            {
+                return Ended::Done;
+            }
+            if end {
+                let _ = sender.send(Delivery::End).await;
+                return Ended::Done;
+            }
+        }
     }
 }
 

@@ -10,11 +10,11 @@ use std::time::{Duration, Instant};
 
 use crate::{FANNER, Server, as_env};
 
-const EVENT: &str = "order_placed";
-const STREAM: &str = "order-audit";
+pub(crate) const EVENT: &str = "order_placed";
+pub(crate) const STREAM: &str = "order-audit";
 
 /// An event owned by the admin, and a stream of the admin's that subscribes to it.
-fn set_up(server: &Server) {
+pub(crate) fn set_up(server: &Server) {
     let admin = &server.admin_token;
     server.ok(
         admin,
@@ -35,7 +35,7 @@ fn set_up(server: &Server) {
 }
 
 /// Publishes `n` events and returns once every one is acknowledged.
-fn publish(server: &Server, n: usize) {
+pub(crate) fn publish(server: &Server, n: usize) {
     let mut child = Command::new(FANNER)
         .arg("publish")
         .env("FANNER_ENDPOINT", &server.endpoint)
@@ -59,7 +59,7 @@ fn publish(server: &Server, n: usize) {
 }
 
 /// Every event id in the lake's objects for [`EVENT`], with how often each occurs.
-fn lake_ids(lake: &Path) -> BTreeMap<String, usize> {
+pub(crate) fn lake_ids(lake: &Path) -> BTreeMap<String, usize> {
     let mut ids = BTreeMap::new();
     let mut dirs = vec![lake.join("events").join(EVENT)];
     while let Some(dir) = dirs.pop() {
@@ -96,6 +96,14 @@ fn lake_ids(lake: &Path) -> BTreeMap<String, usize> {
 
 /// The distinct event ids on [`STREAM`] (delivery is at least once: duplicates are allowed).
 fn stream_ids(server: &Server, n: usize) -> HashSet<String> {
+    stream_envelopes(server, n)
+        .into_iter()
+        .map(|envelope| envelope.event_id)
+        .collect()
+}
+
+/// What [`STREAM`] holds, shard by shard in order, up to `2 n` records.
+pub(crate) fn stream_envelopes(server: &Server, n: usize) -> Vec<api::EnvelopeView> {
     let output = server.run(
         &server.admin_token,
         &[
@@ -109,18 +117,17 @@ fn stream_ids(server: &Server, n: usize) -> HashSet<String> {
         ],
     );
     if !output.status.success() {
-        return HashSet::new();
+        return Vec::new();
     }
     String::from_utf8_lossy(&output.stdout)
         .lines()
         .filter_map(|line| serde_json::from_str::<api::EnvelopeView>(line).ok())
-        .map(|envelope| envelope.event_id)
         .collect()
 }
 
 /// Polls until `done` holds, up to `limit`.
 #[track_caller]
-fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
+pub(crate) fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
     let start = Instant::now();
     while !done() {
         assert!(start.elapsed() < limit, "timed out waiting until {what}");
@@ -130,7 +137,12 @@ fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
 
 /// Waits until the lake and the stream each hold all `n` events; how long after `since` each
 /// was first seen complete.
-fn until_complete(server: &Server, lake: &Path, n: usize, since: Instant) -> (Duration, Duration) {
+pub(crate) fn until_complete(
+    server: &Server,
+    lake: &Path,
+    n: usize,
+    since: Instant,
+) -> (Duration, Duration) {
     let (mut lake_at, mut stream_at) = (None, None);
     wait_until(
         "the lake and the stream hold every event",
@@ -260,7 +272,7 @@ fn one_data_dir_is_served_by_one_process() {
 }
 
 /// `GET path` on the server, the body as text.
-fn http_get(endpoint: &str, path: &str) -> String {
+pub(crate) fn http_get(endpoint: &str, path: &str) -> String {
     let address = endpoint.trim_start_matches("http://");
     let Ok(mut stream) = std::net::TcpStream::connect(address) else {
         return String::new();
@@ -276,7 +288,7 @@ fn http_get(endpoint: &str, path: &str) -> String {
 }
 
 /// The shards a replica holds in `group`, from its `/metrics`.
-fn shards_held(server: &Server, group: &str) -> Option<u32> {
+pub(crate) fn shards_held(server: &Server, group: &str) -> Option<u32> {
     let metrics = http_get(&server.endpoint, "/metrics");
     let prefix = format!("fanner_shards_held{{group=\"{group}\"}} ");
     metrics

@@ -3,6 +3,7 @@
 
 mod commands_history;
 mod history;
+mod kinesis_local;
 mod lifecycle;
 mod openapi;
 mod review;
@@ -25,21 +26,10 @@ pub fn kinesis_env(
         ("FANNER__STREAMS__BACKEND", "kinesis".to_owned()),
         ("FANNER__STREAMS__GES", ges.to_owned()),
         ("FANNER__STREAMS__GES_SHARDS", shards.to_string()),
-        ("AWS_ENDPOINT_URL", moto.endpoint().to_owned()),
-        ("AWS_ACCESS_KEY_ID", "testing".to_owned()),
-        ("AWS_SECRET_ACCESS_KEY", "testing".to_owned()),
-        ("AWS_REGION", "us-east-1".to_owned()),
-        ("AWS_EC2_METADATA_DISABLED", "true".to_owned()),
-        (
-            "AWS_REQUEST_CHECKSUM_CALCULATION",
-            "when_required".to_owned(),
-        ),
-        (
-            "AWS_RESPONSE_CHECKSUM_VALIDATION",
-            "when_required".to_owned(),
-        ),
     ]
-    .into()
+    .into_iter()
+    .chain(testkit::aws_env(moto.endpoint()))
+    .collect()
 }
 
 /// `(name, value)` pairs as [`Server::start_with`] takes them.

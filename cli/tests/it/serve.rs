@@ -709,3 +709,19 @@ fn serve_terminates_tls_and_serves_a_replaced_certificate() {
         "the old certificate is no longer served"
     );
 }
+
+#[test]
+fn an_unknown_kinesis_read_mode_is_refused_by_name() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let refused = std::process::Command::new(FANNER)
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path())
+        .env("FANNER__STREAMS__KINESIS__READ", "push")
+        .output()
+        .expect("fanner serve runs");
+    assert_eq!(refused.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    for needle in ["STREAMS.KINESIS.READ", "`polling` or `efo`", "push"] {
+        assert!(stderr.contains(needle), "{stderr:?} should name {needle:?}");
+    }
+}

@@ -409,6 +409,7 @@ pub fn moto_options() -> KinesisOptions {
         min_poll_gap: Duration::from_millis(20),
         idle_poll: Duration::from_millis(50),
         read_attempts: 6,
+        ..KinesisOptions::default()
     }
 }
 

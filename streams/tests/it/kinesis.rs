@@ -18,6 +18,7 @@ fn quick() -> KinesisOptions {
         min_poll_gap: Duration::from_millis(10),
         idle_poll: Duration::from_millis(100),
         read_attempts: 6,
+        ..KinesisOptions::default()
     }
 }
 

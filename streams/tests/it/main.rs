@@ -1,8 +1,10 @@
 //! The stream backends against real storage: the embedded store in a temporary directory, and
-//! Kinesis on a moto server (`FANNER_IT=1` and `FANNER_MOTO_SERVER`).
+//! Kinesis on a moto server (`FANNER_IT=1` and `FANNER_MOTO_SERVER`) and on kinesis-local for
+//! resharding and enhanced fan-out (`FANNER_KINESIS_LOCAL`).
 
 mod embedded;
 mod kinesis;
+mod kinesis_local;
 mod story;
 
 use std::collections::BTreeMap;
