@@ -427,7 +427,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         });
         let hydrator = hydrator::Hydrator::new(
             hydrator_config(&config),
-            control_plane.backend().clone(),
+            backends.for_readers(hydrator::GROUP),
             Arc::new(control_plane.store().clone()),
             open_lake(&config).await?,
             link.clone(),
