@@ -8,6 +8,9 @@ use regex::Regex;
 
 use crate::Classification;
 
+pub mod filter;
+pub mod redact;
+
 /// Names of events, streams and principals.
 pub const NAME_PATTERN: &str = "^[a-z][a-z0-9_.-]{0,127}$";
 pub const SHARD_COUNT_RANGE: std::ops::RangeInclusive<u32> = 1..=1024;

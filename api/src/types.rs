@@ -165,6 +165,47 @@ pub struct Grant {
     /// As of the moment the response was made.
     pub status: GrantStatus,
     pub revision: i64,
+    /// Fields removed or hashed in every delivery this grant allows (sorted).
+    #[serde(default)]
+    pub redact: Vec<String>,
+    #[serde(default)]
+    pub redact_mode: RedactMode,
+    /// Fields the event's schema marks as PII that this grantee may see anyway (sorted).
+    #[serde(default)]
+    pub include_pii: Vec<String>,
+}
+
+/// How a grant's `redact` fields reach the grantee.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum RedactMode {
+    /// The field is removed.
+    #[default]
+    Drop,
+    /// The field is replaced by an HMAC-SHA-256 token (lowercase hex) under a key the server
+    /// keeps per grant: equal values give equal tokens, so consumers can still join on them.
+    Hash,
+}
+
+impl RedactMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RedactMode::Drop => "drop",
+            RedactMode::Hash => "hash",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<RedactMode> {
+        [RedactMode::Drop, RedactMode::Hash]
+            .into_iter()
+            .find(|mode| mode.as_str() == s)
+    }
+}
+
+impl fmt::Display for RedactMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
@@ -174,6 +215,15 @@ pub struct CreateGrant {
     pub grantee: String,
     pub reason: String,
     pub expires_at: Option<DateTime<Utc>>,
+    /// Field paths: `user_id`, `device_id`, `trace_id`, `producer`, `attributes.<key>`,
+    /// `payload.<key>[.<key>...]`.
+    #[serde(default)]
+    pub redact: Vec<String>,
+    /// Defaults to `drop`.
+    #[serde(default)]
+    pub redact_mode: RedactMode,
+    #[serde(default)]
+    pub include_pii: Vec<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
@@ -182,6 +232,13 @@ pub struct UpdateGrant {
     pub reason: String,
     pub expires_at: Option<DateTime<Utc>>,
     pub revision: Option<i64>,
+    /// Replaces the grant's list (absent: none).
+    #[serde(default)]
+    pub redact: Vec<String>,
+    #[serde(default)]
+    pub redact_mode: RedactMode,
+    #[serde(default)]
+    pub include_pii: Vec<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
@@ -241,6 +298,45 @@ pub struct Subscription {
     pub revision: i64,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// Only events matching this pattern are delivered (`null`: all of them).
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub filter: Option<serde_json::Value>,
+    #[serde(default)]
+    pub delivery_format: DeliveryFormat,
+}
+
+/// What a consumer stream's records hold.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum DeliveryFormat {
+    /// The envelope, as on the GES (redaction applied).
+    #[default]
+    Envelope,
+    /// The payload bytes alone (redaction applied); the event id is the record's partition
+    /// key, the event name and the other envelope fields are not delivered.
+    Payload,
+}
+
+impl DeliveryFormat {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeliveryFormat::Envelope => "envelope",
+            DeliveryFormat::Payload => "payload",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<DeliveryFormat> {
+        [DeliveryFormat::Envelope, DeliveryFormat::Payload]
+            .into_iter()
+            .find(|format| format.as_str() == s)
+    }
+}
+
+impl fmt::Display for DeliveryFormat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
@@ -248,6 +344,14 @@ pub struct Subscription {
 pub struct CreateSubscription {
     pub stream: String,
     pub events: Vec<String>,
+    /// An EventBridge-style pattern over envelope fields, `attributes` and JSON `payload`
+    /// fields (see `api::rules::filter`); absent or `null`: every event.
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub filter: Option<serde_json::Value>,
+    /// Defaults to `envelope`.
+    #[serde(default)]
+    pub delivery_format: DeliveryFormat,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
@@ -255,6 +359,13 @@ pub struct CreateSubscription {
 pub struct UpdateSubscription {
     pub events: Vec<String>,
     pub revision: Option<i64>,
+    /// An EventBridge-style pattern over envelope fields, `attributes` and JSON `payload`
+    /// fields (see `api::rules::filter`); absent or `null`: every event.
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub filter: Option<serde_json::Value>,
+    #[serde(default)]
+    pub delivery_format: DeliveryFormat,
 }
 
 /// A dry run of a subscription: would its owner be allowed to receive these events now?
@@ -265,6 +376,10 @@ pub struct UpdateSubscription {
 pub struct CheckSubscription {
     pub stream: String,
     pub events: Vec<String>,
+    /// Checked like a subscription's filter (400 when invalid).
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub filter: Option<serde_json::Value>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -311,6 +426,11 @@ pub struct AccessSubscription {
     pub owner: String,
     /// Whether the data plane delivers the event to this stream now.
     pub delivering: bool,
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub filter: Option<serde_json::Value>,
+    #[serde(default)]
+    pub delivery_format: DeliveryFormat,
 }
 
 /// Who can read an event, since when, granted by whom, and why.
@@ -511,6 +631,32 @@ pub struct RouteTarget {
     pub owner: String,
     /// Delivery must stop at this instant (the grant's expiry); `None` for the owner's own events.
     pub access_expires_at: Option<DateTime<Utc>>,
+    // What the engine does to each delivery (`fanner::gate`). All empty for the owner's own
+    // unfiltered envelope subscriptions, which get the GES bytes unchanged.
+    /// The subscription's filter pattern.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub filter: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "is_envelope")]
+    pub delivery_format: DeliveryFormat,
+    /// The fields the grant behind this target redacts: its `redact` list plus the schema's PII
+    /// fields it does not `include_pii` (sorted).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub redact: Vec<String>,
+    #[serde(default, skip_serializing_if = "is_drop")]
+    pub redact_mode: RedactMode,
+    /// The grant's HMAC key (hex) for `hash` mode. The route table is served only to admins
+    /// (the engine's principal); grants and the audit trail never show it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redact_key: Option<String>,
+}
+
+fn is_envelope(format: &DeliveryFormat) -> bool {
+    *format == DeliveryFormat::Envelope
+}
+
+fn is_drop(mode: &RedactMode) -> bool {
+    *mode == RedactMode::Drop
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
