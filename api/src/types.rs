@@ -622,7 +622,7 @@ pub struct StreamHealth {
 }
 
 /// Where one event goes: a stream whose owner may read it, through one subscription.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct RouteTarget {
     pub subscription_id: String,
     pub stream: String,

@@ -79,6 +79,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod dead_letter;
 pub mod engine;
+pub mod gate;
 pub mod link;
 pub mod router;
 pub mod routes;
