@@ -137,6 +137,20 @@ pub fn check_grant_expiry(
     }
 }
 
+/// A subscription's filter as stored: `None` for no filter (absent or JSON `null`); `Err`
+/// names the bad key and why ([`filter::Filter::compile`]).
+pub fn normalize_filter(
+    filter: Option<serde_json::Value>,
+) -> Result<Option<serde_json::Value>, String> {
+    match filter {
+        None | Some(serde_json::Value::Null) => Ok(None),
+        Some(pattern) => {
+            filter::Filter::compile(&pattern).map_err(|error| error.to_string())?;
+            Ok(Some(pattern))
+        }
+    }
+}
+
 /// Sorted, de-duplicated event names; `Err` names the first invalid one.
 pub fn normalize_events(events: &[String]) -> Result<Vec<String>, String> {
     if events.is_empty() {

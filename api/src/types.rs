@@ -208,7 +208,7 @@ impl fmt::Display for RedactMode {
     }
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateGrant {
     pub event: String,
@@ -226,7 +226,7 @@ pub struct CreateGrant {
     pub include_pii: Vec<String>,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateGrant {
     pub reason: String,
@@ -339,7 +339,7 @@ impl fmt::Display for DeliveryFormat {
     }
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateSubscription {
     pub stream: String,
@@ -354,7 +354,7 @@ pub struct CreateSubscription {
     pub delivery_format: DeliveryFormat,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateSubscription {
     pub events: Vec<String>,
@@ -371,7 +371,7 @@ pub struct UpdateSubscription {
 /// A dry run of a subscription: would its owner be allowed to receive these events now?
 /// When `stream` does not exist yet (it is created in the same `terraform apply`), the caller is
 /// taken as its future owner.
-#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CheckSubscription {
     pub stream: String,

@@ -121,6 +121,7 @@ async fn run(rate: u64, seconds: u64) {
         .create_subscription(&CreateSubscription {
             stream: "views".to_owned(),
             events: vec![EVENT.to_owned()],
+            ..Default::default()
         })
         .await
         .expect("subscription");

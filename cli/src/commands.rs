@@ -162,8 +162,19 @@ fn print_grant(conn: &Connection, grant: &Grant) -> anyhow::Result<()> {
         ("created", time(&grant.created_at)),
         ("expires", opt_time(&grant.expires_at)),
         ("status", status(grant.status).to_owned()),
+        ("redact", redaction(grant)),
+        ("include_pii", grant.include_pii.join(",")),
     ]);
     Ok(())
+}
+
+/// `payload.ssn,user_id (hash)`, or empty when the grant redacts nothing.
+fn redaction(grant: &Grant) -> String {
+    if grant.redact.is_empty() {
+        String::new()
+    } else {
+        format!("{} ({})", grant.redact.join(","), grant.redact_mode)
+    }
 }
 
 fn status(status: GrantStatus) -> &'static str {
@@ -174,22 +185,12 @@ fn status(status: GrantStatus) -> &'static str {
     }
 }
 
-pub async fn grant_create(
-    conn: &Connection,
-    event: String,
-    grantee: String,
-    reason: String,
-    expires_at: Option<DateTime<Utc>>,
-) -> anyhow::Result<ExitCode> {
-    rules::check_reason(&reason).map_err(anyhow::Error::msg)?;
-    let grant = client(conn)?
-        .create_grant(&CreateGrant {
-            event,
-            grantee,
-            reason,
-            expires_at,
-        })
-        .await?;
+pub async fn grant_create(conn: &Connection, body: CreateGrant) -> anyhow::Result<ExitCode> {
+    rules::check_reason(&body.reason).map_err(anyhow::Error::msg)?;
+    rules::redact::normalize_paths("--redact", &body.redact).map_err(anyhow::Error::msg)?;
+    rules::redact::normalize_paths("--include-pii", &body.include_pii)
+        .map_err(anyhow::Error::msg)?;
+    let grant = client(conn)?.create_grant(&body).await?;
     print_grant(conn, &grant)?;
     done()
 }
@@ -210,12 +211,14 @@ fn grant_rows(grants: &[Grant]) -> impl Iterator<Item = Vec<String>> + '_ {
             time(&g.created_at),
             opt_time(&g.expires_at),
             status(g.status).to_owned(),
+            redaction(g),
+            g.include_pii.join(","),
             g.reason.clone(),
         ]
     })
 }
 
-const GRANT_HEADER: [&str; 8] = [
+const GRANT_HEADER: [&str; 10] = [
     "id",
     "event",
     "grantee",
@@ -223,6 +226,8 @@ const GRANT_HEADER: [&str; 8] = [
     "created",
     "expires",
     "status",
+    "redact",
+    "include pii",
     "reason",
 ];
 
@@ -360,6 +365,15 @@ fn print_subscription(conn: &Connection, subscription: &Subscription) -> anyhow:
         ("stream", subscription.stream.clone()),
         ("owner", subscription.owner.clone()),
         ("events", subscription.events.join(",")),
+        (
+            "filter",
+            subscription
+                .filter
+                .as_ref()
+                .map(|f| f.to_string())
+                .unwrap_or_default(),
+        ),
+        ("delivery_format", subscription.delivery_format.to_string()),
         ("status", subscription_status(subscription)),
         ("revision", subscription.revision.to_string()),
     ]);
@@ -378,9 +392,25 @@ pub async fn subscription_create(
     conn: &Connection,
     stream: String,
     events: Vec<String>,
+    filter: Option<String>,
+    delivery_format: DeliveryFormat,
 ) -> anyhow::Result<ExitCode> {
+    let filter = match filter {
+        None => None,
+        Some(text) => {
+            // The server's rules, checked before calling: the message names the bad key.
+            rules::filter::Filter::parse(&text)
+                .map_err(|error| anyhow::anyhow!("--filter: {error}"))?;
+            serde_json::from_str(&text).ok()
+        }
+    };
     let subscription = client(conn)?
-        .create_subscription(&CreateSubscription { stream, events })
+        .create_subscription(&CreateSubscription {
+            stream,
+            events,
+            filter,
+            delivery_format,
+        })
         .await?;
     print_subscription(conn, &subscription)?;
     done()
@@ -392,7 +422,11 @@ pub async fn subscription_check(
     events: Vec<String>,
 ) -> anyhow::Result<ExitCode> {
     let verdict = client(conn)?
-        .check_subscription(&CheckSubscription { stream, events })
+        .check_subscription(&CheckSubscription {
+            stream,
+            events,
+            ..Default::default()
+        })
         .await?;
     if conn.json {
         output::json(&verdict)?;
@@ -463,13 +497,22 @@ pub async fn access(conn: &Connection, event: &str) -> anyhow::Result<ExitCode> 
     table(&GRANT_HEADER, grant_rows(&view.grants));
     println!("\nSubscriptions:");
     table(
-        &["subscription", "stream", "owner", "delivering"],
+        &[
+            "subscription",
+            "stream",
+            "owner",
+            "delivering",
+            "format",
+            "filter",
+        ],
         view.subscriptions.iter().map(|s| {
             vec![
                 s.subscription_id.clone(),
                 s.stream.clone(),
                 s.owner.clone(),
                 if s.delivering { "yes" } else { "no" }.to_owned(),
+                s.delivery_format.to_string(),
+                s.filter.as_ref().map(|f| f.to_string()).unwrap_or_default(),
             ]
         }),
     );

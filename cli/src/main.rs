@@ -212,6 +212,16 @@ enum GrantCommand {
         /// RFC 3339; required for pii and restricted events, at most 365 days ahead.
         #[arg(long)]
         expires_at: Option<chrono::DateTime<chrono::Utc>>,
+        /// Comma-separated fields the grantee never sees: user_id, device_id, trace_id,
+        /// producer, attributes.KEY, payload.KEY[.KEY...].
+        #[arg(long, value_delimiter = ',')]
+        redact: Vec<String>,
+        /// drop (remove the fields) or hash (an HMAC-SHA-256 token per value, keyed per grant).
+        #[arg(long, default_value = "drop", value_parser = parse_redact_mode)]
+        redact_mode: api::RedactMode,
+        /// Comma-separated PII fields of the event's schema the grantee may see anyway.
+        #[arg(long, value_delimiter = ',')]
+        include_pii: Vec<String>,
     },
     /// Revoke a grant now; it stays listed as revoked.
     Revoke { id: String },
@@ -251,6 +261,14 @@ enum StreamCommand {
     List,
 }
 
+fn parse_redact_mode(raw: &str) -> Result<api::RedactMode, String> {
+    api::RedactMode::parse(raw).ok_or_else(|| format!("{raw:?} is not drop or hash"))
+}
+
+fn parse_delivery_format(raw: &str) -> Result<api::DeliveryFormat, String> {
+    api::DeliveryFormat::parse(raw).ok_or_else(|| format!("{raw:?} is not envelope or payload"))
+}
+
 fn parse_tag(raw: &str) -> Result<(String, String), String> {
     raw.split_once('=')
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
@@ -266,6 +284,13 @@ enum SubscriptionCommand {
         /// Comma-separated event names.
         #[arg(long, value_delimiter = ',', required = true)]
         events: Vec<String>,
+        /// Deliver only events matching this pattern (JSON, an EventBridge-pattern subset),
+        /// e.g. '{"payload":{"country":["US"]}}'.
+        #[arg(long)]
+        filter: Option<String>,
+        /// envelope (the event's envelope) or payload (the payload bytes alone).
+        #[arg(long, default_value = "envelope", value_parser = parse_delivery_format)]
+        delivery_format: api::DeliveryFormat,
     },
     /// Would the stream's owner be allowed these events? Writes nothing.
     Check {
@@ -419,7 +444,21 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 to,
                 reason,
                 expires_at,
-            } => commands::grant_create(&conn, event, to, reason, expires_at).await,
+                redact,
+                redact_mode,
+                include_pii,
+            } => {
+                let body = api::CreateGrant {
+                    event,
+                    grantee: to,
+                    reason,
+                    expires_at,
+                    redact,
+                    redact_mode,
+                    include_pii,
+                };
+                commands::grant_create(&conn, body).await
+            }
             GrantCommand::Revoke { id } => commands::grant_revoke(&conn, &id).await,
             GrantCommand::List { event, grantee } => {
                 commands::grant_list(&conn, event.as_deref(), grantee.as_deref()).await
@@ -450,8 +489,13 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             StreamCommand::List => commands::stream_list(&conn).await,
         },
         Command::Subscription(command) => match command {
-            SubscriptionCommand::Create { stream, events } => {
-                commands::subscription_create(&conn, stream, events).await
+            SubscriptionCommand::Create {
+                stream,
+                events,
+                filter,
+                delivery_format,
+            } => {
+                commands::subscription_create(&conn, stream, events, filter, delivery_format).await
             }
             SubscriptionCommand::Check { stream, events } => {
                 commands::subscription_check(&conn, stream, events).await

@@ -42,6 +42,7 @@ fn table(rng: &mut impl Rng) -> RouteTable {
                 backing_name: format!("fanner-stream-{s:03}"),
                 owner: format!("team-{}", s % 20),
                 access_expires_at: (s % 3 == 0).then(|| Utc::now() + chrono::Duration::days(30)),
+                ..Default::default()
             });
         }
     }

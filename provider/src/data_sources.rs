@@ -108,6 +108,21 @@ static ACCESS_SCHEMA: LazyLock<Schema> = LazyLock::new(|| Schema {
                     "When the grant was revoked (RFC 3339); null unless revoked.",
                 ),
                 Attr::computed("status", Ty::String, "`active`, `expired` or `revoked`."),
+                Attr::computed(
+                    "redact",
+                    Ty::set_of_strings(),
+                    "Fields the grantee never sees.",
+                ),
+                Attr::computed(
+                    "redact_mode",
+                    Ty::String,
+                    "`drop` or `hash`: how the `redact` fields are withheld.",
+                ),
+                Attr::computed(
+                    "include_pii",
+                    Ty::set_of_strings(),
+                    "PII fields of the event's schema the grantee may see anyway.",
+                ),
             ],
             "Every grant ever made on the event, oldest first.",
         ),
@@ -121,6 +136,16 @@ static ACCESS_SCHEMA: LazyLock<Schema> = LazyLock::new(|| Schema {
                     "delivering",
                     Ty::Bool,
                     "Whether the data plane delivers the event to this stream now.",
+                ),
+                Attr::computed(
+                    "filter",
+                    Ty::String,
+                    "The subscription's filter pattern (JSON); null when it takes every event.",
+                ),
+                Attr::computed(
+                    "delivery_format",
+                    Ty::String,
+                    "`envelope` or `payload`: what the stream's records hold.",
                 ),
             ],
             "The subscriptions that name the event.",
@@ -195,6 +220,11 @@ impl DataSource for AccessDataSource {
                         entry.set("stream", s.stream.as_str());
                         entry.set("owner", s.owner.as_str());
                         entry.set("delivering", s.delivering);
+                        entry.set(
+                            "filter",
+                            Value::opt_string(s.filter.as_ref().map(|f| f.to_string())),
+                        );
+                        entry.set("delivery_format", s.delivery_format.as_str());
                         entry.into_value()
                     })
                     .collect(),

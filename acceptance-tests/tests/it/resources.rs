@@ -149,6 +149,7 @@ resource "fanner_grant" "fraud_reads_signup" {{
                     reason: "Changed by hand.".to_owned(),
                     expires_at: Some(chrono::DateTime::parse_from_rfc3339(&second)?.into()),
                     revision: None,
+                    ..Default::default()
                 },
             )
             .await?;
@@ -340,6 +341,7 @@ resource "fanner_subscription" "signals" {{
                 &api::UpdateSubscription {
                     events: vec!["account_flagged".to_owned()],
                     revision: None,
+                    ..Default::default()
                 },
             )
             .await?;

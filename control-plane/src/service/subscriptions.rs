@@ -44,6 +44,7 @@ impl ControlPlane {
     ) -> Result<AccessVerdict, ApiError> {
         bad_request(rules::check_name("stream", &req.stream))?;
         let events = rules::normalize_events(&req.events).map_err(ApiError::BadRequest)?;
+        rules::normalize_filter(req.filter).map_err(ApiError::BadRequest)?;
         let now = self.now();
         let mut conn = self.conn().await?;
         let owner = match streams::get(&mut conn, &req.stream).await? {
@@ -80,6 +81,7 @@ impl ControlPlane {
                 )));
             }
             let events = rules::normalize_events(&req.events).map_err(ApiError::BadRequest)?;
+            let filter = rules::normalize_filter(req.filter).map_err(ApiError::BadRequest)?;
             require_access(m.conn(), &stream.owner, &events, now).await?;
             let subscription = Subscription {
                 id: uuid::Uuid::new_v4().to_string(),
@@ -91,6 +93,8 @@ impl ControlPlane {
                 revision: 1,
                 created_at: now,
                 updated_at: now,
+                filter,
+                delivery_format: req.delivery_format,
             };
             subscriptions::insert(m.conn(), &subscription).await?;
             Ok(
@@ -121,9 +125,12 @@ impl ControlPlane {
             }
             check_revision("subscription", id, req.revision, before.revision)?;
             let events = rules::normalize_events(&req.events).map_err(ApiError::BadRequest)?;
+            let filter = rules::normalize_filter(req.filter).map_err(ApiError::BadRequest)?;
             require_access(m.conn(), &before.owner, &events, now).await?;
             let after = Subscription {
                 events,
+                filter,
+                delivery_format: req.delivery_format,
                 revision: before.revision + 1,
                 updated_at: now,
                 ..before.clone()

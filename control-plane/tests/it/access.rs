@@ -31,6 +31,7 @@ async fn who_can_read_an_event(db: Db) {
             grantee: "fraud".to_owned(),
             reason: "Fraud scoring at signup.".to_owned(),
             expires_at: Some(expires),
+            ..Default::default()
         })
         .await
         .expect("grant");
@@ -40,6 +41,7 @@ async fn who_can_read_an_event(db: Db) {
             grantee: "ads".to_owned(),
             reason: "Attribution.".to_owned(),
             expires_at: Some(expires),
+            ..Default::default()
         })
         .await
         .expect("grant");
@@ -57,6 +59,7 @@ async fn who_can_read_an_event(db: Db) {
             .create_subscription(&CreateSubscription {
                 stream: stream.to_owned(),
                 events: vec!["user_signed_up".to_owned()],
+                ..Default::default()
             })
             .await
             .expect("subscription");

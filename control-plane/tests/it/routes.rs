@@ -31,6 +31,7 @@ async fn route_table_follows_grants(db: Db) {
             grantee: "fraud".to_owned(),
             reason: "Scoring.".to_owned(),
             expires_at: Some(expires),
+            ..Default::default()
         })
         .await
         .expect("grant");
@@ -47,6 +48,7 @@ async fn route_table_follows_grants(db: Db) {
         .create_subscription(&CreateSubscription {
             stream: "fraud-signals".to_owned(),
             events: vec!["user_signed_up".to_owned()],
+            ..Default::default()
         })
         .await
         .expect("subscription");
@@ -67,6 +69,7 @@ async fn route_table_follows_grants(db: Db) {
                 backing_name: "fanner-fraud-signals".to_owned(),
                 owner: "fraud".to_owned(),
                 access_expires_at: Some(expires),
+                ..Default::default()
             }],
         }]
     );

@@ -139,6 +139,7 @@ async fn stream_lifecycle(db: Db) {
         .create_subscription(&CreateSubscription {
             stream: "fraud-signals".to_owned(),
             events: vec![],
+            ..Default::default()
         })
         .await;
     assert_status(subscription, 400, "at least one event");
@@ -155,6 +156,7 @@ async fn stream_lifecycle(db: Db) {
         .create_subscription(&CreateSubscription {
             stream: "fraud-signals".to_owned(),
             events: vec!["fraud_flagged".to_owned()],
+            ..Default::default()
         })
         .await
         .expect("subscribe");
@@ -215,6 +217,7 @@ async fn subscription_access_checks(db: Db) {
             grantee: "fraud".to_owned(),
             reason: "Scoring.".to_owned(),
             expires_at: Some(soon),
+            ..Default::default()
         })
         .await
         .expect("grant");
@@ -224,6 +227,7 @@ async fn subscription_access_checks(db: Db) {
             grantee: "fraud".to_owned(),
             reason: "Scoring.".to_owned(),
             expires_at: Some(Utc::now() + Duration::seconds(30)),
+            ..Default::default()
         })
         .await
         .expect("grant");
@@ -252,6 +256,7 @@ async fn subscription_access_checks(db: Db) {
         .check_subscription(&CheckSubscription {
             stream: "fraud-signals".to_owned(),
             events: events.clone(),
+            ..Default::default()
         })
         .await
         .expect("check");
@@ -277,6 +282,7 @@ async fn subscription_access_checks(db: Db) {
         .create_subscription(&CreateSubscription {
             stream: "fraud-signals".to_owned(),
             events: events.clone(),
+            ..Default::default()
         })
         .await;
     let error = refused.expect_err("refused");
@@ -311,6 +317,7 @@ async fn subscription_access_checks(db: Db) {
     let subscribe = |events: &[&str]| CreateSubscription {
         stream: "fraud-signals".to_owned(),
         events: events.iter().map(|e| (*e).to_owned()).collect(),
+        ..Default::default()
     };
     assert_status(
         cards
@@ -339,6 +346,7 @@ async fn subscription_access_checks(db: Db) {
     let widen = UpdateSubscription {
         events: vec!["user_signed_up".to_owned(), "card_swiped".to_owned()],
         revision: Some(1),
+        ..Default::default()
     };
     assert_status(
         fraud.update_subscription(&created.id, &widen).await,
@@ -352,6 +360,7 @@ async fn subscription_access_checks(db: Db) {
     let narrow = UpdateSubscription {
         events: vec!["user_signed_up".to_owned()],
         revision: Some(1),
+        ..Default::default()
     };
     let narrowed = fraud
         .update_subscription(&created.id, &narrow)
@@ -373,6 +382,7 @@ async fn subscription_access_checks(db: Db) {
         .check_subscription(&CheckSubscription {
             stream: "fraud-signals".to_owned(),
             events: vec!["user_signed_up".to_owned()],
+            ..Default::default()
         })
         .await
         .expect("check");

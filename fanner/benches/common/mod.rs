@@ -116,6 +116,7 @@ impl Setup {
             CreateSubscription {
                 stream: "growth-own".to_owned(),
                 events: vec!["signup".to_owned()],
+                ..Default::default()
             },
         )
         .await

@@ -243,6 +243,7 @@ impl Harness {
                 CreateSubscription {
                     stream: stream.to_owned(),
                     events: events.iter().map(|e| (*e).to_owned()).collect(),
+                    ..Default::default()
                 },
             )
             .await
@@ -264,6 +265,7 @@ impl Harness {
                     grantee: grantee.to_owned(),
                     reason: "Testing delivery.".to_owned(),
                     expires_at,
+                    ..Default::default()
                 },
             )
             .await

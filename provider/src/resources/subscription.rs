@@ -1,8 +1,9 @@
 use std::sync::LazyLock;
 
+use api::rules::filter::Filter;
 use api::{
-    AccessProblem, CreateSubscription, DenialReason, GrantStatus, Subscription, SubscriptionStatus,
-    UpdateSubscription, rules,
+    AccessProblem, CreateSubscription, DeliveryFormat, DenialReason, GrantStatus, Subscription,
+    SubscriptionStatus, UpdateSubscription, rules,
 };
 
 use super::{
@@ -35,6 +36,28 @@ static SCHEMA: LazyLock<Schema> = LazyLock::new(|| Schema {
             Ty::set_of_strings(),
             "The names of the events to deliver to the stream. Changed in place.",
         ),
+        Attr::optional(
+            "filter",
+            Ty::String,
+            "Only events matching this pattern are delivered (JSON, e.g. `jsonencode({ payload = \
+             { country = [\"US\"], age = [{ numeric = [\">=\", 18] }] } })`): a subset of \
+             EventBridge event patterns. Keys address envelope fields (`event_id`, \
+             `event_name`, `producer`, `trace_id`, `user_id`, `device_id`, `content_type`), \
+             `attributes` and JSON `payload` fields by nesting; each field lists alternatives \
+             (OR): values, `{ prefix = \"..\" }`, `{ suffix = \"..\" }`, \
+             `{ \"anything-but\" = .. }`, `{ numeric = [\">\", 0, \"<=\", 100] }`, \
+             `{ exists = true }`; all fields must match (AND). At most 300 alternatives in all. \
+             A payload that is not JSON matches no payload key. Checked at plan time; changed \
+             in place.",
+        ),
+        Attr::optional_computed(
+            "delivery_format",
+            Ty::String,
+            "`envelope` (the event's envelope, as produced, with the grant's redaction) or \
+             `payload` (the payload bytes alone; the event id is the record's partition key, the \
+             event name and other envelope fields are not delivered). Changed in place.",
+        )
+        .default("envelope"),
         Attr::computed(
             "owner",
             Ty::String,
@@ -85,11 +108,28 @@ static LIST_SCHEMA: LazyLock<Schema> = LazyLock::new(|| Schema {
     ],
 });
 
-fn state_of(subscription: &Subscription) -> Obj {
+/// The subscription as state. `written_filter` is the filter text from the configuration or the
+/// prior state: it is kept when it is the same pattern as the API's, so formatting never shows
+/// as a diff.
+fn state_of(subscription: &Subscription, written_filter: Option<&str>) -> Obj {
     let mut state = SCHEMA.empty_object();
     state.set("id", subscription.id.as_str());
     state.set("stream", subscription.stream.as_str());
     state.set("events", subscription.events.clone());
+    let filter = match (&subscription.filter, written_filter) {
+        (Some(pattern), Some(written))
+            if serde_json::from_str::<serde_json::Value>(written)
+                .ok()
+                .as_ref()
+                == Some(pattern) =>
+        {
+            Value::string(written)
+        }
+        (Some(pattern), _) => Value::string(pattern.to_string()),
+        (None, _) => Value::Null,
+    };
+    state.set("filter", filter);
+    state.set("delivery_format", subscription.delivery_format.as_str());
     state.set("owner", subscription.owner.as_str());
     let status = match subscription.status {
         SubscriptionStatus::Active => "active",
@@ -115,6 +155,32 @@ fn resolved_by_this_plan(ctx: &Ctx, problem: &AccessProblem, owner: &str) -> boo
             ctx.pending.has_grant(&problem.event, owner)
         }
     }
+}
+
+/// The planned filter (parsed) and delivery format.
+fn gatekeeping(
+    obj: &Obj,
+    diags: &mut Diags,
+) -> Option<(Option<serde_json::Value>, DeliveryFormat)> {
+    let filter = match obj.str("filter") {
+        None => None,
+        Some(text) => match serde_json::from_str(text) {
+            Ok(pattern) => Some(pattern),
+            Err(error) => {
+                diags.error_at(
+                    "filter",
+                    "Invalid filter",
+                    format!("filter is not valid JSON: {error}"),
+                );
+                return None;
+            }
+        },
+    };
+    let format = obj
+        .str("delivery_format")
+        .and_then(DeliveryFormat::parse)
+        .unwrap_or_default();
+    Some((filter, format))
 }
 
 fn events(obj: &Obj, diags: &mut Diags) -> Option<Vec<String>> {
@@ -183,12 +249,29 @@ impl Resource for SubscriptionResource {
                         .str("event")
                         .is_none_or(|e| s.events.iter().any(|x| x == e))
             })
-            .map(state_of)
+            .map(|s| state_of(s, None))
             .collect()
     }
 
     fn validate(&self, config: &Obj, diags: &mut Diags) {
         check_str(config, "stream", diags, |v| rules::check_name("stream", v));
+        // The same rules as the API's, so a bad pattern or one over the budget fails the plan.
+        check_str(config, "filter", diags, |v| {
+            Filter::parse(v)
+                .map(|_| ())
+                .map_err(|error| error.to_string())
+        });
+        check_str(
+            config,
+            "delivery_format",
+            diags,
+            |v| match DeliveryFormat::parse(v) {
+                Some(_) => Ok(()),
+                None => Err(format!(
+                    "delivery_format must be \"envelope\" or \"payload\", not {v:?}"
+                )),
+            },
+        );
         let Some(items) = config.get("events").as_list() else {
             return;
         };
@@ -396,16 +479,19 @@ impl Resource for SubscriptionResource {
         diags
             .api_value(&format!("read subscription {id:?}"), found)?
             .as_ref()
-            .map(state_of)
+            .map(|subscription| state_of(subscription, state.str("filter")))
     }
 
     async fn create(&self, ctx: &Ctx, planned: &Obj, diags: &mut Diags) -> Option<Obj> {
         let client = ctx.client(diags)?;
         let stream = required_str(planned, "stream", diags)?;
         let events = events(planned, diags)?;
+        let (filter, delivery_format) = gatekeeping(planned, diags)?;
         let body = CreateSubscription {
             stream: stream.to_owned(),
             events,
+            filter,
+            delivery_format,
         };
         ctx.cache.invalidate().await;
         diags
@@ -413,7 +499,7 @@ impl Resource for SubscriptionResource {
                 &format!("subscribe stream {stream:?}"),
                 client.create_subscription(&body).await,
             )
-            .map(|subscription| state_of(&subscription))
+            .map(|subscription| state_of(&subscription, planned.str("filter")))
     }
 
     async fn update(
@@ -426,9 +512,12 @@ impl Resource for SubscriptionResource {
         let client = ctx.client(diags)?;
         let id = required_str(prior, "id", diags)?;
         let events = events(planned, diags)?;
+        let (filter, delivery_format) = gatekeeping(planned, diags)?;
         let body = UpdateSubscription {
             events,
             revision: prior.get("revision").as_i64(),
+            filter,
+            delivery_format,
         };
         ctx.cache.invalidate().await;
         diags
@@ -436,7 +525,7 @@ impl Resource for SubscriptionResource {
                 &format!("update subscription {id:?}"),
                 client.update_subscription(id, &body).await,
             )
-            .map(|subscription| state_of(&subscription))
+            .map(|subscription| state_of(&subscription, planned.str("filter")))
     }
 
     async fn delete(&self, ctx: &Ctx, prior: &Obj, diags: &mut Diags) {
