@@ -5,6 +5,7 @@ mod access;
 mod adoption;
 mod examples;
 mod expiry;
+mod gatekeeping;
 mod resources;
 
 /// An RFC 3339 instant `days` from now, at whole seconds.

@@ -1,6 +1,7 @@
 //! Drives the real `fanner` binary: `fanner serve` on a fresh data directory, and every command
 //! against it, checking output and exit codes as a user's script would.
 
+mod gatekeeping;
 mod lifecycle;
 mod openapi;
 mod review;

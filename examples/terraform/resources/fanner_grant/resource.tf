@@ -3,10 +3,13 @@ resource "fanner_event" "signup" {
   classification = "pii"
 }
 
-# Lets the fraud team read signups until mid-2027.
+# Lets the fraud team read signups until mid-2027, without the SSN; the user id arrives as a
+# keyed hash, so fraud can still join on it without learning it.
 resource "fanner_grant" "fraud_reads_signup" {
-  event      = fanner_event.signup.name
-  grantee    = "fraud"
-  reason     = "Fraud scoring at signup."
-  expires_at = "2027-06-30T00:00:00Z"
+  event       = fanner_event.signup.name
+  grantee     = "fraud"
+  reason      = "Fraud scoring at signup."
+  expires_at  = "2027-06-30T00:00:00Z"
+  redact      = ["payload.ssn", "user_id"]
+  redact_mode = "hash"
 }
