@@ -69,10 +69,12 @@ enum Payload {
 }
 
 fn json_payload(rng: &mut impl Rng, room: usize) -> Vec<u8> {
+    let country = ["US", "CA", "GB", "DE", "FR", "JP"][rng.random_range(0..6)];
+    let plan = ["pro", "professional", "free"][rng.random_range(0..3)];
     let mut payload = serde_json::json!({
-        "country": ["US", "CA", "GB", "DE", "FR", "JP"][rng.random_range(0..6)],
+        "country": country,
         "age": rng.random_range(12..90),
-        "plan": ["pro", "professional", "free"][rng.random_range(0..3)],
+        "plan": plan,
         "email": format!("user{}@example.com", rng.random_range(0..1_000_000)),
         "ssn": format!("{:03}-{:02}-{:04}", rng.random_range(0..1000), rng.random_range(0..100), rng.random_range(0..10000)),
         "card": {"number": "4111111111111111", "exp": "12/30"},
@@ -277,7 +279,7 @@ fn gated(duration: Duration) {
         "flags": {"beta": [true]},
     }});
     let filtered = |s: usize, target: &mut RouteTarget| {
-        if s % 5 == 0 {
+        if s.is_multiple_of(5) {
             target.filter = Some(filter.clone());
         }
     };

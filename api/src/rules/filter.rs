@@ -323,7 +323,7 @@ fn collect<'v>(value: &'v Value, path: &[String], found: &mut Vec<&'v Value>) {
 impl Condition {
     fn matches_values(&self, found: &[&Value]) -> bool {
         match self {
-            Condition::Exists(want) => *want == !found.is_empty(),
+            Condition::Exists(want) => *want != found.is_empty(),
             _ => found.iter().any(|value| self.matches_value(value)),
         }
     }
