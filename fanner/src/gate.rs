@@ -58,8 +58,9 @@ pub struct Redaction {
     envelope: Vec<EnvelopeFieldName>,
     attributes: Vec<String>,
     payload: Vec<Vec<String>>,
-    /// `Some` in hash mode.
-    key: Option<Vec<u8>>,
+    /// `Some` in hash mode: the grant's key, already absorbed (each token then costs only
+    /// the message's compressions).
+    mac: Option<Hmac<Sha256>>,
 }
 
 /// Interns redactions while a route table is compiled: equal field sets under equal modes and
@@ -143,8 +144,12 @@ impl Redactions {
             envelope: Vec::new(),
             attributes: Vec::new(),
             payload: Vec::new(),
-            key: key
-                .map(|hex_key| hex::decode(hex_key).map_err(|_| GateError::BadKey))
+            mac: key
+                .map(|hex_key| {
+                    let key = hex::decode(hex_key).map_err(|_| GateError::BadKey)?;
+                    // HMAC accepts keys of any length.
+                    <Hmac<Sha256> as Mac>::new_from_slice(&key).map_err(|_| GateError::BadKey)
+                })
                 .transpose()?,
         };
         for path in &target.redact {
@@ -266,10 +271,8 @@ fn parsed<'c>(
 }
 
 impl Redaction {
-    fn token(&self, key: &[u8], value: &[u8]) -> String {
-        // HMAC accepts keys of any length, so `new_from_slice` cannot fail.
-        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key)
-            .unwrap_or_else(|_| unreachable!("HMAC takes any key length"));
+    fn token(mac: &Hmac<Sha256>, value: &[u8]) -> String {
+        let mut mac = mac.clone();
         mac.update(value);
         hex::encode(mac.finalize().into_bytes())
     }
@@ -279,8 +282,8 @@ impl Redaction {
         if value.is_empty() {
             return;
         }
-        *value = match &self.key {
-            Some(key) => self.token(key, value.as_bytes()),
+        *value = match &self.mac {
+            Some(mac) => Redaction::token(mac, value.as_bytes()),
             None => String::new(),
         };
     }
@@ -296,7 +299,7 @@ impl Redaction {
             self.redact_string(value);
         }
         for key in &self.attributes {
-            match &self.key {
+            match &self.mac {
                 None => {
                     envelope.attributes.remove(key);
                 }
@@ -328,7 +331,7 @@ impl Redaction {
                     }
                     return;
                 }
-                match &self.key {
+                match &self.mac {
                     None => {
                         map.remove(key);
                     }
@@ -345,17 +348,19 @@ impl Redaction {
 
     /// A string hashes as its text (so it matches the token of the same envelope string), any
     /// other value as its JSON; arrays element by element.
-    fn hash_json(&self, secret: &[u8], value: &mut Value) {
+    fn hash_json(&self, secret: &Hmac<Sha256>, value: &mut Value) {
         match value {
             Value::Array(items) => {
                 for item in items {
                     self.hash_json(secret, item);
                 }
             }
-            Value::String(text) => *value = Value::String(self.token(secret, text.as_bytes())),
+            Value::String(text) => {
+                *value = Value::String(Redaction::token(secret, text.as_bytes()))
+            }
             other => {
                 let text = other.to_string();
-                *other = Value::String(self.token(secret, text.as_bytes()));
+                *other = Value::String(Redaction::token(secret, text.as_bytes()));
             }
         }
     }
