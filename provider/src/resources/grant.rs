@@ -59,7 +59,8 @@ static SCHEMA: LazyLock<Schema> =
             "include_pii",
             Ty::set_of_strings(),
             "Fields the event's schema marks as PII that the grantee may see anyway (same paths \
-             as `redact`). Changed in place.",
+             as `redact`). Stored and shown in `fanner_access`; the schema's PII marks are not \
+             read yet, so it redacts nothing by itself. Changed in place.",
         )
         .default(Vec::<String>::new()),
         Attr::computed(
