@@ -8,6 +8,9 @@ use regex::Regex;
 
 use crate::Classification;
 
+pub mod filter;
+pub mod redact;
+
 /// Names of events, streams and principals.
 pub const NAME_PATTERN: &str = "^[a-z][a-z0-9_.-]{0,127}$";
 pub const SHARD_COUNT_RANGE: std::ops::RangeInclusive<u32> = 1..=1024;
@@ -131,6 +134,20 @@ pub fn check_grant_expiry(
             ))
         }
         _ => Ok(()),
+    }
+}
+
+/// A subscription's filter as stored: `None` for no filter (absent or JSON `null`); `Err`
+/// names the bad key and why ([`filter::Filter::compile`]).
+pub fn normalize_filter(
+    filter: Option<serde_json::Value>,
+) -> Result<Option<serde_json::Value>, String> {
+    match filter {
+        None | Some(serde_json::Value::Null) => Ok(None),
+        Some(pattern) => {
+            filter::Filter::compile(&pattern).map_err(|error| error.to_string())?;
+            Ok(Some(pattern))
+        }
     }
 }
 

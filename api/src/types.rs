@@ -169,9 +169,50 @@ pub struct Grant {
     #[serde(default = "HistoryFrom::unbounded")]
     pub history_from: HistoryFrom,
     pub revision: i64,
+    /// Fields removed or hashed in every delivery this grant allows (sorted).
+    #[serde(default)]
+    pub redact: Vec<String>,
+    #[serde(default)]
+    pub redact_mode: RedactMode,
+    /// Fields the event's schema marks as PII that this grantee may see anyway (sorted).
+    #[serde(default)]
+    pub include_pii: Vec<String>,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+/// How a grant's `redact` fields reach the grantee.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum RedactMode {
+    /// The field is removed.
+    #[default]
+    Drop,
+    /// The field is replaced by an HMAC-SHA-256 token (lowercase hex) under a key the server
+    /// keeps per grant: equal values give equal tokens, so consumers can still join on them.
+    Hash,
+}
+
+impl RedactMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RedactMode::Drop => "drop",
+            RedactMode::Hash => "hash",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<RedactMode> {
+        [RedactMode::Drop, RedactMode::Hash]
+            .into_iter()
+            .find(|mode| mode.as_str() == s)
+    }
+}
+
+impl fmt::Display for RedactMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateGrant {
     pub event: String,
@@ -181,9 +222,18 @@ pub struct CreateGrant {
     /// `unbounded` or an RFC 3339 instant; the grant's creation time when absent.
     #[serde(default)]
     pub history_from: Option<HistoryFrom>,
+    /// Field paths: `user_id`, `device_id`, `trace_id`, `producer`, `attributes.<key>`,
+    /// `payload.<key>[.<key>...]`.
+    #[serde(default)]
+    pub redact: Vec<String>,
+    /// Defaults to `drop`.
+    #[serde(default)]
+    pub redact_mode: RedactMode,
+    #[serde(default)]
+    pub include_pii: Vec<String>,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateGrant {
     pub reason: String,
@@ -192,6 +242,13 @@ pub struct UpdateGrant {
     #[serde(default)]
     pub history_from: Option<HistoryFrom>,
     pub revision: Option<i64>,
+    /// Replaces the grant's list (absent: none).
+    #[serde(default)]
+    pub redact: Vec<String>,
+    #[serde(default)]
+    pub redact_mode: RedactMode,
+    #[serde(default)]
+    pub include_pii: Vec<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
@@ -257,9 +314,48 @@ pub struct Subscription {
     pub revision: i64,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// Only events matching this pattern are delivered (`null`: all of them).
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub filter: Option<serde_json::Value>,
+    #[serde(default)]
+    pub delivery_format: DeliveryFormat,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+/// What a consumer stream's records hold.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum DeliveryFormat {
+    /// The envelope, as on the GES (redaction applied).
+    #[default]
+    Envelope,
+    /// The payload bytes alone (redaction applied); the event id is the record's partition
+    /// key, the event name and the other envelope fields are not delivered.
+    Payload,
+}
+
+impl DeliveryFormat {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeliveryFormat::Envelope => "envelope",
+            DeliveryFormat::Payload => "payload",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<DeliveryFormat> {
+        [DeliveryFormat::Envelope, DeliveryFormat::Payload]
+            .into_iter()
+            .find(|format| format.as_str() == s)
+    }
+}
+
+impl fmt::Display for DeliveryFormat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateSubscription {
     pub stream: String,
@@ -268,9 +364,17 @@ pub struct CreateSubscription {
     /// first hydrated with the history since then, then receives live events.
     #[serde(default)]
     pub start_from: Option<StartFrom>,
+    /// An EventBridge-style pattern over envelope fields, `attributes` and JSON `payload`
+    /// fields (see `api::rules::filter`); absent or `null`: every event.
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub filter: Option<serde_json::Value>,
+    /// Defaults to `envelope`.
+    #[serde(default)]
+    pub delivery_format: DeliveryFormat,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateSubscription {
     pub events: Vec<String>,
@@ -278,6 +382,13 @@ pub struct UpdateSubscription {
     #[serde(default)]
     pub start_from: Option<StartFrom>,
     pub revision: Option<i64>,
+    /// An EventBridge-style pattern over envelope fields, `attributes` and JSON `payload`
+    /// fields (see `api::rules::filter`); absent or `null`: every event.
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub filter: Option<serde_json::Value>,
+    #[serde(default)]
+    pub delivery_format: DeliveryFormat,
 }
 
 /// Re-delivers the events of a window (by event time) into a subscription's stream.
@@ -490,11 +601,15 @@ pub struct Hydration {
 /// A dry run of a subscription: would its owner be allowed to receive these events now?
 /// When `stream` does not exist yet (it is created in the same `terraform apply`), the caller is
 /// taken as its future owner.
-#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CheckSubscription {
     pub stream: String,
     pub events: Vec<String>,
+    /// Checked like a subscription's filter (400 when invalid).
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub filter: Option<serde_json::Value>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -541,6 +656,11 @@ pub struct AccessSubscription {
     pub owner: String,
     /// Whether the data plane delivers the event to this stream now.
     pub delivering: bool,
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub filter: Option<serde_json::Value>,
+    #[serde(default)]
+    pub delivery_format: DeliveryFormat,
 }
 
 /// Who can read an event, since when, granted by whom, and why.
@@ -732,7 +852,7 @@ pub struct StreamHealth {
 }
 
 /// Where one event goes: a stream whose owner may read it, through one subscription.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct RouteTarget {
     pub subscription_id: String,
     pub stream: String,
@@ -748,6 +868,24 @@ pub struct RouteTarget {
     /// The subscription's hydration, while live delivery waits for it on some GES shard.
     #[serde(default)]
     pub hydration: Option<RouteHydration>,
+    // What the engine does to each delivery (`fanner::gate`). All empty for the owner's own
+    // unfiltered envelope subscriptions, which get the GES bytes unchanged.
+    /// The subscription's filter pattern.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub filter: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "is_envelope")]
+    pub delivery_format: DeliveryFormat,
+    /// The fields the grant behind this target redacts: its `redact` list plus the schema's PII
+    /// fields it does not `include_pii` (sorted).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub redact: Vec<String>,
+    #[serde(default, skip_serializing_if = "is_drop")]
+    pub redact_mode: RedactMode,
+    /// The grant's HMAC key (hex) for `hash` mode. The route table is served only to admins
+    /// (the engine's principal); grants and the audit trail never show it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redact_key: Option<String>,
 }
 
 /// Where, per GES shard, a hydrating subscription's live delivery begins: the engine delivers to
@@ -810,6 +948,14 @@ pub struct HydrationTask {
 pub struct SetHandover {
     pub shard: String,
     pub live_after: Option<String>,
+}
+
+fn is_envelope(format: &DeliveryFormat) -> bool {
+    *format == DeliveryFormat::Envelope
+}
+
+fn is_drop(mode: &RedactMode) -> bool {
+    *mode == RedactMode::Drop
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]

@@ -126,7 +126,7 @@ async fn set_up(client: &Client, shards: u32) {
         .create_subscription(&CreateSubscription {
             stream: "views".to_owned(),
             events: vec![EVENT.to_owned()],
-            start_from: None,
+            ..Default::default()
         })
         .await
         .expect("subscription");

@@ -213,6 +213,16 @@ enum GrantCommand {
         /// RFC 3339; required for pii and restricted events, at most 365 days ahead.
         #[arg(long)]
         expires_at: Option<chrono::DateTime<chrono::Utc>>,
+        /// Comma-separated fields the grantee never sees: user_id, device_id, trace_id,
+        /// producer, attributes.KEY, payload.KEY[.KEY...].
+        #[arg(long, value_delimiter = ',')]
+        redact: Vec<String>,
+        /// drop (remove the fields) or hash (an HMAC-SHA-256 token per value, keyed per grant).
+        #[arg(long, default_value = "drop", value_parser = parse_redact_mode)]
+        redact_mode: api::RedactMode,
+        /// Comma-separated PII fields of the event's schema the grantee may see anyway.
+        #[arg(long, value_delimiter = ',')]
+        include_pii: Vec<String>,
         /// The oldest history (by event time) the grantee may receive: `unbounded` or RFC 3339.
         /// Defaults to the grant's creation time: no history before it.
         #[arg(long, value_parser = api::HistoryFrom::parse)]
@@ -268,6 +278,14 @@ enum StreamCommand {
     List,
 }
 
+fn parse_redact_mode(raw: &str) -> Result<api::RedactMode, String> {
+    api::RedactMode::parse(raw).ok_or_else(|| format!("{raw:?} is not drop or hash"))
+}
+
+fn parse_delivery_format(raw: &str) -> Result<api::DeliveryFormat, String> {
+    api::DeliveryFormat::parse(raw).ok_or_else(|| format!("{raw:?} is not envelope or payload"))
+}
+
 fn parse_tag(raw: &str) -> Result<(String, String), String> {
     raw.split_once('=')
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
@@ -283,6 +301,13 @@ enum SubscriptionCommand {
         /// Comma-separated event names.
         #[arg(long, value_delimiter = ',', required = true)]
         events: Vec<String>,
+        /// Deliver only events matching this pattern (JSON, an EventBridge-pattern subset),
+        /// e.g. '{"payload":{"country":["US"]}}'.
+        #[arg(long)]
+        filter: Option<String>,
+        /// envelope (the event's envelope) or payload (the payload bytes alone).
+        #[arg(long, default_value = "envelope", value_parser = parse_delivery_format)]
+        delivery_format: api::DeliveryFormat,
         /// Where delivery begins, by event time: `now` (live events only), `earliest`, or an
         /// RFC 3339 instant. History is delivered first, then live events, with no gap.
         #[arg(long, value_parser = api::StartFrom::parse)]
@@ -476,7 +501,22 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 reason,
                 expires_at,
                 history_from,
-            } => commands::grant_create(&conn, event, to, reason, expires_at, history_from).await,
+                redact,
+                redact_mode,
+                include_pii,
+            } => {
+                let body = api::CreateGrant {
+                    event,
+                    grantee: to,
+                    reason,
+                    expires_at,
+                    history_from,
+                    redact,
+                    redact_mode,
+                    include_pii,
+                };
+                commands::grant_create(&conn, body).await
+            }
             GrantCommand::Update {
                 id,
                 reason,
@@ -518,7 +558,20 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 events,
                 from,
                 wait,
-            } => commands::subscription_create(&conn, stream, events, from, wait).await,
+                filter,
+                delivery_format,
+            } => {
+                commands::subscription_create(
+                    &conn,
+                    stream,
+                    events,
+                    from,
+                    wait,
+                    filter,
+                    delivery_format,
+                )
+                .await
+            }
             SubscriptionCommand::Show { id } => commands::subscription_show(&conn, &id).await,
             SubscriptionCommand::Update {
                 id,

@@ -4,8 +4,8 @@
 use std::collections::{BTreeMap, HashMap};
 
 use api::{
-    AccessProblem, DenialReason, Event, Grant, GrantStatus, Route, RouteHydration, RouteTarget,
-    Stream, Subscription,
+    AccessProblem, DenialReason, Event, Grant, GrantStatus, RedactMode, Route, RouteHydration,
+    RouteTarget, Stream, Subscription,
 };
 use chrono::{DateTime, Utc};
 
@@ -88,6 +88,20 @@ pub fn evaluate<'a>(
     }
 }
 
+/// The grant access comes from: the active one lasting longest (there is normally one, as a
+/// second active grant on the same event to the same grantee is refused).
+fn granting<'g>(held: &[&'g Grant], now: DateTime<Utc>) -> Option<&'g Grant> {
+    held.iter()
+        .copied()
+        .filter(|g| g.revoked_at.is_none() && g.expires_at.is_none_or(|at| at > now))
+        .max_by(|a, b| match (a.expires_at, b.expires_at) {
+            (None, None) => std::cmp::Ordering::Equal,
+            (None, Some(_)) => std::cmp::Ordering::Greater,
+            (Some(_), None) => std::cmp::Ordering::Less,
+            (Some(a), Some(b)) => a.cmp(&b),
+        })
+}
+
 pub fn problem(event: &str, owner: &str, reason: DenialReason) -> AccessProblem {
     let message = match reason {
         DenialReason::Unknown => format!("event {event:?} does not exist in the catalog"),
@@ -116,10 +130,14 @@ pub struct Catalog<'a> {
     pub grants: &'a [Grant],
     /// Start hydrations by subscription id.
     pub hydrations: &'a HashMap<String, RouteHydration>,
+    /// Each grant's HMAC key (hex), by grant id, for hashed redaction.
+    pub grant_keys: &'a HashMap<String, String>,
 }
 
 /// Subscriptions intersected with access: for each event, the streams that receive it now.
-/// Targets carry the instant their access ends, so the data plane stops at expiry by itself.
+/// Targets carry the instant their access ends, so the data plane stops at expiry by itself,
+/// and what the engine does to each delivery: the subscription's filter and format, and the
+/// redaction of the grant that gives the access (none on the owner's own events).
 pub fn compile_routes(
     catalog: &Catalog<'_>,
     now: DateTime<Utc>,
@@ -164,6 +182,18 @@ pub fn compile_routes(
             ) else {
                 continue;
             };
+            let grant = match readable {
+                Readable::Owner => None,
+                Readable::Granted { .. } => granting(held, now),
+            };
+            let (redact, redact_mode, redact_key) = match grant {
+                Some(grant) if !grant.redact.is_empty() => (
+                    grant.redact.clone(),
+                    grant.redact_mode,
+                    catalog.grant_keys.get(&grant.id).cloned(),
+                ),
+                _ => (Vec::new(), RedactMode::Drop, None),
+            };
             routes.entry(event.as_str()).or_default().push(RouteTarget {
                 subscription_id: subscription.id.clone(),
                 stream: stream.name.clone(),
@@ -172,6 +202,12 @@ pub fn compile_routes(
                 access_expires_at: readable.until(),
                 history_from: readable.history_from(),
                 hydration: catalog.hydrations.get(&subscription.id).cloned(),
+                filter: subscription.filter.clone(),
+                delivery_format: subscription.delivery_format,
+                // Drop mode needs no key, so it is not sent.
+                redact_key: redact_key.filter(|_| redact_mode == RedactMode::Hash),
+                redact,
+                redact_mode,
             });
         }
     }
@@ -228,6 +264,9 @@ mod tests {
             },
             history_from: api::HistoryFrom::Unbounded,
             revision: 1,
+            redact: Vec::new(),
+            redact_mode: RedactMode::Drop,
+            include_pii: Vec::new(),
         }
     }
 
@@ -367,6 +406,8 @@ mod tests {
             revision: 1,
             created_at: now,
             updated_at: now,
+            filter: None,
+            delivery_format: api::DeliveryFormat::Envelope,
         };
         let subscriptions = [
             subscription(
@@ -377,8 +418,24 @@ mod tests {
             subscription("s2", "growth-own", &["signup"]),
         ];
         let until = now + Duration::hours(1);
+        let filter = serde_json::json!({"payload": {"country": ["US"]}});
+        let subscriptions = [
+            Subscription {
+                filter: Some(filter.clone()),
+                ..subscriptions[0].clone()
+            },
+            Subscription {
+                delivery_format: api::DeliveryFormat::Payload,
+                ..subscriptions[1].clone()
+            },
+        ];
+        let redacting = Grant {
+            redact: vec!["payload.ssn".to_owned()],
+            redact_mode: RedactMode::Hash,
+            ..grant("signup", "fraud", Some(until), false)
+        };
         let grants = [
-            grant("signup", "fraud", Some(until), false),
+            redacting,
             grant("swipe", "fraud", Some(now - Duration::hours(1)), false),
             grant("secret", "fraud", None, true),
         ];
@@ -389,9 +446,38 @@ mod tests {
                 subscriptions: &subscriptions,
                 grants: &grants,
                 hydrations: &HashMap::new(),
+                grant_keys: &HashMap::from([("signup-fraud".to_owned(), "00ff".to_owned())]),
             },
             now,
             |name| format!("fanner-{name}"),
+        );
+        // The grantee's target carries its subscription's filter and its grant's redaction
+        // with the key; the owner's own stream gets no redaction.
+        let signup = &routes[0].targets;
+        assert_eq!(
+            (
+                &signup[0].filter,
+                &signup[0].redact,
+                signup[0].redact_mode,
+                signup[0].redact_key.as_deref(),
+                signup[0].delivery_format
+            ),
+            (
+                &Some(filter),
+                &vec!["payload.ssn".to_owned()],
+                RedactMode::Hash,
+                Some("00ff"),
+                api::DeliveryFormat::Envelope
+            )
+        );
+        assert_eq!(
+            (
+                &signup[1].filter,
+                signup[1].redact.is_empty(),
+                signup[1].redact_key.as_deref(),
+                signup[1].delivery_format
+            ),
+            (&None, true, None, api::DeliveryFormat::Payload)
         );
         type Targets = Vec<(String, Option<DateTime<Utc>>)>;
         let summary: Vec<(String, Targets)> = routes

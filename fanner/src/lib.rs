@@ -23,7 +23,10 @@
 //!   and again when a queued record is about to be written.
 //! - A [`engine::Engine`] scans the GES's shards and holds one lease per shard it works on; each
 //!   held shard runs one worker task that owns all of the shard's state (see `shard`). Records
-//!   are passed on as the GES bytes (`Bytes` clones, never re-encoded); the partition key on a
+//!   are passed on as the GES bytes (`Bytes` clones, never re-encoded) unless the stream's
+//!   subscription filters them or asks for the payload alone, or the grant behind it redacts
+//!   fields: [`gate`] decides per delivery, rewriting a record at most once per distinct
+//!   redaction (filtered deliveries are counted, not denied); the partition key on a
 //!   consumer stream is the envelope's event id (a random UUID from publishing; a random key when
 //!   absent), so records spread evenly and a duplicate lands on the same shard as its original.
 //!
@@ -79,6 +82,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod dead_letter;
 pub mod engine;
+pub mod gate;
 pub mod link;
 pub mod router;
 pub mod routes;

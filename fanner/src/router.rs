@@ -9,6 +9,8 @@ use std::sync::Arc;
 use api::{Handover, RouteTable};
 use chrono::{DateTime, Utc};
 
+use crate::gate::{Gate, Redactions};
+
 /// A consumer stream that appears in a route table.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Target {
@@ -20,8 +22,8 @@ pub struct Target {
     pub subscriptions: Vec<String>,
 }
 
-/// One consumer stream that may receive an event, and until when.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// One consumer stream that may receive an event, until when, and what it receives of it.
+#[derive(Clone, Debug)]
 pub struct Slot {
     /// Index into [`RouteIndex::targets`].
     pub target: usize,
@@ -34,6 +36,8 @@ pub struct Slot {
     /// Set while (and after) the subscription is hydrated: live delivery begins per GES shard
     /// where its hydration ends.
     pub hydration: Option<Arc<api::RouteHydration>>,
+    /// Filter, redaction and format ([`crate::gate`]); `None`: the GES bytes, unchanged.
+    pub gate: Option<Arc<Gate>>,
 }
 
 impl Slot {
@@ -90,8 +94,11 @@ pub struct RouteIndex {
 
 impl RouteIndex {
     /// Compiles `table`. A stream named by several subscriptions for the same event receives it
-    /// once, under the subscription whose access lasts longest.
+    /// once, under the subscription whose access lasts longest, when any of their filters
+    /// matches. A target whose filter or redaction cannot be applied is left out (deny by
+    /// default), and logged.
     pub fn compile(table: &RouteTable) -> RouteIndex {
+        let mut redactions = Redactions::default();
         let mut index = RouteIndex {
             revision: table.revision,
             generated_at: table.generated_at,
@@ -113,6 +120,14 @@ impl RouteIndex {
                         .or_insert_with(|| Arc::new(h.clone()))
                         .clone()
                 });
+                let gate = match Gate::compile(target, &mut redactions) {
+                    Ok(gate) => gate.map(Arc::new),
+                    Err(error) => {
+                        tracing::error!(%error, event = %route.event, subscription = %target.subscription_id, "A route target cannot be served; nothing is delivered to it.");
+                        metrics::counter!("fanner_engine_unservable_targets_total").increment(1);
+                        continue;
+                    }
+                };
                 let position = match index.by_backing.get(target.backing_name.as_str()) {
                     Some(&position) => position,
                     None => {
@@ -136,10 +151,19 @@ impl RouteIndex {
                     access_expires_at: target.access_expires_at,
                     history_from: target.history_from,
                     hydration,
+                    gate,
                 };
                 match slots.iter_mut().find(|s| s.target == position) {
-                    Some(existing) if lasts_longer(&slot, existing) => *existing = slot,
-                    Some(_) => {}
+                    Some(existing) if lasts_longer(&slot, existing) => {
+                        let other = existing.gate.take();
+                        *existing = Slot {
+                            gate: Gate::merge(slot.gate.clone(), other),
+                            ..slot
+                        };
+                    }
+                    Some(existing) => {
+                        existing.gate = Gate::merge(existing.gate.take(), slot.gate);
+                    }
                     None => slots.push(slot),
                 }
             }
@@ -272,6 +296,7 @@ mod tests {
             access_expires_at: until,
             history_from: Default::default(),
             hydration: Default::default(),
+            ..RouteTarget::default()
         }
     }
 

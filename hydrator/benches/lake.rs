@@ -63,9 +63,7 @@ fn main() {
                 stream: "analytics".to_owned(),
                 backing_name: "fanner-analytics".to_owned(),
                 owner: "analytics".to_owned(),
-                access_expires_at: None,
-                history_from: None,
-                hydration: None,
+                ..RouteTarget::default()
             }],
         }],
     });

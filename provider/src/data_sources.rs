@@ -114,6 +114,21 @@ static ACCESS_SCHEMA: LazyLock<Schema> = LazyLock::new(|| Schema {
                     "The oldest history, by event time, the grantee may receive: `unbounded`, \
                      or an RFC 3339 instant (by default the grant's creation time).",
                 ),
+                Attr::computed(
+                    "redact",
+                    Ty::set_of_strings(),
+                    "Fields the grantee never sees.",
+                ),
+                Attr::computed(
+                    "redact_mode",
+                    Ty::String,
+                    "`drop` or `hash`: how the `redact` fields are withheld.",
+                ),
+                Attr::computed(
+                    "include_pii",
+                    Ty::set_of_strings(),
+                    "PII fields of the event's schema the grantee may see anyway.",
+                ),
             ],
             "Every grant ever made on the event, oldest first.",
         ),
@@ -127,6 +142,16 @@ static ACCESS_SCHEMA: LazyLock<Schema> = LazyLock::new(|| Schema {
                     "delivering",
                     Ty::Bool,
                     "Whether the data plane delivers the event to this stream now.",
+                ),
+                Attr::computed(
+                    "filter",
+                    Ty::String,
+                    "The subscription's filter pattern (JSON); null when it takes every event.",
+                ),
+                Attr::computed(
+                    "delivery_format",
+                    Ty::String,
+                    "`envelope` or `payload`: what the stream's records hold.",
                 ),
             ],
             "The subscriptions that name the event.",
@@ -201,6 +226,11 @@ impl DataSource for AccessDataSource {
                         entry.set("stream", s.stream.as_str());
                         entry.set("owner", s.owner.as_str());
                         entry.set("delivering", s.delivering);
+                        entry.set(
+                            "filter",
+                            Value::opt_string(s.filter.as_ref().map(|f| f.to_string())),
+                        );
+                        entry.set("delivery_format", s.delivery_format.as_str());
                         entry.into_value()
                     })
                     .collect(),

@@ -31,7 +31,7 @@ async fn existing_objects(server: &Server) -> anyhow::Result<Existing> {
             grantee: "growth".to_owned(),
             reason: "Growth excludes fraudulent signups from funnels.".to_owned(),
             expires_at: Some(chrono::Utc::now() + chrono::Duration::days(90)),
-            history_from: None,
+            ..Default::default()
         })
         .await?;
     for (client, name) in [(&fraud, "fraud-signals"), (&growth, "growth-funnel")] {
@@ -48,7 +48,7 @@ async fn existing_objects(server: &Server) -> anyhow::Result<Existing> {
         .create_subscription(&api::CreateSubscription {
             stream: "fraud-signals".to_owned(),
             events: vec!["fraud_scored".to_owned()],
-            start_from: None,
+            ..Default::default()
         })
         .await?;
     Ok(Existing {

@@ -68,7 +68,7 @@ async fn expiry_warnings_and_expired_grant_drift() -> anyhow::Result<()> {
                 grantee: "fraud".to_owned(),
                 reason: "Fraud scoring at signup.".to_owned(),
                 expires_at: Some(chrono::DateTime::parse_from_rfc3339(&growth_grant_ends)?.into()),
-                history_from: None,
+                ..Default::default()
             })
             .await?;
         let ws = Workspace::new(&terraform, &server, &fraud_token)?;
@@ -111,7 +111,7 @@ async fn expiry_warnings_and_expired_grant_drift() -> anyhow::Result<()> {
                 grantee: "risk".to_owned(),
                 reason: "Risk reviews scored signups.".to_owned(),
                 expires_at: Some(chrono::Utc::now() + chrono::Duration::seconds(4)),
-                history_from: None,
+                ..Default::default()
             })
             .await?;
         let ends = short.expires_at.context("the grant has an expiry")?;

@@ -6,6 +6,7 @@ mod access;
 mod adoption;
 mod examples;
 mod expiry;
+mod gatekeeping;
 mod history;
 mod resources;
 

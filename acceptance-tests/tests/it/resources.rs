@@ -150,6 +150,7 @@ resource "fanner_grant" "fraud_reads_signup" {{
                     expires_at: Some(chrono::DateTime::parse_from_rfc3339(&second)?.into()),
                     history_from: None,
                     revision: None,
+                    ..Default::default()
                 },
             )
             .await?;
@@ -342,6 +343,7 @@ resource "fanner_subscription" "signals" {{
                     events: vec!["account_flagged".to_owned()],
                     start_from: None,
                     revision: None,
+                    ..Default::default()
                 },
             )
             .await?;

@@ -150,6 +150,8 @@ fn subscribe_after_history(server: &Server, lake: &Path, before: usize) -> Strin
             stream: STREAM.to_owned(),
             events: vec![EVENT.to_owned()],
             start_from: Some(StartFrom::Earliest),
+            delivery_format: Default::default(),
+            filter: Default::default(),
         }))
         .expect("subscription created")
         .id
@@ -312,6 +314,9 @@ fn grants_bound_history_and_revocation_stops_it() {
                         reason: "Ledger reconciliation.".to_owned(),
                         expires_at: None,
                         history_from,
+                        include_pii: Default::default(),
+                        redact: Default::default(),
+                        redact_mode: Default::default(),
                     })
                     .await
                     .expect("grant"),
@@ -341,6 +346,8 @@ fn grants_bound_history_and_revocation_stops_it() {
                         stream: stream.to_owned(),
                         events: vec![EVENT.to_owned()],
                         start_from: Some(StartFrom::Earliest),
+                        delivery_format: Default::default(),
+                        filter: Default::default(),
                     }),
             )
             .expect("subscription")
@@ -448,6 +455,8 @@ fn a_replay_redelivers_its_window_and_is_audited() {
             stream: STREAM.to_owned(),
             events: vec![EVENT.to_owned()],
             start_from: None,
+            delivery_format: Default::default(),
+            filter: Default::default(),
         }))
         .expect("subscription");
     assert_eq!(subscription.hydration.state, HydrationState::None);

@@ -2,6 +2,7 @@
 //! against it, checking output and exit codes as a user's script would.
 
 mod commands_history;
+mod gatekeeping;
 mod history;
 mod kinesis_local;
 mod lifecycle;

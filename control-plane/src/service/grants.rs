@@ -82,6 +82,10 @@ impl ControlPlane {
             }
             bad_request(rules::check_reason(&req.reason))?;
             bad_request(rules::check_grant_expiry(event.classification, req.expires_at, now))?;
+            let redact = rules::redact::normalize_paths("redact", &req.redact).map_err(ApiError::BadRequest)?;
+            let include_pii =
+                rules::redact::normalize_paths("include_pii", &req.include_pii)
+                    .map_err(ApiError::BadRequest)?;
             let existing = grants::unrevoked_for(m.conn(), &event.name, &req.grantee, now).await?;
             if let Some(active) = existing.iter().find(|g| g.status == GrantStatus::Active) {
                 return Err(ApiError::Conflict(format!(
@@ -103,15 +107,19 @@ impl ControlPlane {
                 // Deny by default: history before the grant is the producer's to widen.
                 history_from: stored_history(req.history_from.unwrap_or(HistoryFrom::At(now))),
                 revision: 1,
+                redact,
+                redact_mode: req.redact_mode,
+                include_pii,
             };
             grants::insert(m.conn(), &grant).await?;
+            grants::ensure_key(m.conn(), &grant.id, &new_key()).await?;
             Ok(Change::new(None, snapshot(&grant), grant.clone()).with_id(grant.id))
         }
         .await;
         m.finish(result).await
     }
 
-    /// Changes a grant's reason and expiry.
+    /// Changes a grant's reason, expiry and redaction.
     pub async fn update_grant(
         &self,
         ctx: &Ctx,
@@ -137,6 +145,10 @@ impl ControlPlane {
             }
             check_revision("grant", id, req.revision, before.revision)?;
             bad_request(rules::check_reason(&req.reason))?;
+            let redact = rules::redact::normalize_paths("redact", &req.redact)
+                .map_err(ApiError::BadRequest)?;
+            let include_pii = rules::redact::normalize_paths("include_pii", &req.include_pii)
+                .map_err(ApiError::BadRequest)?;
             if let Some(event) = &event {
                 bad_request(rules::check_grant_expiry(
                     event.classification,
@@ -149,6 +161,9 @@ impl ControlPlane {
                 expires_at: req.expires_at,
                 history_from: req.history_from.map_or(before.history_from, stored_history),
                 revision: before.revision + 1,
+                redact,
+                redact_mode: req.redact_mode,
+                include_pii,
                 ..before.clone()
             };
             after.status = grants::status_at(after.expires_at, false, now);
@@ -157,6 +172,8 @@ impl ControlPlane {
                     "grant {id:?} changed concurrently; retry"
                 )));
             }
+            // Grants made before keys existed get theirs on their first update.
+            grants::ensure_key(m.conn(), id, &new_key()).await?;
             Ok(Change::new(snapshot(&before), snapshot(&after), after))
         }
         .await;
@@ -220,6 +237,13 @@ fn authorize_change(
             grant.event, grant.id
         ))),
     }
+}
+
+/// A grant's HMAC key for hashed redaction: 256 random bits, hex.
+fn new_key() -> String {
+    let mut key = [0u8; 32];
+    rand::RngCore::fill_bytes(&mut rand::rng(), &mut key);
+    hex::encode(key)
 }
 
 fn not_found(id: &str) -> ApiError {

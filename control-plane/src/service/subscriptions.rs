@@ -54,6 +54,7 @@ impl ControlPlane {
     ) -> Result<AccessVerdict, ApiError> {
         bad_request(rules::check_name("stream", &req.stream))?;
         let events = rules::normalize_events(&req.events).map_err(ApiError::BadRequest)?;
+        rules::normalize_filter(req.filter).map_err(ApiError::BadRequest)?;
         let now = self.now();
         let mut conn = self.conn().await?;
         let owner = match streams::get(&mut conn, &req.stream).await? {
@@ -90,6 +91,7 @@ impl ControlPlane {
                 )));
             }
             let events = rules::normalize_events(&req.events).map_err(ApiError::BadRequest)?;
+            let filter = rules::normalize_filter(req.filter).map_err(ApiError::BadRequest)?;
             require_access(m.conn(), &stream.owner, &events, now).await?;
             let start_from = history::stored(req.start_from.unwrap_or_default());
             let mut subscription = Subscription {
@@ -104,6 +106,8 @@ impl ControlPlane {
                 revision: 1,
                 created_at: now,
                 updated_at: now,
+                filter,
+                delivery_format: req.delivery_format,
             };
             subscriptions::insert(m.conn(), &subscription).await?;
             if start_from != StartFrom::Now {
@@ -146,11 +150,14 @@ impl ControlPlane {
             }
             check_revision("subscription", id, req.revision, before.revision)?;
             let events = rules::normalize_events(&req.events).map_err(ApiError::BadRequest)?;
+            let filter = rules::normalize_filter(req.filter).map_err(ApiError::BadRequest)?;
             require_access(m.conn(), &before.owner, &events, now).await?;
             let start_from = req.start_from.map_or(before.start_from, history::stored);
             let mut after = Subscription {
                 events,
                 start_from,
+                filter,
+                delivery_format: req.delivery_format,
                 revision: before.revision + 1,
                 updated_at: now,
                 ..before.clone()

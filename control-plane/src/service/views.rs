@@ -39,6 +39,8 @@ impl ControlPlane {
                 stream: subscription.stream,
                 owner: subscription.owner,
                 delivering,
+                filter: subscription.filter,
+                delivery_format: subscription.delivery_format,
             });
         }
         Ok(AccessView {
@@ -82,7 +84,17 @@ impl ControlPlane {
             let _ =
                 tokio::time::timeout(wait, revisions.wait_for(|revision| *revision > after)).await;
         }
-        self.route_table().await
+        let table = self.route_table().await?;
+        if ctx.caller.is_admin() {
+            return Ok(table);
+        }
+        // Auditors read the table but not the grants' HMAC keys: only the data plane (an
+        // admin principal) needs them.
+        let mut table = RouteTable::clone(&table);
+        for target in table.routes.iter_mut().flat_map(|route| &mut route.targets) {
+            target.redact_key = None;
+        }
+        Ok(std::sync::Arc::new(table))
     }
 }
 
@@ -107,6 +119,7 @@ pub(super) async fn compile_route_table(
     let subscriptions = subscriptions::list(conn, None).await?;
     let grants = grants::list(conn, None, now).await?;
     let hydrations = hydrations::handovers(conn).await?;
+    let grant_keys = grants::keys(conn).await?;
     let routes = access::compile_routes(
         &Catalog {
             events: &events,
@@ -114,6 +127,7 @@ pub(super) async fn compile_route_table(
             subscriptions: &subscriptions,
             grants: &grants,
             hydrations: &hydrations,
+            grant_keys: &grant_keys,
         },
         now,
         backing_name,

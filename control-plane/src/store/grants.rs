@@ -1,11 +1,14 @@
-use api::{Grant, GrantStatus, HistoryFrom};
+use std::collections::HashMap;
+
+use api::{Grant, GrantStatus, HistoryFrom, RedactMode};
 use chrono::{DateTime, Utc};
 use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, Row};
 
 use super::{StoreError, from_millis, from_millis_opt, to_millis};
 
-const COLUMNS: &str = "id, event, grantee, reason, granted_by, created_at, expires_at, revoked_at, revoked_by, revision, history_from";
+const COLUMNS: &str = "id, event, grantee, reason, granted_by, created_at, expires_at, revoked_at, revoked_by, revision, \
+                       redact, redact_mode, include_pii, history_from";
 
 pub fn status_at(
     expires_at: Option<DateTime<Utc>>,
@@ -40,7 +43,23 @@ fn grant(row: &AnyRow, now: DateTime<Utc>) -> Result<Grant, StoreError> {
             None => HistoryFrom::Unbounded,
         },
         revision: row.try_get("revision")?,
+        redact: paths(row, "redact")?,
+        redact_mode: {
+            let mode: String = row.try_get("redact_mode")?;
+            RedactMode::parse(&mode)
+                .ok_or_else(|| StoreError::Corrupt(format!("grant redact_mode {mode:?}")))?
+        },
+        include_pii: paths(row, "include_pii")?,
     })
+}
+
+fn paths(row: &AnyRow, column: &str) -> Result<Vec<String>, StoreError> {
+    let text: String = row.try_get(column)?;
+    serde_json::from_str(&text).map_err(|e| StoreError::Corrupt(format!("grant {column}: {e}")))
+}
+
+fn paths_json(paths: &[String]) -> Result<String, StoreError> {
+    serde_json::to_string(paths).map_err(|e| StoreError::Corrupt(format!("grant paths: {e}")))
 }
 
 pub async fn get(
@@ -115,7 +134,7 @@ pub async fn unrevoked_to(
 
 pub async fn insert(conn: &mut AnyConnection, grant: &Grant) -> Result<(), StoreError> {
     sqlx::query(&format!(
-        "INSERT INTO grants ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
+        "INSERT INTO grants ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
     ))
     .bind(&grant.id)
     .bind(&grant.event)
@@ -127,6 +146,9 @@ pub async fn insert(conn: &mut AnyConnection, grant: &Grant) -> Result<(), Store
     .bind(grant.revoked_at.map(to_millis))
     .bind(grant.revoked_by.clone())
     .bind(grant.revision)
+    .bind(paths_json(&grant.redact)?)
+    .bind(grant.redact_mode.as_str())
+    .bind(paths_json(&grant.include_pii)?)
     .bind(grant.history_from.instant().map(to_millis))
     .execute(conn)
     .await?;
@@ -141,7 +163,7 @@ pub async fn update(
 ) -> Result<bool, StoreError> {
     let result = sqlx::query(
         "UPDATE grants SET reason = $1, expires_at = $2, revoked_at = $3, revoked_by = $4, revision = $5, \
-         history_from = $8 WHERE id = $6 AND revision = $7",
+         redact = $8, redact_mode = $9, include_pii = $10, history_from = $11 WHERE id = $6 AND revision = $7",
     )
     .bind(&grant.reason)
     .bind(grant.expires_at.map(to_millis))
@@ -150,8 +172,38 @@ pub async fn update(
     .bind(grant.revision)
     .bind(&grant.id)
     .bind(expected_revision)
+    .bind(paths_json(&grant.redact)?)
+    .bind(grant.redact_mode.as_str())
+    .bind(paths_json(&grant.include_pii)?)
     .bind(grant.history_from.instant().map(to_millis))
     .execute(conn)
     .await?;
     Ok(result.rows_affected() == 1)
+}
+
+/// Gives grant `id` an HMAC key (`hex_key`) unless it has one: a grant keeps its key for
+/// life, so its hash tokens stay stable across updates.
+pub async fn ensure_key(
+    conn: &mut AnyConnection,
+    id: &str,
+    hex_key: &str,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO grant_keys (grant_id, hmac_key) VALUES ($1, $2) ON CONFLICT (grant_id) DO NOTHING",
+    )
+    .bind(id)
+    .bind(hex_key)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Every grant's HMAC key (hex), by grant id: for the route table only.
+pub async fn keys(conn: &mut AnyConnection) -> Result<HashMap<String, String>, StoreError> {
+    let rows = sqlx::query("SELECT grant_id, hmac_key FROM grant_keys")
+        .fetch_all(conn)
+        .await?;
+    rows.iter()
+        .map(|row| Ok((row.try_get("grant_id")?, row.try_get("hmac_key")?)))
+        .collect()
 }

@@ -1,11 +1,11 @@
-use api::{Hydration, StartFrom, Subscription, SubscriptionStatus};
+use api::{DeliveryFormat, Hydration, StartFrom, Subscription, SubscriptionStatus};
 use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, Row};
 
 use super::{StoreError, from_millis, to_millis};
 
 const COLUMNS: &str = "s.id, s.stream, st.owner, s.events, s.status, s.status_reason, s.revision, \
-                       s.created_at, s.updated_at, s.start_from";
+                       s.created_at, s.updated_at, s.filter, s.delivery_format, s.start_from";
 
 fn subscription(row: &AnyRow) -> Result<Subscription, StoreError> {
     let events: String = row.try_get("events")?;
@@ -32,7 +32,25 @@ fn subscription(row: &AnyRow) -> Result<Subscription, StoreError> {
         revision: row.try_get("revision")?,
         created_at: from_millis(row.try_get("created_at")?)?,
         updated_at: from_millis(row.try_get("updated_at")?)?,
+        filter: row
+            .try_get::<Option<String>, _>("filter")?
+            .map(|text| serde_json::from_str(&text))
+            .transpose()
+            .map_err(|e| StoreError::Corrupt(format!("subscription filter: {e}")))?,
+        delivery_format: {
+            let format: String = row.try_get("delivery_format")?;
+            DeliveryFormat::parse(&format).ok_or_else(|| {
+                StoreError::Corrupt(format!("subscription delivery_format {format:?}"))
+            })?
+        },
     })
+}
+
+fn filter_json(subscription: &Subscription) -> Option<String> {
+    subscription
+        .filter
+        .as_ref()
+        .map(|filter| filter.to_string())
 }
 
 fn status_str(status: SubscriptionStatus) -> &'static str {
@@ -123,8 +141,8 @@ pub async fn insert(
     subscription: &Subscription,
 ) -> Result<(), StoreError> {
     sqlx::query(
-        "INSERT INTO subscriptions (id, stream, events, status, status_reason, revision, created_at, updated_at, start_from) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        "INSERT INTO subscriptions (id, stream, events, status, status_reason, revision, created_at, updated_at, \
+         filter, delivery_format, start_from) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
     )
     .bind(&subscription.id)
     .bind(&subscription.stream)
@@ -134,6 +152,8 @@ pub async fn insert(
     .bind(subscription.revision)
     .bind(to_millis(subscription.created_at))
     .bind(to_millis(subscription.updated_at))
+    .bind(filter_json(subscription))
+    .bind(subscription.delivery_format.as_str())
     .bind(subscription.start_from.to_string())
     .execute(&mut *conn)
     .await?;
@@ -148,7 +168,7 @@ pub async fn update(
 ) -> Result<bool, StoreError> {
     let result = sqlx::query(
         "UPDATE subscriptions SET events = $1, status = $2, status_reason = $3, revision = $4, updated_at = $5, \
-         start_from = $8 WHERE id = $6 AND revision = $7",
+         filter = $8, delivery_format = $9, start_from = $10 WHERE id = $6 AND revision = $7",
     )
     .bind(events_json(subscription)?)
     .bind(status_str(subscription.status))
@@ -157,6 +177,8 @@ pub async fn update(
     .bind(to_millis(subscription.updated_at))
     .bind(&subscription.id)
     .bind(expected_revision)
+    .bind(filter_json(subscription))
+    .bind(subscription.delivery_format.as_str())
     .bind(subscription.start_from.to_string())
     .execute(&mut *conn)
     .await?;

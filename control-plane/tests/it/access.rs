@@ -31,7 +31,7 @@ async fn who_can_read_an_event(db: Db) {
             grantee: "fraud".to_owned(),
             reason: "Fraud scoring at signup.".to_owned(),
             expires_at: Some(expires),
-            history_from: Default::default(),
+            ..Default::default()
         })
         .await
         .expect("grant");
@@ -41,7 +41,7 @@ async fn who_can_read_an_event(db: Db) {
             grantee: "ads".to_owned(),
             reason: "Attribution.".to_owned(),
             expires_at: Some(expires),
-            history_from: Default::default(),
+            ..Default::default()
         })
         .await
         .expect("grant");
@@ -59,7 +59,7 @@ async fn who_can_read_an_event(db: Db) {
             .create_subscription(&CreateSubscription {
                 stream: stream.to_owned(),
                 events: vec!["user_signed_up".to_owned()],
-                start_from: Default::default(),
+                ..Default::default()
             })
             .await
             .expect("subscription");

@@ -205,7 +205,7 @@ async fn events(db: Db) {
             grantee: "fraud".to_owned(),
             reason: "Scoring.".to_owned(),
             expires_at: None,
-            history_from: Default::default(),
+            ..Default::default()
         })
         .await
         .expect("grant");
@@ -240,7 +240,7 @@ async fn grants(db: Db) {
         grantee: grantee.to_owned(),
         reason: reason.to_owned(),
         expires_at,
-        history_from: Default::default(),
+        ..Default::default()
     };
 
     assert_status(
@@ -379,7 +379,7 @@ async fn grants(db: Db) {
         reason: "Fraud scoring at signup.".to_owned(),
         expires_at: Some(now + Duration::days(60)),
         revision: Some(1),
-        history_from: Default::default(),
+        ..Default::default()
     };
     let updated = growth
         .update_grant(&granted.id, &update)
@@ -423,6 +423,7 @@ async fn grants(db: Db) {
         .check_subscription(&CheckSubscription {
             stream: "fraud-signals".to_owned(),
             events: vec!["user_signed_up".to_owned()],
+            ..Default::default()
         })
         .await
         .expect("check");
@@ -461,7 +462,7 @@ async fn grants(db: Db) {
                     reason: "x".to_owned(),
                     expires_at: None,
                     revision: None,
-                    history_from: Default::default(),
+                    ..Default::default()
                 },
             )
             .await,

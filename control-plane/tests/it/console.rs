@@ -196,7 +196,7 @@ async fn pages_show_what_their_viewer_may_see(db: Db) {
             grantee: "analytics".to_owned(),
             reason: format!("Churn model {NASTY}"),
             expires_at: Some(now + Duration::days(20)),
-            history_from: Default::default(),
+            ..Default::default()
         })
         .await
         .expect("grant");
@@ -206,7 +206,7 @@ async fn pages_show_what_their_viewer_may_see(db: Db) {
             grantee: "marketing".to_owned(),
             reason: "Campaign reach".to_owned(),
             expires_at: None,
-            history_from: Default::default(),
+            ..Default::default()
         })
         .await
         .expect("grant");
@@ -223,7 +223,7 @@ async fn pages_show_what_their_viewer_may_see(db: Db) {
         .create_subscription(&CreateSubscription {
             stream: "analytics-users".to_owned(),
             events: vec!["user_signed_up".to_owned()],
-            start_from: Default::default(),
+            ..Default::default()
         })
         .await
         .expect("subscription");

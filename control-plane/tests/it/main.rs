@@ -4,6 +4,7 @@ mod access;
 mod audit;
 mod catalog;
 mod console;
+mod gatekeeping;
 mod http;
 mod leases;
 mod replicas;

@@ -31,7 +31,7 @@ async fn route_table_follows_grants(db: Db) {
             grantee: "fraud".to_owned(),
             reason: "Scoring.".to_owned(),
             expires_at: Some(expires),
-            history_from: Default::default(),
+            ..Default::default()
         })
         .await
         .expect("grant");
@@ -48,7 +48,7 @@ async fn route_table_follows_grants(db: Db) {
         .create_subscription(&CreateSubscription {
             stream: "fraud-signals".to_owned(),
             events: vec!["user_signed_up".to_owned()],
-            start_from: Default::default(),
+            ..Default::default()
         })
         .await
         .expect("subscription");
@@ -72,6 +72,7 @@ async fn route_table_follows_grants(db: Db) {
                 // Deny by default: the grant reaches back to its creation only.
                 history_from: Some(grant.created_at),
                 hydration: None,
+                ..Default::default()
             }],
         }]
     );

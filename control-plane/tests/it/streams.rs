@@ -139,7 +139,7 @@ async fn stream_lifecycle(db: Db) {
         .create_subscription(&CreateSubscription {
             stream: "fraud-signals".to_owned(),
             events: vec![],
-            start_from: Default::default(),
+            ..Default::default()
         })
         .await;
     assert_status(subscription, 400, "at least one event");
@@ -156,7 +156,7 @@ async fn stream_lifecycle(db: Db) {
         .create_subscription(&CreateSubscription {
             stream: "fraud-signals".to_owned(),
             events: vec!["fraud_flagged".to_owned()],
-            start_from: Default::default(),
+            ..Default::default()
         })
         .await
         .expect("subscribe");
@@ -217,7 +217,7 @@ async fn subscription_access_checks(db: Db) {
             grantee: "fraud".to_owned(),
             reason: "Scoring.".to_owned(),
             expires_at: Some(soon),
-            history_from: Default::default(),
+            ..Default::default()
         })
         .await
         .expect("grant");
@@ -227,7 +227,7 @@ async fn subscription_access_checks(db: Db) {
             grantee: "fraud".to_owned(),
             reason: "Scoring.".to_owned(),
             expires_at: Some(Utc::now() + Duration::seconds(30)),
-            history_from: Default::default(),
+            ..Default::default()
         })
         .await
         .expect("grant");
@@ -256,6 +256,7 @@ async fn subscription_access_checks(db: Db) {
         .check_subscription(&CheckSubscription {
             stream: "fraud-signals".to_owned(),
             events: events.clone(),
+            ..Default::default()
         })
         .await
         .expect("check");
@@ -281,7 +282,7 @@ async fn subscription_access_checks(db: Db) {
         .create_subscription(&CreateSubscription {
             stream: "fraud-signals".to_owned(),
             events: events.clone(),
-            start_from: Default::default(),
+            ..Default::default()
         })
         .await;
     let error = refused.expect_err("refused");
@@ -316,7 +317,7 @@ async fn subscription_access_checks(db: Db) {
     let subscribe = |events: &[&str]| CreateSubscription {
         stream: "fraud-signals".to_owned(),
         events: events.iter().map(|e| (*e).to_owned()).collect(),
-        start_from: Default::default(),
+        ..Default::default()
     };
     assert_status(
         cards
@@ -345,7 +346,7 @@ async fn subscription_access_checks(db: Db) {
     let widen = UpdateSubscription {
         events: vec!["user_signed_up".to_owned(), "card_swiped".to_owned()],
         revision: Some(1),
-        start_from: Default::default(),
+        ..Default::default()
     };
     assert_status(
         fraud.update_subscription(&created.id, &widen).await,
@@ -359,7 +360,7 @@ async fn subscription_access_checks(db: Db) {
     let narrow = UpdateSubscription {
         events: vec!["user_signed_up".to_owned()],
         revision: Some(1),
-        start_from: Default::default(),
+        ..Default::default()
     };
     let narrowed = fraud
         .update_subscription(&created.id, &narrow)
@@ -381,6 +382,7 @@ async fn subscription_access_checks(db: Db) {
         .check_subscription(&CheckSubscription {
             stream: "fraud-signals".to_owned(),
             events: vec!["user_signed_up".to_owned()],
+            ..Default::default()
         })
         .await
         .expect("check");

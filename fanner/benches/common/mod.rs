@@ -116,7 +116,7 @@ impl Setup {
             CreateSubscription {
                 stream: "growth-own".to_owned(),
                 events: vec!["signup".to_owned()],
-                start_from: None,
+                ..Default::default()
             },
         )
         .await

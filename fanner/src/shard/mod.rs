@@ -39,6 +39,7 @@ use shard_runtime::{CoordinatorError, Exit, LeaseHandle};
 use crate::checkpoint::{self, Checkpoint};
 use crate::config::EngineConfig;
 use crate::dead_letter::{self, DeadLetter, Reason};
+use crate::gate::{Decision, RecordGate};
 use crate::link::ControlPlaneLink;
 use crate::router::{self, RouteIndex, Routing};
 use crate::routes::LiveRoutes;

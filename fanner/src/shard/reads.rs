@@ -282,6 +282,7 @@ impl Worker {
     ) {
         match verdict {
             Verdict::Deliver { event, routed, key } => {
+                let mut gate = RecordGate::new(&record.data);
                 for slot in routed.deliveries() {
                     if !slot.live_at(&self.shard, &seq) {
                         continue;
@@ -302,9 +303,26 @@ impl Worker {
                     if only.is_none() && !target.is_attached() {
                         continue;
                     }
+                    let data = match gate.decide(slot) {
+                        Decision::Deliver(data) if data.len() + key.len() <= MAX_RECORD_BYTES => {
+                            data
+                        }
+                        Decision::Deliver(_) => {
+                            // Hash tokens can grow a record past the limit: it cannot be
+                            // written, and it must not be written unredacted.
+                            metrics::counter!("fanner_engine_oversize_after_redaction_total")
+                                .increment(1);
+                            tally.add(&slot.subscription, &info.stream, Count::Denied);
+                            continue;
+                        }
+                        Decision::Filtered => {
+                            tally.add(&slot.subscription, &info.stream, Count::Filtered);
+                            continue;
+                        }
+                    };
                     target.queue.push_back(Delivery {
                         prev: prev.clone(),
-                        data: record.data.clone(),
+                        data,
                         key: key.clone(),
                         event: event.clone(),
                         subscription: Some(slot.subscription.clone()),
@@ -312,6 +330,10 @@ impl Worker {
                         access_expires_at: slot.access_expires_at,
                         arrival: record.arrival_time,
                     });
+                }
+                if gate.withheld > 0 {
+                    metrics::counter!("fanner_engine_payloads_withheld_total")
+                        .increment(gate.withheld);
                 }
                 if only.is_none() {
                     for slot in routed.denied() {

@@ -130,12 +130,14 @@ pub(super) enum Count {
     Denied,
     Retried,
     DeadLettered,
+    /// The subscription's filter did not match.
+    Filtered,
 }
 
 /// Per-subscription counts of one batch, added to the metrics once.
 #[derive(Default)]
 pub(super) struct Tally {
-    counts: HashMap<(Arc<str>, Arc<str>), [u64; 4]>,
+    counts: HashMap<(Arc<str>, Arc<str>), [u64; 5]>,
 }
 
 impl Tally {
@@ -146,11 +148,12 @@ impl Tally {
     }
 
     pub(super) fn flush(self) {
-        const NAMES: [&str; 4] = [
+        const NAMES: [&str; 5] = [
             "fanner_engine_delivered_records_total",
             "fanner_engine_denied_records_total",
             "fanner_engine_retried_records_total",
             "fanner_engine_dead_lettered_records_total",
+            "fanner_engine_filtered_records_total",
         ];
         for ((subscription, stream), counts) in self.counts {
             for (name, count) in NAMES.iter().zip(counts) {

@@ -243,7 +243,7 @@ impl Harness {
                 CreateSubscription {
                     stream: stream.to_owned(),
                     events: events.iter().map(|e| (*e).to_owned()).collect(),
-                    start_from: Default::default(),
+                    ..Default::default()
                 },
             )
             .await
@@ -265,7 +265,7 @@ impl Harness {
                     grantee: grantee.to_owned(),
                     reason: "Testing delivery.".to_owned(),
                     expires_at,
-                    history_from: Default::default(),
+                    ..Default::default()
                 },
             )
             .await

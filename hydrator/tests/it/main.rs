@@ -153,6 +153,8 @@ impl Setup {
                     stream: "ledger".to_owned(),
                     events: vec![EVENT.to_owned()],
                     start_from: Some(start_from),
+                    delivery_format: Default::default(),
+                    filter: Default::default(),
                 },
             )
             .await

@@ -1,6 +1,6 @@
 use std::sync::LazyLock;
 
-use api::{CreateGrant, Grant, GrantStatus, HistoryFrom, UpdateGrant, rules};
+use api::{CreateGrant, Grant, GrantStatus, HistoryFrom, RedactMode, UpdateGrant, rules};
 use chrono::{DateTime, Utc};
 
 use super::{
@@ -46,6 +46,32 @@ static SCHEMA: LazyLock<Schema> =
              instant. When not set, the grant's creation time: no history from before the \
              grant. Changed in place.",
         ),
+        Attr::optional_computed(
+            "redact",
+            Ty::set_of_strings(),
+            "Fields the grantee never sees, in every stream whose access comes from this grant: \
+             `user_id`, `device_id`, `trace_id`, `producer`, `attributes.<key>`, \
+             `payload.<key>[.<key>...]` (JSON payloads; fields inside arrays of objects too). A \
+             payload that is not JSON is withheld whole when a `payload.` field is redacted. \
+             Changed in place.",
+        )
+        .default(Vec::<String>::new()),
+        Attr::optional_computed(
+            "redact_mode",
+            Ty::String,
+            "`drop` (the field is removed) or `hash` (replaced by an HMAC-SHA-256 token, lowercase \
+             hex, under a key Fanner keeps per grant: equal values give equal tokens, so the \
+             grantee can still join on them). Changed in place.",
+        )
+        .default("drop"),
+        Attr::optional_computed(
+            "include_pii",
+            Ty::set_of_strings(),
+            "Fields the event's schema marks as PII that the grantee may see anyway (same paths \
+             as `redact`). Stored and shown in `fanner_access`; the schema's PII marks are not \
+             read yet, so it redacts nothing by itself. Changed in place.",
+        )
+        .default(Vec::<String>::new()),
         Attr::computed(
             "granted_by",
             Ty::String,
@@ -113,6 +139,9 @@ fn state_of(grant: &Grant, written: Option<&Obj>) -> Obj {
         ),
     );
     state.set("granted_by", grant.granted_by.as_str());
+    state.set("redact", grant.redact.clone());
+    state.set("redact_mode", grant.redact_mode.as_str());
+    state.set("include_pii", grant.include_pii.clone());
     let status = match grant.status {
         GrantStatus::Active => "active",
         GrantStatus::Expired => "expired",
@@ -149,6 +178,17 @@ fn history_change(
             diags.error_at("history_from", "Invalid history_from", problem);
         }),
     }
+}
+
+/// The redaction settings of a planned grant.
+fn redaction(obj: &Obj) -> (Vec<String>, RedactMode, Vec<String>) {
+    (
+        obj.get("redact").as_strings().unwrap_or_default(),
+        obj.str("redact_mode")
+            .and_then(RedactMode::parse)
+            .unwrap_or_default(),
+        obj.get("include_pii").as_strings().unwrap_or_default(),
+    )
 }
 
 fn expiry(obj: &Obj, diags: &mut Diags) -> Result<Option<DateTime<Utc>>, ()> {
@@ -223,6 +263,21 @@ impl Resource for GrantResource {
         check_str(config, "history_from", diags, |v| {
             parse_history(v).map(|_| ())
         });
+        check_str(config, "redact_mode", diags, |v| {
+            match RedactMode::parse(v) {
+                Some(_) => Ok(()),
+                None => Err(format!(
+                    "redact_mode must be \"drop\" or \"hash\", not {v:?}"
+                )),
+            }
+        });
+        for attr in ["redact", "include_pii"] {
+            if let Some(paths) = config.get(attr).as_strings()
+                && let Err(problem) = rules::redact::normalize_paths(attr, &paths)
+            {
+                diags.error_at(attr, format!("Invalid {attr}"), problem);
+            }
+        }
     }
 
     /// When the expiry is new or changes, checks it against the event's classification now, so
@@ -343,12 +398,16 @@ impl Resource for GrantResource {
         let reason = required_str(planned, "reason", diags)?;
         let expires_at = expiry(planned, diags).ok()?;
         let history_from = history_change(None, planned, diags).ok()?;
+        let (redact, redact_mode, include_pii) = redaction(planned);
         let body = CreateGrant {
             event: event.to_owned(),
             grantee: grantee.to_owned(),
             reason: reason.to_owned(),
             expires_at,
             history_from,
+            redact,
+            redact_mode,
+            include_pii,
         };
         ctx.cache.invalidate().await;
         diags
@@ -371,11 +430,15 @@ impl Resource for GrantResource {
         let reason = required_str(planned, "reason", diags)?;
         let expires_at = expiry(planned, diags).ok()?;
         let history_from = history_change(Some(prior), planned, diags).ok()?;
+        let (redact, redact_mode, include_pii) = redaction(planned);
         let body = UpdateGrant {
             reason: reason.to_owned(),
             expires_at,
             history_from,
             revision: prior.get("revision").as_i64(),
+            redact,
+            redact_mode,
+            include_pii,
         };
         ctx.cache.invalidate().await;
         diags
@@ -424,6 +487,9 @@ pub fn access_entry(grant: &Grant) -> Value {
         GrantStatus::Revoked => "revoked",
     };
     entry.set("status", status);
+    entry.set("redact", grant.redact.clone());
+    entry.set("redact_mode", grant.redact_mode.as_str());
+    entry.set("include_pii", grant.include_pii.clone());
     entry.into_value()
 }
 
@@ -446,6 +512,9 @@ mod tests {
             status: GrantStatus::Active,
             revision: 1,
             history_from: api::HistoryFrom::Unbounded,
+            redact: Vec::new(),
+            redact_mode: RedactMode::Drop,
+            include_pii: Vec::new(),
         }
     }
 

@@ -149,6 +149,7 @@ impl Verdicts {
         let body = api::CheckSubscription {
             stream: stream.to_owned(),
             events,
+            ..Default::default()
         };
         let verdict = cell
             .get_or_try_init(|| client.check_subscription(&body))

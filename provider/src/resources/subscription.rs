@@ -1,8 +1,9 @@
 use std::sync::LazyLock;
 
+use api::rules::filter::Filter;
 use api::{
-    AccessProblem, CreateSubscription, DenialReason, GrantStatus, Hydration, StartFrom,
-    Subscription, SubscriptionStatus, UpdateSubscription, rules,
+    AccessProblem, CreateSubscription, DeliveryFormat, DenialReason, GrantStatus, Hydration,
+    StartFrom, Subscription, SubscriptionStatus, UpdateSubscription, rules,
 };
 
 use super::{
@@ -78,6 +79,28 @@ static SCHEMA: LazyLock<Schema> = LazyLock::new(|| Schema {
              plans a change.",
         )
         .changes_on_update(),
+        Attr::optional(
+            "filter",
+            Ty::String,
+            "Only events matching this pattern are delivered (JSON, e.g. `jsonencode({ payload = \
+             { country = [\"US\"], age = [{ numeric = [\">=\", 18] }] } })`): a subset of \
+             EventBridge event patterns. Keys address envelope fields (`event_id`, \
+             `event_name`, `producer`, `trace_id`, `user_id`, `device_id`, `content_type`), \
+             `attributes` and JSON `payload` fields by nesting; each field lists alternatives \
+             (OR): values, `{ prefix = \"..\" }`, `{ suffix = \"..\" }`, \
+             `{ \"anything-but\" = .. }`, `{ numeric = [\">\", 0, \"<=\", 100] }`, \
+             `{ exists = true }`; all fields must match (AND). At most 300 alternatives in all. \
+             A payload that is not JSON matches no payload key. Checked at plan time; changed \
+             in place.",
+        ),
+        Attr::optional_computed(
+            "delivery_format",
+            Ty::String,
+            "`envelope` (the event's envelope, as produced, with the grant's redaction) or \
+             `payload` (the payload bytes alone; the event id is the record's partition key, the \
+             event name and other envelope fields are not delivered). Changed in place.",
+        )
+        .default("envelope"),
         Attr::computed(
             "owner",
             Ty::String,
@@ -129,7 +152,8 @@ static LIST_SCHEMA: LazyLock<Schema> = LazyLock::new(|| Schema {
 });
 
 /// The subscription as state; `written` (the configuration or the prior state) keeps its
-/// `start_from` text when it names the same start as the API's.
+/// `start_from` text when it names the same start as the API's, and its filter text when it is
+/// the same pattern, so formatting never shows as a diff.
 fn state_of(subscription: &Subscription, written: Option<&Obj>) -> Obj {
     let mut state = SCHEMA.empty_object();
     state.set("id", subscription.id.as_str());
@@ -144,6 +168,20 @@ fn state_of(subscription: &Subscription, written: Option<&Obj>) -> Obj {
         ),
     );
     state.set("hydration", hydration_value(&subscription.hydration));
+    let filter = match (&subscription.filter, written.and_then(|w| w.str("filter"))) {
+        (Some(pattern), Some(written))
+            if serde_json::from_str::<serde_json::Value>(written)
+                .ok()
+                .as_ref()
+                == Some(pattern) =>
+        {
+            Value::string(written)
+        }
+        (Some(pattern), _) => Value::string(pattern.to_string()),
+        (None, _) => Value::Null,
+    };
+    state.set("filter", filter);
+    state.set("delivery_format", subscription.delivery_format.as_str());
     state.set("owner", subscription.owner.as_str());
     let status = match subscription.status {
         SubscriptionStatus::Active => "active",
@@ -212,6 +250,32 @@ fn resolved_by_this_plan(ctx: &Ctx, problem: &AccessProblem, owner: &str) -> boo
             ctx.pending.has_grant(&problem.event, owner)
         }
     }
+}
+
+/// The planned filter (parsed) and delivery format.
+fn gatekeeping(
+    obj: &Obj,
+    diags: &mut Diags,
+) -> Option<(Option<serde_json::Value>, DeliveryFormat)> {
+    let filter = match obj.str("filter") {
+        None => None,
+        Some(text) => match serde_json::from_str(text) {
+            Ok(pattern) => Some(pattern),
+            Err(error) => {
+                diags.error_at(
+                    "filter",
+                    "Invalid filter",
+                    format!("filter is not valid JSON: {error}"),
+                );
+                return None;
+            }
+        },
+    };
+    let format = obj
+        .str("delivery_format")
+        .and_then(DeliveryFormat::parse)
+        .unwrap_or_default();
+    Some((filter, format))
 }
 
 fn events(obj: &Obj, diags: &mut Diags) -> Option<Vec<String>> {
@@ -287,6 +351,23 @@ impl Resource for SubscriptionResource {
     fn validate(&self, config: &Obj, diags: &mut Diags) {
         check_str(config, "stream", diags, |v| rules::check_name("stream", v));
         check_str(config, "start_from", diags, |v| parse_start(v).map(|_| ()));
+        // The same rules as the API's, so a bad pattern or one over the budget fails the plan.
+        check_str(config, "filter", diags, |v| {
+            Filter::parse(v)
+                .map(|_| ())
+                .map_err(|error| error.to_string())
+        });
+        check_str(
+            config,
+            "delivery_format",
+            diags,
+            |v| match DeliveryFormat::parse(v) {
+                Some(_) => Ok(()),
+                None => Err(format!(
+                    "delivery_format must be \"envelope\" or \"payload\", not {v:?}"
+                )),
+            },
+        );
         let Some(items) = config.get("events").as_list() else {
             return;
         };
@@ -505,10 +586,13 @@ impl Resource for SubscriptionResource {
         let stream = required_str(planned, "stream", diags)?;
         let events = events(planned, diags)?;
         let start_from = start_change(None, planned, diags).ok()?;
+        let (filter, delivery_format) = gatekeeping(planned, diags)?;
         let body = CreateSubscription {
             stream: stream.to_owned(),
             events,
             start_from,
+            filter,
+            delivery_format,
         };
         ctx.cache.invalidate().await;
         diags
@@ -530,10 +614,13 @@ impl Resource for SubscriptionResource {
         let id = required_str(prior, "id", diags)?;
         let events = events(planned, diags)?;
         let start_from = start_change(Some(prior), planned, diags).ok()?;
+        let (filter, delivery_format) = gatekeeping(planned, diags)?;
         let body = UpdateSubscription {
             events,
             start_from,
             revision: prior.get("revision").as_i64(),
+            filter,
+            delivery_format,
         };
         ctx.cache.invalidate().await;
         diags
@@ -615,6 +702,8 @@ mod tests {
             revision: 1,
             created_at: at,
             updated_at: at,
+            delivery_format: Default::default(),
+            filter: Default::default(),
         }
     }
 

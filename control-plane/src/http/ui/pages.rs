@@ -221,6 +221,7 @@ pub(super) async fn stream(
         let check = CheckSubscription {
             stream: stream.name.clone(),
             events: named.clone(),
+            ..Default::default()
         };
         Some(cp.check_subscription(&viewer.ctx, check).await?)
     };

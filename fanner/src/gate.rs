@@ -1,0 +1,647 @@
+//! The gatekeeper, pure: per delivery, whether a routed event passes its subscription's filter,
+//! and the bytes the stream receives (the grant's redaction and the subscription's delivery
+//! format applied).
+//!
+//! [`Gate`] is compiled once per route-table target (the filter, the redaction, the format);
+//! [`RecordGate`] holds one record while it is judged for each of its slots, so the envelope
+//! is read, the payload parsed and each distinct rewrite made at most once per record, however
+//! many streams receive it. A slot without a gate gets the GES bytes themselves (a `Bytes`
+//! clone): the zero-copy path. Live delivery (the shard worker) and any other reader of GES
+//! records (history replay) call the same [`RecordGate::decide`] with a [`Slot`].
+//!
+//! Redaction is deny-by-default: a grant that redacts payload fields of a payload that is not
+//! JSON gets the payload withheld (empty), since its fields cannot be found to remove them.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use api::rules::filter::{Filter, FilterError, Subject};
+use api::rules::redact::{EnvelopeFieldName, FieldPath};
+use api::{DeliveryFormat, RedactMode, RouteTarget};
+use bytes::Bytes;
+use hmac::{Hmac, Mac};
+use proto::Message;
+use serde_json::Value;
+use sha2::Sha256;
+
+use crate::router::Slot;
+
+/// Why a route-table target cannot be served (the target is then left out: deny by default).
+#[derive(Debug, thiserror::Error)]
+pub enum GateError {
+    #[error(transparent)]
+    Filter(#[from] FilterError),
+    #[error("redact: {0}")]
+    Path(String),
+    #[error("redact_mode hash needs the grant's key, and the route table carries none")]
+    MissingKey,
+    #[error("the grant's redaction key is not hex")]
+    BadKey,
+}
+
+/// What a slot does to the events it receives. Absent (`Slot::gate` is `None`) when it does
+/// nothing: no filter, no redaction, the envelope format.
+#[derive(Debug)]
+pub struct Gate {
+    /// Alternatives: the event is delivered when any of them matches (one per subscription of
+    /// the stream that names the event); empty = every event.
+    filters: Vec<Filter>,
+    redaction: Option<Arc<Redaction>>,
+    format: DeliveryFormat,
+}
+
+/// One grant's redaction, shared by every slot with the same set, which gives a record's
+/// rewrite its identity: `id`.
+#[derive(Debug)]
+pub struct Redaction {
+    id: usize,
+    envelope: Vec<EnvelopeFieldName>,
+    attributes: Vec<String>,
+    payload: Vec<Vec<String>>,
+    /// `Some` in hash mode: the grant's key, already absorbed (each token then costs only
+    /// the message's compressions).
+    mac: Option<Hmac<Sha256>>,
+}
+
+/// Interns redactions while a route table is compiled: equal field sets under equal modes and
+/// keys become one [`Redaction`].
+#[derive(Default)]
+pub struct Redactions {
+    known: HashMap<(Vec<String>, RedactMode, Option<String>), Arc<Redaction>>,
+}
+
+impl Gate {
+    /// The gate for `target`, or `None` when it delivers the GES bytes unchanged.
+    pub fn compile(
+        target: &RouteTarget,
+        redactions: &mut Redactions,
+    ) -> Result<Option<Gate>, GateError> {
+        let filters = match &target.filter {
+            Some(pattern) => vec![Filter::compile(pattern)?],
+            None => Vec::new(),
+        };
+        let redaction = redactions.get(target)?;
+        if filters.is_empty()
+            && redaction.is_none()
+            && target.delivery_format == DeliveryFormat::Envelope
+        {
+            return Ok(None);
+        }
+        Ok(Some(Gate {
+            filters,
+            redaction,
+            format: target.delivery_format,
+        }))
+    }
+
+    /// The gate of one stream that several subscriptions feed the same event: it passes what
+    /// either passes. `kept` (the subscription whose access lasts longest) gives the format.
+    pub fn merge(kept: Option<Arc<Gate>>, other: Option<Arc<Gate>>) -> Option<Arc<Gate>> {
+        let (Some(kept), Some(other)) = (&kept, &other) else {
+            // One of them has no filter, so every event passes; the kept one says the rest.
+            return match kept {
+                Some(gate) if !gate.filters.is_empty() => Some(Arc::new(Gate {
+                    filters: Vec::new(),
+                    redaction: gate.redaction.clone(),
+                    format: gate.format,
+                })),
+                kept => kept,
+            };
+        };
+        let filters = if kept.filters.is_empty() || other.filters.is_empty() {
+            Vec::new()
+        } else {
+            kept.filters.iter().chain(&other.filters).cloned().collect()
+        };
+        Some(Arc::new(Gate {
+            filters,
+            redaction: kept.redaction.clone(),
+            format: kept.format,
+        }))
+    }
+
+    fn reads_payload(&self) -> bool {
+        self.filters.iter().any(Filter::reads_payload)
+    }
+}
+
+impl Redactions {
+    fn get(&mut self, target: &RouteTarget) -> Result<Option<Arc<Redaction>>, GateError> {
+        if target.redact.is_empty() {
+            return Ok(None);
+        }
+        let key = match target.redact_mode {
+            RedactMode::Drop => None,
+            RedactMode::Hash => Some(target.redact_key.clone().ok_or(GateError::MissingKey)?),
+        };
+        let id = self.known.len();
+        let entry = (target.redact.clone(), target.redact_mode, key.clone());
+        if let Some(known) = self.known.get(&entry) {
+            return Ok(Some(known.clone()));
+        }
+        let mut redaction = Redaction {
+            id,
+            envelope: Vec::new(),
+            attributes: Vec::new(),
+            payload: Vec::new(),
+            mac: key
+                .map(|hex_key| {
+                    let key = hex::decode(hex_key).map_err(|_| GateError::BadKey)?;
+                    // HMAC accepts keys of any length.
+                    <Hmac<Sha256> as Mac>::new_from_slice(&key).map_err(|_| GateError::BadKey)
+                })
+                .transpose()?,
+        };
+        for path in &target.redact {
+            match FieldPath::parse(path).map_err(GateError::Path)? {
+                FieldPath::Envelope(field) => redaction.envelope.push(field),
+                FieldPath::Attribute(key) => redaction.attributes.push(key),
+                FieldPath::Payload(keys) => redaction.payload.push(keys),
+            }
+        }
+        let redaction = Arc::new(redaction);
+        self.known.insert(entry, redaction.clone());
+        Ok(Some(redaction))
+    }
+}
+
+/// What one slot gets of one record.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Decision {
+    /// The subscription's filter does not match: not delivered (counted as filtered).
+    Filtered,
+    Deliver(Bytes),
+}
+
+/// One record, judged slot by slot; see the module docs.
+pub struct RecordGate<'r> {
+    data: &'r Bytes,
+    /// `None` until needed; `Some(None)` when the record is not an envelope.
+    envelope: Option<Option<proto::EnvelopeRef<'r>>>,
+    /// `None` until needed; `Some(None)` when the payload is not JSON.
+    payload: Option<Option<Value>>,
+    /// Rewrites made so far, by redaction id and format.
+    outputs: Vec<((Option<usize>, DeliveryFormat), Bytes)>,
+    /// Deliveries whose payload was withheld because it could not be redacted field by field.
+    pub withheld: u64,
+}
+
+impl<'r> RecordGate<'r> {
+    pub fn new(data: &'r Bytes) -> RecordGate<'r> {
+        RecordGate {
+            data,
+            envelope: None,
+            payload: None,
+            outputs: Vec::new(),
+            withheld: 0,
+        }
+    }
+
+    /// Whether `slot` receives the record, and as which bytes.
+    pub fn decide(&mut self, slot: &Slot) -> Decision {
+        let Some(gate) = slot.gate.as_deref() else {
+            return Decision::Deliver(self.data.clone());
+        };
+        let data: &'r Bytes = self.data;
+        let Some(envelope) = self
+            .envelope
+            .get_or_insert_with(|| proto::EnvelopeRef::decode(data).ok())
+        else {
+            // Routed records are envelopes; anything else is refused rather than passed on.
+            return Decision::Filtered;
+        };
+        if !gate.filters.is_empty() {
+            let payload = if gate.reads_payload() {
+                parsed(&mut self.payload, envelope)
+            } else {
+                None
+            };
+            let subject = Subject { envelope, payload };
+            if !gate.filters.iter().any(|filter| filter.matches(&subject)) {
+                return Decision::Filtered;
+            }
+        }
+        let key = (gate.redaction.as_ref().map(|r| r.id), gate.format);
+        if let Some((_, bytes)) = self.outputs.iter().find(|(k, _)| *k == key) {
+            return Decision::Deliver(bytes.clone());
+        }
+        let redaction = gate.redaction.as_deref();
+        let payload = match redaction.filter(|r| !r.payload.is_empty()) {
+            None => None,
+            Some(redaction) => Some(match parsed(&mut self.payload, envelope) {
+                Some(json) => {
+                    let mut json = json.clone();
+                    for path in &redaction.payload {
+                        redaction.apply_json(&mut json, path);
+                    }
+                    Bytes::from(serde_json::to_vec(&json).unwrap_or_default())
+                }
+                None => {
+                    self.withheld += 1;
+                    Bytes::new()
+                }
+            }),
+        };
+        let bytes = match gate.format {
+            DeliveryFormat::Payload => payload.unwrap_or_else(|| data.slice_ref(envelope.payload)),
+            DeliveryFormat::Envelope => {
+                let mut owned = envelope.to_envelope();
+                if let Some(payload) = payload {
+                    owned.payload = payload.to_vec();
+                }
+                if let Some(redaction) = redaction {
+                    redaction.apply_envelope(&mut owned);
+                }
+                Bytes::from(owned.encode_to_vec())
+            }
+        };
+        self.outputs.push((key, bytes.clone()));
+        Decision::Deliver(bytes)
+    }
+}
+
+/// The payload as JSON, parsed on first use.
+fn parsed<'c>(
+    cache: &'c mut Option<Option<Value>>,
+    envelope: &proto::EnvelopeRef<'_>,
+) -> Option<&'c Value> {
+    cache
+        .get_or_insert_with(|| serde_json::from_slice(envelope.payload).ok())
+        .as_ref()
+}
+
+impl Redaction {
+    fn token(mac: &Hmac<Sha256>, value: &[u8]) -> String {
+        let mut mac = mac.clone();
+        mac.update(value);
+        hex::encode(mac.finalize().into_bytes())
+    }
+
+    /// Drops (empties) or hashes a string; an empty string is absent and stays so.
+    fn redact_string(&self, value: &mut String) {
+        if value.is_empty() {
+            return;
+        }
+        *value = match &self.mac {
+            Some(mac) => Redaction::token(mac, value.as_bytes()),
+            None => String::new(),
+        };
+    }
+
+    fn apply_envelope(&self, envelope: &mut proto::Envelope) {
+        for field in &self.envelope {
+            let value = match field {
+                EnvelopeFieldName::UserId => &mut envelope.user_id,
+                EnvelopeFieldName::DeviceId => &mut envelope.device_id,
+                EnvelopeFieldName::TraceId => &mut envelope.trace_id,
+                EnvelopeFieldName::Producer => &mut envelope.producer,
+            };
+            self.redact_string(value);
+        }
+        for key in &self.attributes {
+            match &self.mac {
+                None => {
+                    envelope.attributes.remove(key);
+                }
+                Some(_) => {
+                    if let Some(value) = envelope.attributes.get_mut(key) {
+                        self.redact_string(value);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Redacts the field at `path` below `value`, in every element of arrays met on the way; a
+    /// hashed array has each element hashed (so a consumer can still join on its members).
+    fn apply_json(&self, value: &mut Value, path: &[String]) {
+        match value {
+            Value::Array(items) => {
+                for item in items {
+                    self.apply_json(item, path);
+                }
+            }
+            Value::Object(map) => {
+                let Some((key, rest)) = path.split_first() else {
+                    return;
+                };
+                if !rest.is_empty() {
+                    if let Some(next) = map.get_mut(key) {
+                        self.apply_json(next, rest);
+                    }
+                    return;
+                }
+                match &self.mac {
+                    None => {
+                        map.remove(key);
+                    }
+                    Some(secret) => {
+                        if let Some(leaf) = map.get_mut(key) {
+                            self.hash_json(secret, leaf);
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// A string hashes as its text (so it matches the token of the same envelope string), any
+    /// other value as its JSON; arrays element by element.
+    fn hash_json(&self, secret: &Hmac<Sha256>, value: &mut Value) {
+        match value {
+            Value::Array(items) => {
+                for item in items {
+                    self.hash_json(secret, item);
+                }
+            }
+            Value::String(text) => {
+                *value = Value::String(Redaction::token(secret, text.as_bytes()))
+            }
+            other => {
+                let text = other.to_string();
+                *other = Value::String(Redaction::token(secret, text.as_bytes()));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    const KEY: &str = "000102030405060708090a0b0c0d0e0f";
+
+    fn token(value: &str) -> String {
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&hex::decode(KEY).expect("hex"))
+            .expect("any key");
+        mac.update(value.as_bytes());
+        hex::encode(mac.finalize().into_bytes())
+    }
+
+    fn target(
+        filter: Option<Value>,
+        redact: &[&str],
+        mode: RedactMode,
+        format: DeliveryFormat,
+    ) -> RouteTarget {
+        RouteTarget {
+            subscription_id: "s".to_owned(),
+            stream: "fraud".to_owned(),
+            backing_name: "fanner-fraud".to_owned(),
+            owner: "fraud".to_owned(),
+            access_expires_at: None,
+            filter,
+            delivery_format: format,
+            redact: redact.iter().map(|p| (*p).to_owned()).collect(),
+            redact_mode: mode,
+            redact_key: (mode == RedactMode::Hash).then(|| KEY.to_owned()),
+            history_from: Default::default(),
+            hydration: Default::default(),
+        }
+    }
+
+    fn slot(gate: Option<Gate>) -> Slot {
+        Slot {
+            target: 0,
+            subscription: "s".into(),
+            access_expires_at: None,
+            gate: gate.map(Arc::new),
+            history_from: Default::default(),
+            hydration: Default::default(),
+        }
+    }
+
+    fn record(payload: &[u8]) -> Bytes {
+        Bytes::from(
+            proto::Envelope {
+                event_id: "e-1".to_owned(),
+                event_name: "signup".to_owned(),
+                producer: "growth".to_owned(),
+                user_id: "u-42".to_owned(),
+                trace_id: String::new(),
+                attributes: [("ip", "10.0.0.1"), ("région", "eu")]
+                    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                    .into(),
+                content_type: "application/json".to_owned(),
+                payload: payload.to_vec(),
+                ..Default::default()
+            }
+            .encode_to_vec(),
+        )
+    }
+
+    /// What `target`'s stream receives of an envelope carrying `payload`: `None` if filtered,
+    /// else the envelope's user id, attributes and payload (as JSON when it is JSON).
+    #[track_caller]
+    fn check(target: &RouteTarget, payload: &str, expected: Option<(&str, Value, Value)>) {
+        let gate = Gate::compile(target, &mut Redactions::default()).expect("valid target");
+        let data = record(payload.as_bytes());
+        let got = match RecordGate::new(&data).decide(&slot(gate)) {
+            Decision::Filtered => None,
+            Decision::Deliver(bytes) => {
+                let envelope = proto::Envelope::decode(bytes.as_ref()).expect("an envelope");
+                let payload = serde_json::from_slice(&envelope.payload)
+                    .unwrap_or_else(|_| json!(String::from_utf8_lossy(&envelope.payload)));
+                Some((envelope.user_id, json!(envelope.attributes), payload))
+            }
+        };
+        let expected =
+            expected.map(|(user, attributes, payload)| (user.to_owned(), attributes, payload));
+        assert_eq!(got, expected, "{target:?} on {payload}");
+    }
+
+    #[test]
+    fn redaction() {
+        use DeliveryFormat::Envelope;
+        use RedactMode::{Drop, Hash};
+        let attributes = json!({"ip": "10.0.0.1", "région": "eu"});
+        let p = r#"{"ssn":"123","card":{"number":"4111","exp":"12/30"},"emails":["a@x","b@x"],
+            "items":[{"sku":"x","price":3},{"sku":"y"}],"age":30,"你好":{"😊":"secret"}}"#;
+        // Drop: top-level, nested, absent, inside arrays of objects, unicode keys.
+        check(
+            &target(
+                None,
+                &[
+                    "payload.ssn",
+                    "payload.card.number",
+                    "payload.missing.x",
+                    "payload.items.price",
+                    "payload.你好.😊",
+                ],
+                Drop,
+                Envelope,
+            ),
+            p,
+            Some((
+                "u-42",
+                attributes.clone(),
+                json!({"card":{"exp":"12/30"},"emails":["a@x","b@x"],
+                "items":[{"sku":"x"},{"sku":"y"}],"age":30,"你好":{}}),
+            )),
+        );
+        // Envelope fields and attributes.
+        check(
+            &target(
+                None,
+                &["user_id", "trace_id", "attributes.ip", "attributes.ghost"],
+                Drop,
+                Envelope,
+            ),
+            r#"{"a":1}"#,
+            Some(("", json!({"région": "eu"}), json!({"a": 1}))),
+        );
+        // Hash: strings as their text (so the payload's and the envelope's tokens of one value
+        // match), other values as JSON, repeated fields element by element.
+        check(
+            &target(
+                None,
+                &[
+                    "user_id",
+                    "attributes.ip",
+                    "payload.uid",
+                    "payload.emails",
+                    "payload.age",
+                    "payload.card",
+                ],
+                Hash,
+                Envelope,
+            ),
+            r#"{"uid":"u-42","emails":["a@x","b@x"],"age":30,"card":{"n":1},"keep":true}"#,
+            Some((
+                &token("u-42"),
+                json!({"ip": token("10.0.0.1"), "région": "eu"}),
+                json!({"uid": token("u-42"), "emails": [token("a@x"), token("b@x")],
+                    "age": token("30"), "card": token(r#"{"n":1}"#), "keep": true}),
+            )),
+        );
+        // A payload that is not JSON cannot be redacted field by field: it is withheld.
+        check(
+            &target(None, &["payload.ssn"], Drop, Envelope),
+            "\u{1}protobuf bytes",
+            Some(("u-42", attributes.clone(), json!(""))),
+        );
+        // Only envelope fields redacted: a non-JSON payload passes unchanged.
+        check(
+            &target(None, &["user_id"], Drop, Envelope),
+            "plain text",
+            Some(("", attributes.clone(), json!("plain text"))),
+        );
+    }
+
+    #[test]
+    fn filters_and_formats() {
+        use DeliveryFormat::{Envelope, Payload};
+        use RedactMode::Drop;
+        let us = json!({"payload": {"country": ["US"]}});
+        let attributes = json!({"ip": "10.0.0.1", "région": "eu"});
+        check(
+            &target(Some(us.clone()), &[], Drop, Envelope),
+            r#"{"country":"US"}"#,
+            Some(("u-42", attributes.clone(), json!({"country": "US"}))),
+        );
+        check(
+            &target(Some(us.clone()), &[], Drop, Envelope),
+            r#"{"country":"CA"}"#,
+            None,
+        );
+        check(
+            &target(Some(us.clone()), &[], Drop, Envelope),
+            "not json",
+            None,
+        );
+
+        // Unfiltered, unredacted envelope slots get the record itself.
+        let data = record(br#"{"country":"US"}"#);
+        let plain = target(None, &[], Drop, Envelope);
+        assert!(
+            Gate::compile(&plain, &mut Redactions::default())
+                .expect("valid")
+                .is_none()
+        );
+        assert_eq!(
+            RecordGate::new(&data).decide(&slot(None)),
+            Decision::Deliver(data.clone())
+        );
+
+        // Payload format: exactly the payload bytes (a slice of the record), or redacted.
+        let produced = br#"{ "country" : "US", "ssn": "1" }"#;
+        let data = record(produced);
+        let payload_only = Gate::compile(
+            &target(None, &[], Drop, Payload),
+            &mut Redactions::default(),
+        )
+        .expect("valid");
+        assert_eq!(
+            RecordGate::new(&data).decide(&slot(payload_only)),
+            Decision::Deliver(Bytes::from_static(produced))
+        );
+        let redacted = Gate::compile(
+            &target(Some(us), &["payload.ssn", "user_id"], Drop, Payload),
+            &mut Redactions::default(),
+        )
+        .expect("valid");
+        assert_eq!(
+            RecordGate::new(&data).decide(&slot(redacted)),
+            Decision::Deliver(Bytes::from_static(br#"{"country":"US"}"#))
+        );
+    }
+
+    #[test]
+    fn one_rewrite_per_distinct_redaction() {
+        let mut redactions = Redactions::default();
+        let drop_ssn = target(
+            None,
+            &["payload.ssn"],
+            RedactMode::Drop,
+            DeliveryFormat::Envelope,
+        );
+        let a = slot(Gate::compile(&drop_ssn, &mut redactions).expect("valid"));
+        let b = slot(Gate::compile(&drop_ssn, &mut redactions).expect("valid"));
+        let hashed = target(
+            None,
+            &["payload.ssn"],
+            RedactMode::Hash,
+            DeliveryFormat::Envelope,
+        );
+        let c = slot(Gate::compile(&hashed, &mut redactions).expect("valid"));
+        let data = record(br#"{"ssn":"1"}"#);
+        let mut gate = RecordGate::new(&data);
+        let (Decision::Deliver(first), Decision::Deliver(second), Decision::Deliver(third)) =
+            (gate.decide(&a), gate.decide(&b), gate.decide(&c))
+        else {
+            panic!("all delivered");
+        };
+        // The same rewrite, shared (one allocation), and a different one for the other set.
+        assert_eq!(first.as_ptr(), second.as_ptr());
+        assert_ne!(first, third);
+        assert_eq!(gate.outputs.len(), 2);
+    }
+
+    #[test]
+    fn bad_targets_are_refused() {
+        let mut hashed = target(
+            None,
+            &["user_id"],
+            RedactMode::Hash,
+            DeliveryFormat::Envelope,
+        );
+        hashed.redact_key = None;
+        assert!(matches!(
+            Gate::compile(&hashed, &mut Redactions::default()),
+            Err(GateError::MissingKey)
+        ));
+        let bad = target(
+            Some(json!({"payload": 1})),
+            &[],
+            RedactMode::Drop,
+            DeliveryFormat::Envelope,
+        );
+        assert!(matches!(
+            Gate::compile(&bad, &mut Redactions::default()),
+            Err(GateError::Filter(_))
+        ));
+    }
+}
