@@ -123,6 +123,11 @@ impl Gate {
     fn reads_payload(&self) -> bool {
         self.filters.iter().any(Filter::reads_payload)
     }
+
+    /// What the slot's stream receives: envelopes, or payloads alone.
+    pub fn format(&self) -> DeliveryFormat {
+        self.format
+    }
 }
 
 impl Redactions {

@@ -1,8 +1,11 @@
-//! The pure part: which records of a batch a hydration delivers, and in what form.
+//! The pure part: which records of a batch a hydration delivers, and in what form. The filter,
+//! redaction and delivery format are live delivery's own (`fanner::gate`), applied to the same
+//! slot, so history is exactly what live delivery would have sent.
 
-use api::HydrationTask;
+use api::{DeliveryFormat, HydrationTask};
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
+use fanner::gate::{Decision, RecordGate};
 use fanner::router::RouteIndex;
 use streams::PutRecord;
 
@@ -15,10 +18,13 @@ pub struct Selection {
     pub records: Vec<PutRecord>,
     /// Some record's event is no longer readable by the stream (a grant revoked or expired).
     pub denied: bool,
+    /// Records the subscription's filter did not match.
+    pub filtered: u64,
 }
 
 /// The records of `data` that `task` delivers as of `table` at `now`: its events, still
-/// readable by its stream, with event times in its window and at or after what the grant allows.
+/// readable by its stream, with event times in its window and at or after what the grant allows,
+/// passing the stream's filter, redacted and formatted as live delivery does.
 pub fn select<'a>(
     task: &HydrationTask,
     table: &RouteIndex,
@@ -45,10 +51,23 @@ pub fn select<'a>(
         if !in_window(event_time, task.from, task.to, slot.history_from) {
             continue;
         }
+        let Decision::Deliver(bytes) = RecordGate::new(record).decide(slot) else {
+            selection.filtered += 1;
+            continue;
+        };
+        // A payload alone has no envelope to carry the mark.
+        let envelope_format = slot
+            .gate
+            .as_deref()
+            .is_none_or(|gate| gate.format() == DeliveryFormat::Envelope);
         let key = fanner::partition_key(record, envelope.event_id.as_bytes());
         selection.records.push(PutRecord {
             partition_key: String::from_utf8_lossy(&key).into_owned(),
-            data: deliver::mark(record, &task.id),
+            data: if envelope_format {
+                deliver::mark(&bytes, &task.id)
+            } else {
+                bytes
+            },
         });
     }
     selection

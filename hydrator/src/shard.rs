@@ -737,6 +737,10 @@ impl Worker {
     ) -> (Vec<PutRecord>, bool) {
         let table = self.shared.routes.load();
         let selection = select(task, &table, self.shared.routes.now(), data);
+        if selection.filtered > 0 {
+            metrics::counter!("fanner_hydration_filtered_records_total", "subscription" => task.subscription_id.clone())
+                .increment(selection.filtered);
+        }
         (selection.records, selection.denied)
     }
 
