@@ -4,14 +4,12 @@
 //! across a `kill -9` in the middle.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use api::{CreateSubscription, Hydration, HydrationState, StartFrom};
 
-use crate::{FANNER, Server};
+use crate::Server;
 
 const EVENT: &str = "invoice_paid";
 const STREAM: &str = "ledger";
@@ -29,26 +27,10 @@ fn client(server: &Server) -> api::Client {
 
 /// Publishes events `from..to` (their payload says which) and waits for every acknowledgement.
 fn publish(server: &Server, from: usize, to: usize) {
-    let mut child = Command::new(FANNER)
-        .arg("publish")
-        .env("FANNER_ENDPOINT", &server.endpoint)
-        .env("FANNER_TOKEN", &server.admin_token)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("fanner publish starts");
-    let mut stdin = child.stdin.take().expect("stdin");
-    for i in from..to {
-        writeln!(stdin, r#"{{"event": "{EVENT}", "payload": {{"n": {i}}}}}"#).expect("writes");
-    }
-    drop(stdin);
-    let output = child.wait_with_output().expect("publish ends");
-    assert!(
-        output.status.success(),
-        "publish failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let lines: String = (from..to)
+        .map(|i| format!("{{\"event\": \"{EVENT}\", \"payload\": {{\"n\": {i}}}}}\n"))
+        .collect();
+    server.publish_lines(&server.admin_token, &lines);
 }
 
 /// Every record on the stream: payload number → (copies, copies marked as history).
@@ -299,7 +281,7 @@ fn grants_bound_history_and_revocation_stops_it() {
         ));
         lines.push('\n');
     }
-    publish_lines(&server, &growth, &lines);
+    server.publish_lines(&growth, &lines);
     let grants = runtime().block_on(async {
         let growth = api::Client::new(&server.endpoint, Some(growth.clone())).expect("client");
         let mut made = Vec::new();
@@ -411,30 +393,6 @@ fn grants_bound_history_and_revocation_stops_it() {
     );
 }
 
-fn publish_lines(server: &Server, token: &str, lines: &str) {
-    let mut child = Command::new(FANNER)
-        .arg("publish")
-        .env("FANNER_ENDPOINT", &server.endpoint)
-        .env("FANNER_TOKEN", token)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("fanner publish starts");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(lines.as_bytes())
-        .expect("writes");
-    let output = child.wait_with_output().expect("publish ends");
-    assert!(
-        output.status.success(),
-        "publish failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-}
-
 /// After a consumer bug, a window of history is delivered again, beside live delivery, and the
 /// audit trail says who asked for which window and how many events it re-delivered.
 #[test]
@@ -471,7 +429,7 @@ fn a_replay_redelivers_its_window_and_is_audited() {
         ));
         lines.push('\n');
     }
-    publish_lines(&server, admin, &lines);
+    server.publish_lines(admin, &lines);
     wait_for("the lake", Duration::from_secs(60), || {
         lake_count(&dir.path().join("lake")) >= 200
     });
@@ -567,7 +525,7 @@ fn history_is_filtered_and_redacted_exactly_like_live_delivery() {
             .collect::<Vec<_>>()
             .join("\n")
     };
-    publish_lines(&server, &growth, &lines(0..100));
+    server.publish_lines(&growth, &lines(0..100));
     wait_for("the lake", Duration::from_secs(60), || {
         lake_count(&dir.path().join("lake")) >= 100
     });
@@ -586,7 +544,7 @@ fn history_is_filtered_and_redacted_exactly_like_live_delivery() {
         )
         .expect("subscription")
         .id;
-    publish_lines(&server, &growth, &lines(100..200));
+    server.publish_lines(&growth, &lines(100..200));
     wait_for("hydration", Duration::from_secs(60), || {
         hydration(&server, &id).state.is_finished()
     });

@@ -36,26 +36,10 @@ pub(crate) fn set_up(server: &Server) {
 
 /// Publishes `n` events and returns once every one is acknowledged.
 pub(crate) fn publish(server: &Server, n: usize) {
-    let mut child = Command::new(FANNER)
-        .arg("publish")
-        .env("FANNER_ENDPOINT", &server.endpoint)
-        .env("FANNER_TOKEN", &server.admin_token)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("fanner publish starts");
-    let mut stdin = child.stdin.take().expect("stdin");
-    for i in 0..n {
-        writeln!(stdin, r#"{{"event": "{EVENT}", "payload": {{"n": {i}}}}}"#).expect("writes");
-    }
-    drop(stdin);
-    let output = child.wait_with_output().expect("publish ends");
-    assert!(
-        output.status.success(),
-        "publish failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let lines: String = (0..n)
+        .map(|i| format!("{{\"event\": \"{EVENT}\", \"payload\": {{\"n\": {i}}}}}\n"))
+        .collect();
+    server.publish_lines(&server.admin_token, &lines);
 }
 
 /// Every event id in the lake's objects for [`EVENT`], with how often each occurs.

@@ -137,6 +137,34 @@ impl Server {
         );
     }
 
+    /// `fanner publish` with `lines` (NDJSON) on stdin as `token`; waits for every
+    /// acknowledgement.
+    #[track_caller]
+    pub fn publish_lines(&self, token: &str, lines: &str) {
+        use std::io::Write;
+        let mut child = Command::new(FANNER)
+            .arg("publish")
+            .env("FANNER_ENDPOINT", &self.endpoint)
+            .env("FANNER_TOKEN", token)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("fanner publish starts");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(lines.as_bytes())
+            .expect("writes");
+        let output = child.wait_with_output().expect("publish ends");
+        assert!(
+            output.status.success(),
+            "publish failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+
     pub fn stop(mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
