@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use api::{HydrationKind, HydrationProgress, HydrationTask};
 use bytes::Bytes;
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use futures::StreamExt;
 use persister::lake::{self, LakeObject};
 use persister::{ObjectFormat, Target};
@@ -523,19 +523,23 @@ impl Worker {
             return Err("the persister's checkpoint lists cuts but no low-water mark".to_owned());
         };
         let config = &self.shared.config;
-        let written: HashSet<String> = progress
+        // Written cuts of the task's partitions in its window, by key.
+        let written: Vec<(String, String)> = progress
             .lake_cuts
             .iter()
-            .filter_map(|cut| {
-                let target = Target::parse(&cut.target)?;
-                Some(lake::key_of(
-                    &config.base_prefix,
-                    &target,
-                    &self.shard.id,
-                    &cut.first,
-                    &cut.last,
-                    cut.format,
-                ))
+            .filter_map(|cut| match Target::parse(&cut.target)? {
+                Target::Lake(partition) if lake::may_hold(partition.hour(), task.from, task.to) => {
+                    let key = lake::key_of(
+                        &config.base_prefix,
+                        &Target::Lake(partition.clone()),
+                        &self.shard.id,
+                        &cut.first,
+                        &cut.last,
+                        cut.format,
+                    );
+                    Some((partition.name_segment().to_owned(), key))
+                }
+                _ => None,
             })
             .collect();
         let mut all = Vec::new();
@@ -550,32 +554,27 @@ impl Worker {
             )
             .await
             .map_err(|e| e.to_string())?;
-            let listed: HashSet<&str> = found.iter().map(|o| o.key.as_str()).collect();
+            let segment = persister::partition::encode_segment(event);
+            let cuts: HashSet<&str> = written
+                .iter()
+                .filter(|(name, _)| *name == segment)
+                .map(|(_, key)| key.as_str())
+                .collect();
             // The persister recorded these as written: one missing is a hole, never skipped.
-            let prefix = format!(
-                "{}/{}/",
-                config.base_prefix,
-                persister::partition::encode_segment(event)
-            );
-            if let Some(key) = written.iter().find(|key| {
-                key.starts_with(&prefix)
-                    && hour_in_window(key, &prefix, task.from, task.to)
-                    && !listed.contains(key.as_str())
-            }) {
-                return Err(lake::LakeError::Missing { key: key.clone() }.to_string());
+            let listed: HashSet<&str> = found.iter().map(|o| o.key.as_str()).collect();
+            if let Some(key) = cuts.iter().find(|key| !listed.contains(*key)) {
+                return Err(lake::LakeError::Missing {
+                    key: (*key).to_owned(),
+                }
+                .to_string());
             }
             all.extend(
                 found
                     .into_iter()
-                    .filter(|o| lake::at_or_before(o, &after) || written.contains(&o.key)),
+                    .filter(|o| lake::at_or_before(o, &after) || cuts.contains(o.key.as_str())),
             );
         }
-        all.sort_by(|a, b| {
-            a.hour
-                .cmp(&b.hour)
-                .then_with(|| streams::cmp_sequence(&a.first, &b.first))
-                .then_with(|| a.key.cmp(&b.key))
-        });
+        lake::sort(&mut all);
         Ok(all)
     }
 
@@ -821,26 +820,4 @@ fn in_written_cut(record: &streams::Record, cuts: &[(String, String, String)]) -
             && streams::cmp_sequence(&record.sequence, first) != Ordering::Less
             && streams::cmp_sequence(&record.sequence, last) != Ordering::Greater
     })
-}
-
-/// Whether the partition hour in `key` may hold event times of the window.
-fn hour_in_window(
-    key: &str,
-    prefix: &str,
-    from: Option<DateTime<Utc>>,
-    to: Option<DateTime<Utc>>,
-) -> bool {
-    let Some(hour) = key
-        .strip_prefix(prefix)
-        .and_then(|rest| rest.split_once('/'))
-        .and_then(|(hour, _)| Target::parse(&format!("x/{hour}")))
-    else {
-        return true;
-    };
-    let Target::Lake(partition) = hour else {
-        return true;
-    };
-    let start = partition.hour();
-    from.is_none_or(|from| start + chrono::Duration::hours(1) > from)
-        && to.is_none_or(|to| start < to)
 }

@@ -103,23 +103,37 @@ pub async fn objects(
 ) -> Result<Vec<LakeObject>, LakeError> {
     let prefix = format!("{base}/{}/", encode_segment(event));
     let shard_segment = encode_segment(shard);
-    let hour = chrono::Duration::hours(1);
     let mut found: Vec<LakeObject> = sink
         .list(&prefix)
         .await?
         .iter()
         .filter_map(|key| parse_key(key, &prefix, &shard_segment))
-        .filter(|o| from.is_none_or(|from| o.hour + hour > from))
-        .filter(|o| to.is_none_or(|to| o.hour < to))
+        .filter(|o| may_hold(o.hour, from, to))
         .collect();
-    found.sort_by(|a, b| {
+    sort(&mut found);
+    found.dedup_by(|a, b| a.key == b.key);
+    Ok(found)
+}
+
+/// Whether a partition of the hour starting at `hour` may hold event times at or after `from`
+/// and before `to`.
+pub fn may_hold(
+    hour: DateTime<Utc>,
+    from: Option<DateTime<Utc>>,
+    to: Option<DateTime<Utc>>,
+) -> bool {
+    from.is_none_or(|from| hour + chrono::Duration::hours(1) > from)
+        && to.is_none_or(|to| hour < to)
+}
+
+/// The reading order: partition hour, then shard order.
+pub fn sort(objects: &mut [LakeObject]) {
+    objects.sort_by(|a, b| {
         a.hour
             .cmp(&b.hour)
             .then_with(|| streams::cmp_sequence(&a.first, &b.first))
             .then_with(|| a.key.cmp(&b.key))
     });
-    found.dedup_by(|a, b| a.key == b.key);
-    Ok(found)
 }
 
 /// Whether every record of the object lies at or before `position`.
