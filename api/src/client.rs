@@ -71,6 +71,7 @@ impl Client {
         if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
             return Err(ClientError::BadEndpoint(endpoint));
         }
+        crate::install_crypto_provider();
         let mut builder = reqwest::Client::builder();
         if let Some(pem) = ca_pem {
             let certs = reqwest::Certificate::from_pem_bundle(pem)
@@ -78,9 +79,7 @@ impl Client {
             if certs.is_empty() {
                 return Err(ClientError::BadCaCert("no certificate in it".to_owned()));
             }
-            for cert in certs {
-                builder = builder.add_root_certificate(cert);
-            }
+            builder = builder.tls_certs_merge(certs);
         }
         let http = builder
             .tcp_nodelay(true)

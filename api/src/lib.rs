@@ -9,3 +9,12 @@ mod types;
 
 pub use client::{Client, ClientError};
 pub use types::*;
+
+/// Installs rustls' ring provider as the process default, unless one is installed already.
+/// Every HTTPS client Fanner builds (reqwest for the API and the lake's S3 store) takes its
+/// cryptography from that default; ring builds in seconds where aws-lc, reqwest's own choice,
+/// is a long C build. [`Client`] calls it; so does anything building another reqwest client.
+pub fn install_crypto_provider() {
+    // An error means a provider is installed already, which is all that is needed.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}

@@ -4,14 +4,18 @@
 //! Terraform's client certificate is a self-signed ECDSA P-521 CA certificate. webpki refuses a CA
 //! certificate as an end entity and `ring` cannot verify P-521, so a chain-building verifier is
 //! out: the verifier pins the DER from `PLUGIN_CLIENT_CERT` and checks the handshake signature
-//! with aws-lc-rs's P-521 algorithm (ring for the rest, which keeps start-up fast).
+//! with the pure-Rust `p521` crate (ring for the rest; aws-lc, which has P-521, is a long C build
+//! for this one algorithm).
 
 use std::sync::Arc;
 
 use rustls::client::danger::HandshakeSignatureValid;
 use rustls::crypto::WebPkiSupportedAlgorithms;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, UnixTime};
+use rustls::pki_types::{
+    AlgorithmIdentifier, CertificateDer, InvalidSignature, PrivateKeyDer, PrivatePkcs8KeyDer,
+    SignatureVerificationAlgorithm, UnixTime, alg_id,
+};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{
     CertificateError, DigitallySignedStruct, DistinguishedName, ServerConfig, SignatureScheme,
@@ -29,18 +33,47 @@ pub enum TlsError {
     Config(#[from] rustls::Error),
 }
 
+/// ECDSA P-521 with SHA-512, as webpki would check it: the subject public key is an uncompressed
+/// SEC1 point and the signature ASN.1 DER.
+#[derive(Debug)]
+struct EcdsaP521Sha512;
+
+impl SignatureVerificationAlgorithm for EcdsaP521Sha512 {
+    fn verify_signature(
+        &self,
+        public_key: &[u8],
+        message: &[u8],
+        signature: &[u8],
+    ) -> Result<(), InvalidSignature> {
+        use p521::ecdsa::signature::Verifier;
+        let key =
+            p521::ecdsa::VerifyingKey::from_sec1_bytes(public_key).map_err(|_| InvalidSignature)?;
+        let signature =
+            p521::ecdsa::Signature::from_der(signature).map_err(|_| InvalidSignature)?;
+        key.verify(message, &signature)
+            .map_err(|_| InvalidSignature)
+    }
+
+    fn public_key_alg_id(&self) -> AlgorithmIdentifier {
+        alg_id::ECDSA_P521
+    }
+
+    fn signature_alg_id(&self) -> AlgorithmIdentifier {
+        alg_id::ECDSA_SHA512
+    }
+}
+
+static ECDSA_P521_SHA512: &dyn SignatureVerificationAlgorithm = &EcdsaP521Sha512;
+
 static ALGORITHMS: WebPkiSupportedAlgorithms = WebPkiSupportedAlgorithms {
     all: &[
-        webpki::aws_lc_rs::ECDSA_P521_SHA512,
+        ECDSA_P521_SHA512,
         webpki::ring::ECDSA_P384_SHA384,
         webpki::ring::ECDSA_P256_SHA256,
         webpki::ring::ED25519,
     ],
     mapping: &[
-        (
-            SignatureScheme::ECDSA_NISTP521_SHA512,
-            &[webpki::aws_lc_rs::ECDSA_P521_SHA512],
-        ),
+        (SignatureScheme::ECDSA_NISTP521_SHA512, &[ECDSA_P521_SHA512]),
         (
             SignatureScheme::ECDSA_NISTP384_SHA384,
             &[webpki::ring::ECDSA_P384_SHA384],
@@ -157,4 +190,42 @@ pub fn server_tls(client_cert_pem: &str) -> Result<ServerTls, TlsError> {
         cert_der,
         config: Arc::new(config),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use p521::ecdsa::signature::Signer;
+
+    use super::*;
+
+    #[test]
+    fn p521_signatures_verify_and_tampered_ones_do_not() {
+        let key = p521::ecdsa::SigningKey::from_slice(&[7; 66]).expect("a scalar below the order");
+        let public = p521::ecdsa::VerifyingKey::from(&key)
+            .to_encoded_point(false)
+            .as_bytes()
+            .to_vec();
+        let message = b"TLS 1.3, client CertificateVerify";
+        let signature: p521::ecdsa::Signature = key.sign(message);
+        let der = signature.to_der().as_bytes().to_vec();
+        assert_eq!(
+            ECDSA_P521_SHA512.verify_signature(&public, message, &der),
+            Ok(())
+        );
+        assert_eq!(
+            ECDSA_P521_SHA512.verify_signature(&public, b"another message", &der),
+            Err(InvalidSignature)
+        );
+        let mut tampered = der.clone();
+        let last = tampered.len() - 1;
+        tampered[last] ^= 1;
+        assert_eq!(
+            ECDSA_P521_SHA512.verify_signature(&public, message, &tampered),
+            Err(InvalidSignature)
+        );
+        assert_eq!(
+            ECDSA_P521_SHA512.verify_signature(&public[1..], message, &der),
+            Err(InvalidSignature)
+        );
+    }
 }

@@ -117,6 +117,17 @@ impl ReadBudget {
     }
 }
 
+/// The AWS SDK's configuration loader (the default chain for credentials, region and endpoint)
+/// with Fanner's HTTPS client: rustls on ring, as every other client Fanner builds, where the
+/// SDK's own default is aws-lc, a long C build. Every SDK configuration starts here.
+pub fn aws_config_loader() -> aws_config::ConfigLoader {
+    use aws_smithy_http_client::tls::{Provider, rustls_provider::CryptoMode};
+    let https = aws_smithy_http_client::Builder::new()
+        .tls_provider(Provider::Rustls(CryptoMode::Ring))
+        .build_https();
+    aws_config::defaults(BehaviorVersion::latest()).http_client(https)
+}
+
 impl KinesisBackend {
     pub fn new(config: &SdkConfig) -> Self {
         Self::from_client(Client::new(config))
@@ -125,7 +136,7 @@ impl KinesisBackend {
     /// The default credential chain, region and endpoint (`AWS_ENDPOINT_URL_KINESIS`,
     /// `AWS_ENDPOINT_URL`) from the environment.
     pub async fn from_env() -> Self {
-        Self::new(&aws_config::defaults(BehaviorVersion::latest()).load().await)
+        Self::new(&aws_config_loader().load().await)
     }
 
     /// For a client built with extra settings (interceptors, retry config).

@@ -14,7 +14,7 @@ mod process;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use aws_config::{BehaviorVersion, Region, SdkConfig};
+use aws_config::{Region, SdkConfig};
 use aws_sdk_kinesis::config::Credentials;
 use aws_smithy_types::checksum_config::{RequestChecksumCalculation, ResponseChecksumValidation};
 use rand::Rng;
@@ -23,7 +23,7 @@ use rand::Rng;
 /// checksums only where an operation requires them (emulators mishandle the newer defaults).
 /// Nothing is read from or written to the process environment.
 pub async fn sdk_config(endpoint: &str) -> SdkConfig {
-    aws_config::defaults(BehaviorVersion::latest())
+    streams::kinesis::aws_config_loader()
         .region(Region::new("us-east-1"))
         .credentials_provider(Credentials::new(
             "testing", "testing", None, None, "emulator",

@@ -33,6 +33,7 @@ struct Answer {
 
 impl Browser {
     fn new(server: &TestServer) -> Browser {
+        api::install_crypto_provider();
         Browser {
             http: reqwest::Client::builder()
                 .redirect(reqwest::redirect::Policy::none())

@@ -133,6 +133,7 @@ async fn bad_input_gets_a_clear_4xx(db: Db) {
     }
     // The server answers before reading an oversized body and closes that connection, so this
     // request gets a client of its own.
+    api::install_crypto_provider();
     let oversized = reqwest::Client::new()
         .post(server.url("/v1/events"))
         .bearer_auth(&token)

@@ -150,6 +150,7 @@ impl TestServer {
 
     /// A plain HTTP client and the admin's token, for requests the typed client cannot make.
     pub fn raw(&self) -> reqwest::Client {
+        api::install_crypto_provider();
         reqwest::Client::new()
     }
 

@@ -33,9 +33,7 @@ pub struct FirehoseSink {
 impl FirehoseSink {
     /// A client from the usual AWS configuration chain (`AWS_ENDPOINT_URL` included).
     pub async fn from_env(delivery_stream: &str) -> Self {
-        let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
-            .load()
-            .await;
+        let config = streams::kinesis::aws_config_loader().load().await;
         FirehoseSink::new(Client::new(&config), delivery_stream)
     }
 

@@ -33,6 +33,7 @@ impl S3Sink {
     /// `AWS_ENDPOINT_URL`). A plain-HTTP endpoint (an emulator) is allowed when one is set
     /// explicitly.
     pub fn from_env(bucket: &str) -> Result<Self, SinkError> {
+        api::install_crypto_provider();
         let mut builder = AmazonS3Builder::from_env().with_bucket_name(bucket);
         let endpoint = builder
             .get_config_value(&AmazonS3ConfigKey::Endpoint)

@@ -497,6 +497,7 @@ impl Running {
 
 /// An S3 client for a bucket on the shared moto server; the bucket is created.
 pub async fn moto_bucket(moto: &MotoServer, bucket: &str) -> Result<AmazonS3> {
+    api::install_crypto_provider();
     let response = reqwest::Client::new()
         .put(format!("{}/{bucket}", moto.endpoint()))
         .send()
