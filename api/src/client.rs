@@ -228,6 +228,16 @@ impl Client {
             .await
     }
 
+    /// Stores the protobuf message `name`'s payload is.
+    pub async fn set_event_schema(
+        &self,
+        name: &str,
+        body: &SetEventSchema,
+    ) -> Result<Event, ClientError> {
+        self.put(&format!("/v1/events/{}/schema", segment(name)), body)
+            .await
+    }
+
     pub async fn delete_event(&self, name: &str) -> Result<Event, ClientError> {
         self.delete(&format!("/v1/events/{}", segment(name))).await
     }

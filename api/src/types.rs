@@ -120,6 +120,34 @@ pub struct Event {
     pub revision: i64,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// The protobuf message its payload is, once `fanner catalog push` stored it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schema: Option<EventSchema>,
+}
+
+/// An event's payload schema, as stored by `PUT /v1/events/{name}/schema`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct EventSchema {
+    /// The message's full name, e.g. `shop.UserSignedUp`.
+    pub message: String,
+    /// The fields the schema marks `(fanner.v1.field).pii = true`, as `payload.` paths by
+    /// their JSON names. Every grantee gets them redacted unless its grant lists them in
+    /// `include_pii`; the owner's streams and the lake get them.
+    pub pii_fields: Vec<String>,
+    /// SHA-256 (hex) of the stored descriptor set: equal for an unchanged schema.
+    pub digest: String,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// Stores the protobuf message an event's payload is (what `fanner catalog push` sends).
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SetEventSchema {
+    /// The message's full name, defined in `descriptor_set`.
+    pub message: String,
+    /// A FileDescriptorSet (base64) defining the message and everything it imports, as
+    /// `protoc --include_imports --descriptor_set_out` writes it.
+    pub descriptor_set: String,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
@@ -962,6 +990,17 @@ fn is_drop(mode: &RedactMode) -> bool {
 pub struct Route {
     pub event: String,
     pub targets: Vec<RouteTarget>,
+    /// The event's payload schema, so protobuf payloads can be redacted field by field.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payload_schema: Option<RouteSchema>,
+}
+
+/// A payload schema as the engine needs it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct RouteSchema {
+    pub message: String,
+    /// The FileDescriptorSet, base64.
+    pub descriptor_set: String,
 }
 
 /// The compiled route table: subscriptions intersected with grants. Events not listed go nowhere.

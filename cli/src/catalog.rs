@@ -1,11 +1,13 @@
 //! `fanner catalog push`: registers the events declared in protobuf sources, through the
-//! `(fanner.v1.event)` message option.
+//! `(fanner.v1.event)` message option, and stores each event's message descriptor, whose
+//! `(fanner.v1.field).pii` marks the control plane turns into default redactions.
 
 use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
-use api::{Classification, CreateEvent, UpdateEvent};
+use api::{Classification, CreateEvent, SetEventSchema, UpdateEvent};
+use base64::Engine as _;
 use prost_reflect::{DescriptorPool, DynamicMessage, Value};
 
 use crate::Connection;
@@ -20,6 +22,11 @@ pub struct Declared {
     pub owner: Option<String>,
     pub classification: Classification,
     pub description: String,
+    /// The fields the message marks PII, by JSON name.
+    pub pii_fields: Vec<String>,
+    /// The message's own FileDescriptorSet (its file and what that imports).
+    #[serde(skip)]
+    pub descriptor_set: Vec<u8>,
 }
 
 const EVENT_OPTION: &str = "fanner.v1.event";
@@ -46,7 +53,12 @@ pub fn declared_events(bytes: &[u8]) -> anyhow::Result<Vec<Declared>> {
                 message.full_name()
             );
         };
-        declared.push(parse_option(message.full_name(), &option)?);
+        let schema = proto::PayloadSchema::new(message.clone());
+        declared.push(Declared {
+            pii_fields: schema.pii_fields(),
+            descriptor_set: schema.descriptor_set(),
+            ..parse_option(message.full_name(), &option)?
+        });
     }
     Ok(declared)
 }
@@ -83,6 +95,8 @@ fn parse_option(message: &str, option: &DynamicMessage) -> anyhow::Result<Declar
         owner,
         classification,
         description: text("description"),
+        pii_fields: Vec::new(),
+        descriptor_set: Vec::new(),
     })
 }
 
@@ -98,7 +112,12 @@ pub async fn push(conn: &Connection, file: &Path) -> anyhow::Result<ExitCode> {
     let client = client(conn)?;
     let mut results = Vec::new();
     for event in declared {
-        let outcome = match client.get_event(&event.name).await? {
+        let existing = client.get_event(&event.name).await?;
+        let stored_digest = existing
+            .as_ref()
+            .and_then(|e| e.schema.as_ref())
+            .map(|s| s.digest.clone());
+        let outcome = match existing {
             None => {
                 client
                     .create_event(&CreateEvent {
@@ -140,6 +159,24 @@ pub async fn push(conn: &Connection, file: &Path) -> anyhow::Result<ExitCode> {
                 }
             }
         };
+        // The control plane stores a changed schema and ignores an unchanged one.
+        let stored = client
+            .set_event_schema(
+                &event.name,
+                &SetEventSchema {
+                    message: event.message.clone(),
+                    descriptor_set: base64::engine::general_purpose::STANDARD
+                        .encode(&event.descriptor_set),
+                },
+            )
+            .await?
+            .schema
+            .map(|s| s.digest);
+        let outcome = if outcome == "unchanged" && stored != stored_digest {
+            "updated".to_owned()
+        } else {
+            outcome
+        };
         results.push((event, outcome));
     }
     if conn.json {
@@ -150,12 +187,13 @@ pub async fn push(conn: &Connection, file: &Path) -> anyhow::Result<ExitCode> {
         output::json(&rows)?;
     } else {
         table(
-            &["event", "message", "classification", "result"],
+            &["event", "message", "classification", "pii fields", "result"],
             results.iter().map(|(e, outcome)| {
                 vec![
                     e.name.clone(),
                     e.message.clone(),
                     e.classification.to_string(),
+                    e.pii_fields.join(", "),
                     outcome.clone(),
                 ]
             }),

@@ -79,11 +79,17 @@ fn print_event(conn: &Connection, event: &Event) -> anyhow::Result<()> {
     if conn.json {
         return output::json(event);
     }
+    let (schema, pii) = match &event.schema {
+        Some(schema) => (schema.message.clone(), schema.pii_fields.join(", ")),
+        None => ("-".to_owned(), "-".to_owned()),
+    };
     fields(&[
         ("name", event.name.clone()),
         ("owner", event.owner.clone()),
         ("classification", event.classification.to_string()),
         ("description", event.description.clone()),
+        ("schema", schema),
+        ("pii fields", pii),
         ("revision", event.revision.to_string()),
         ("created", time(&event.created_at)),
         ("updated", time(&event.updated_at)),

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use api::{
     AccessProblem, DenialReason, Event, Grant, GrantStatus, RedactMode, Route, RouteHydration,
-    RouteTarget, Stream, Subscription,
+    RouteSchema, RouteTarget, Stream, Subscription,
 };
 use chrono::{DateTime, Utc};
 
@@ -132,6 +132,8 @@ pub struct Catalog<'a> {
     pub hydrations: &'a HashMap<String, RouteHydration>,
     /// Each grant's HMAC key (hex), by grant id, for hashed redaction.
     pub grant_keys: &'a HashMap<String, String>,
+    /// Each event's payload schema with its descriptors, by event name.
+    pub schemas: &'a HashMap<String, RouteSchema>,
 }
 
 /// Subscriptions intersected with access: for each event, the streams that receive it now.
@@ -186,13 +188,22 @@ pub fn compile_routes(
                 Readable::Owner => None,
                 Readable::Granted { .. } => granting(held, now),
             };
+            let pii = events
+                .get(event.as_str())
+                .and_then(|e| e.schema.as_ref())
+                .map(|schema| schema.pii_fields.as_slice())
+                .unwrap_or_default();
             let (redact, redact_mode, redact_key) = match grant {
-                Some(grant) if !grant.redact.is_empty() => (
-                    grant.redact.clone(),
-                    grant.redact_mode,
-                    catalog.grant_keys.get(&grant.id).cloned(),
-                ),
-                _ => (Vec::new(), RedactMode::Drop, None),
+                Some(grant) => {
+                    let redact = redaction(grant, pii);
+                    if redact.is_empty() {
+                        (redact, RedactMode::Drop, None)
+                    } else {
+                        let key = catalog.grant_keys.get(&grant.id).cloned();
+                        (redact, grant.redact_mode, key)
+                    }
+                }
+                None => (Vec::new(), RedactMode::Drop, None),
             };
             routes.entry(event.as_str()).or_default().push(RouteTarget {
                 subscription_id: subscription.id.clone(),
@@ -216,8 +227,26 @@ pub fn compile_routes(
         .map(|(event, targets)| Route {
             event: event.to_owned(),
             targets,
+            payload_schema: catalog.schemas.get(event).cloned(),
         })
         .collect()
+}
+
+/// What `grant` redacts: its own `redact` list and the schema's PII fields it does not
+/// `include_pii`, sorted.
+fn redaction(grant: &Grant, pii: &[String]) -> Vec<String> {
+    let mut redact: Vec<String> = grant
+        .redact
+        .iter()
+        .chain(
+            pii.iter()
+                .filter(|field| !grant.include_pii.contains(field)),
+        )
+        .cloned()
+        .collect();
+    redact.sort();
+    redact.dedup();
+    redact
 }
 
 #[cfg(test)]
@@ -238,6 +267,7 @@ mod tests {
             revision: 1,
             created_at: Utc::now(),
             updated_at: Utc::now(),
+            schema: None,
         }
     }
 
@@ -373,11 +403,25 @@ mod tests {
     #[test]
     fn routes_follow_grants() {
         let now = Utc::now();
+        // The schema marks two PII fields; the grant includes one of them.
+        let schema = api::EventSchema {
+            message: "growth.Signup".to_owned(),
+            pii_fields: vec!["payload.email".to_owned(), "payload.phone".to_owned()],
+            digest: "d".to_owned(),
+            updated_at: now,
+        };
         let events = [
-            event("signup", "growth"),
+            Event {
+                schema: Some(schema),
+                ..event("signup", "growth")
+            },
             event("swipe", "cards"),
             event("secret", "cards"),
         ];
+        let descriptors = RouteSchema {
+            message: "growth.Signup".to_owned(),
+            descriptor_set: "AAAA".to_owned(),
+        };
         let stream = |name: &str, owner: &str| Stream {
             name: name.to_owned(),
             owner: owner.to_owned(),
@@ -432,6 +476,7 @@ mod tests {
         let redacting = Grant {
             redact: vec!["payload.ssn".to_owned()],
             redact_mode: RedactMode::Hash,
+            include_pii: vec!["payload.phone".to_owned()],
             ..grant("signup", "fraud", Some(until), false)
         };
         let grants = [
@@ -447,12 +492,15 @@ mod tests {
                 grants: &grants,
                 hydrations: &HashMap::new(),
                 grant_keys: &HashMap::from([("signup-fraud".to_owned(), "00ff".to_owned())]),
+                schemas: &HashMap::from([("signup".to_owned(), descriptors.clone())]),
             },
             now,
             |name| format!("fanner-{name}"),
         );
         // The grantee's target carries its subscription's filter and its grant's redaction
-        // with the key; the owner's own stream gets no redaction.
+        // (its own list and the PII fields it does not include) with the key; the owner's own
+        // stream gets no redaction. The route carries the schema for protobuf payloads.
+        assert_eq!(routes[0].payload_schema, Some(descriptors));
         let signup = &routes[0].targets;
         assert_eq!(
             (
@@ -464,7 +512,7 @@ mod tests {
             ),
             (
                 &Some(filter),
-                &vec!["payload.ssn".to_owned()],
+                &vec!["payload.email".to_owned(), "payload.ssn".to_owned()],
                 RedactMode::Hash,
                 Some("00ff"),
                 api::DeliveryFormat::Envelope

@@ -9,8 +9,11 @@
 //! clone): the zero-copy path. Live delivery (the shard worker) and any other reader of GES
 //! records (history replay) call the same [`RecordGate::decide`] with a [`Slot`].
 //!
-//! Redaction is deny-by-default: a grant that redacts payload fields of a payload that is not
-//! JSON gets the payload withheld (empty), since its fields cannot be found to remove them.
+//! Payload fields are redacted in JSON payloads, and in protobuf payloads of events whose
+//! schema `fanner catalog push` stored (decoded with the descriptor, redacted by the same paths,
+//! re-encoded: [`proto::schema`]). Redaction is deny-by-default: a payload that is neither (or
+//! does not decode as its schema's message) gets withheld (empty), since its fields cannot be
+//! found to remove them.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -20,7 +23,7 @@ use api::rules::redact::{EnvelopeFieldName, FieldPath};
 use api::{DeliveryFormat, RedactMode, RouteTarget};
 use bytes::Bytes;
 use hmac::{Hmac, Mac};
-use proto::Message;
+use proto::{Message, PayloadSchema};
 use serde_json::Value;
 use sha2::Sha256;
 
@@ -61,26 +64,33 @@ pub struct Redaction {
     /// `Some` in hash mode: the grant's key, already absorbed (each token then costs only
     /// the message's compressions).
     mac: Option<Hmac<Sha256>>,
+    /// The event's payload schema, for protobuf payloads.
+    schema: Option<Arc<PayloadSchema>>,
 }
 
-/// Interns redactions while a route table is compiled: equal field sets under equal modes and
-/// keys become one [`Redaction`].
+/// Interns redactions while a route table is compiled: equal field sets under equal modes,
+/// keys and schemas (by identity: one per route) become one [`Redaction`].
 #[derive(Default)]
 pub struct Redactions {
-    known: HashMap<(Vec<String>, RedactMode, Option<String>), Arc<Redaction>>,
+    known: HashMap<RedactionKey, Arc<Redaction>>,
 }
 
+/// Paths, mode, key (hash mode) and the schema's address.
+type RedactionKey = (Vec<String>, RedactMode, Option<String>, usize);
+
 impl Gate {
-    /// The gate for `target`, or `None` when it delivers the GES bytes unchanged.
+    /// The gate for `target` of an event whose payload schema is `schema`, or `None` when it
+    /// delivers the GES bytes unchanged.
     pub fn compile(
         target: &RouteTarget,
+        schema: Option<&Arc<PayloadSchema>>,
         redactions: &mut Redactions,
     ) -> Result<Option<Gate>, GateError> {
         let filters = match &target.filter {
             Some(pattern) => vec![Filter::compile(pattern)?],
             None => Vec::new(),
         };
-        let redaction = redactions.get(target)?;
+        let redaction = redactions.get(target, schema)?;
         if filters.is_empty()
             && redaction.is_none()
             && target.delivery_format == DeliveryFormat::Envelope
@@ -131,7 +141,11 @@ impl Gate {
 }
 
 impl Redactions {
-    fn get(&mut self, target: &RouteTarget) -> Result<Option<Arc<Redaction>>, GateError> {
+    fn get(
+        &mut self,
+        target: &RouteTarget,
+        schema: Option<&Arc<PayloadSchema>>,
+    ) -> Result<Option<Arc<Redaction>>, GateError> {
         if target.redact.is_empty() {
             return Ok(None);
         }
@@ -140,7 +154,12 @@ impl Redactions {
             RedactMode::Hash => Some(target.redact_key.clone().ok_or(GateError::MissingKey)?),
         };
         let id = self.known.len();
-        let entry = (target.redact.clone(), target.redact_mode, key.clone());
+        let entry = (
+            target.redact.clone(),
+            target.redact_mode,
+            key.clone(),
+            schema.map_or(0, |schema| Arc::as_ptr(schema) as usize),
+        );
         if let Some(known) = self.known.get(&entry) {
             return Ok(Some(known.clone()));
         }
@@ -156,6 +175,7 @@ impl Redactions {
                     <Hmac<Sha256> as Mac>::new_from_slice(&key).map_err(|_| GateError::BadKey)
                 })
                 .transpose()?,
+            schema: schema.cloned(),
         };
         for path in &target.redact {
             match FieldPath::parse(path).map_err(GateError::Path)? {
@@ -233,19 +253,29 @@ impl<'r> RecordGate<'r> {
         let redaction = gate.redaction.as_deref();
         let payload = match redaction.filter(|r| !r.payload.is_empty()) {
             None => None,
-            Some(redaction) => Some(match parsed(&mut self.payload, envelope) {
-                Some(json) => {
-                    let mut json = json.clone();
-                    for path in &redaction.payload {
-                        redaction.apply_json(&mut json, path);
+            Some(redaction) => {
+                // A payload its producer labels protobuf is never read as JSON.
+                let json = if envelope.content_type.contains("protobuf") {
+                    None
+                } else {
+                    parsed(&mut self.payload, envelope)
+                };
+                Some(match json {
+                    Some(json) => {
+                        let paths: Vec<&[String]> =
+                            redaction.payload.iter().map(Vec::as_slice).collect();
+                        let mut out = Vec::with_capacity(envelope.payload.len());
+                        redaction.write_json(json, &paths, &mut out);
+                        Bytes::from(out)
                     }
-                    Bytes::from(serde_json::to_vec(&json).unwrap_or_default())
-                }
-                None => {
-                    self.withheld += 1;
-                    Bytes::new()
-                }
-            }),
+                    None => redaction
+                        .apply_protobuf(envelope.payload)
+                        .unwrap_or_else(|| {
+                            self.withheld += 1;
+                            Bytes::new()
+                        }),
+                })
+            }
         };
         let bytes = match gate.format {
             DeliveryFormat::Payload => payload.unwrap_or_else(|| data.slice_ref(envelope.payload)),
@@ -263,6 +293,11 @@ impl<'r> RecordGate<'r> {
         self.outputs.push((key, bytes.clone()));
         Decision::Deliver(bytes)
     }
+}
+
+/// Appends `value` as compact JSON; serializing a `Value` or a `String` into memory cannot fail.
+fn write_value(value: &impl serde::Serialize, out: &mut Vec<u8>) {
+    let _ = serde_json::to_writer(out, value);
 }
 
 /// The payload as JSON, parsed on first use.
@@ -317,37 +352,74 @@ impl Redaction {
         }
     }
 
-    /// Redacts the field at `path` below `value`, in every element of arrays met on the way; a
-    /// hashed array has each element hashed (so a consumer can still join on its members).
-    fn apply_json(&self, value: &mut Value, path: &[String]) {
+    /// The protobuf payload with the payload fields redacted, when the event has a schema and
+    /// the payload decodes as its message.
+    fn apply_protobuf(&self, payload: &[u8]) -> Option<Bytes> {
+        let schema = self.schema.as_ref()?;
+        let token = |value: &[u8]| match &self.mac {
+            Some(mac) => Redaction::token(mac, value),
+            None => String::new(),
+        };
+        let hash: proto::schema::Hasher<'_> = match self.mac {
+            Some(_) => Some(&token),
+            None => None,
+        };
+        schema
+            .redact(payload, &self.payload, hash)
+            .ok()
+            .map(Bytes::from)
+    }
+
+    /// Writes `value` as compact JSON, exactly as serde_json would, with the fields at `paths`
+    /// (the keys below this level) removed or hashed, in every element of arrays met on the way.
+    /// The parsed payload is only read, so several redactions of one record share one parse,
+    /// and only the hashed leaves are copied.
+    fn write_json(&self, value: &Value, paths: &[&[String]], out: &mut Vec<u8>) {
         match value {
+            _ if paths.is_empty() => write_value(value, out),
             Value::Array(items) => {
-                for item in items {
-                    self.apply_json(item, path);
+                out.push(b'[');
+                for (n, item) in items.iter().enumerate() {
+                    if n > 0 {
+                        out.push(b',');
+                    }
+                    self.write_json(item, paths, out);
                 }
+                out.push(b']');
             }
             Value::Object(map) => {
-                let Some((key, rest)) = path.split_first() else {
-                    return;
-                };
-                if !rest.is_empty() {
-                    if let Some(next) = map.get_mut(key) {
-                        self.apply_json(next, rest);
-                    }
-                    return;
-                }
-                match &self.mac {
-                    None => {
-                        map.remove(key);
-                    }
-                    Some(secret) => {
-                        if let Some(leaf) = map.get_mut(key) {
-                            self.hash_json(secret, leaf);
+                out.push(b'{');
+                let mut first = true;
+                for (key, field) in map {
+                    let mut leaf = false;
+                    let mut below: Vec<&[String]> = Vec::new();
+                    for path in paths.iter().filter(|path| path.first() == Some(key)) {
+                        match &path[1..] {
+                            [] => leaf = true,
+                            rest => below.push(rest),
                         }
                     }
+                    if leaf && self.mac.is_none() {
+                        continue;
+                    }
+                    if !first {
+                        out.push(b',');
+                    }
+                    first = false;
+                    write_value(key, out);
+                    out.push(b':');
+                    match &self.mac {
+                        Some(secret) if leaf => {
+                            let mut hashed = field.clone();
+                            self.hash_json(secret, &mut hashed);
+                            write_value(&hashed, out);
+                        }
+                        _ => self.write_json(field, &below, out),
+                    }
                 }
+                out.push(b'}');
             }
-            _ => {}
+            _ => write_value(value, out),
         }
     }
 
@@ -442,7 +514,7 @@ mod tests {
     /// else the envelope's user id, attributes and payload (as JSON when it is JSON).
     #[track_caller]
     fn check(target: &RouteTarget, payload: &str, expected: Option<(&str, Value, Value)>) {
-        let gate = Gate::compile(target, &mut Redactions::default()).expect("valid target");
+        let gate = Gate::compile(target, None, &mut Redactions::default()).expect("valid target");
         let data = record(payload.as_bytes());
         let got = match RecordGate::new(&data).decide(&slot(gate)) {
             Decision::Filtered => None,
@@ -562,7 +634,7 @@ mod tests {
         let data = record(br#"{"country":"US"}"#);
         let plain = target(None, &[], Drop, Envelope);
         assert!(
-            Gate::compile(&plain, &mut Redactions::default())
+            Gate::compile(&plain, None, &mut Redactions::default())
                 .expect("valid")
                 .is_none()
         );
@@ -576,6 +648,7 @@ mod tests {
         let data = record(produced);
         let payload_only = Gate::compile(
             &target(None, &[], Drop, Payload),
+            None,
             &mut Redactions::default(),
         )
         .expect("valid");
@@ -585,6 +658,7 @@ mod tests {
         );
         let redacted = Gate::compile(
             &target(Some(us), &["payload.ssn", "user_id"], Drop, Payload),
+            None,
             &mut Redactions::default(),
         )
         .expect("valid");
@@ -603,15 +677,15 @@ mod tests {
             RedactMode::Drop,
             DeliveryFormat::Envelope,
         );
-        let a = slot(Gate::compile(&drop_ssn, &mut redactions).expect("valid"));
-        let b = slot(Gate::compile(&drop_ssn, &mut redactions).expect("valid"));
+        let a = slot(Gate::compile(&drop_ssn, None, &mut redactions).expect("valid"));
+        let b = slot(Gate::compile(&drop_ssn, None, &mut redactions).expect("valid"));
         let hashed = target(
             None,
             &["payload.ssn"],
             RedactMode::Hash,
             DeliveryFormat::Envelope,
         );
-        let c = slot(Gate::compile(&hashed, &mut redactions).expect("valid"));
+        let c = slot(Gate::compile(&hashed, None, &mut redactions).expect("valid"));
         let data = record(br#"{"ssn":"1"}"#);
         let mut gate = RecordGate::new(&data);
         let (Decision::Deliver(first), Decision::Deliver(second), Decision::Deliver(third)) =
@@ -635,7 +709,7 @@ mod tests {
         );
         hashed.redact_key = None;
         assert!(matches!(
-            Gate::compile(&hashed, &mut Redactions::default()),
+            Gate::compile(&hashed, None, &mut Redactions::default()),
             Err(GateError::MissingKey)
         ));
         let bad = target(
@@ -645,8 +719,174 @@ mod tests {
             DeliveryFormat::Envelope,
         );
         assert!(matches!(
-            Gate::compile(&bad, &mut Redactions::default()),
+            Gate::compile(&bad, None, &mut Redactions::default()),
             Err(GateError::Filter(_))
         ));
+    }
+
+    /// `shop.Signup { string name = 1; string ssn = 2; int64 age = 3; repeated string emails = 4; }`
+    fn signup_schema() -> Arc<PayloadSchema> {
+        use prost_types::field_descriptor_proto::{Label, Type};
+        use prost_types::{
+            DescriptorProto, FieldDescriptorProto, FileDescriptorProto, FileDescriptorSet,
+        };
+        let field = |name: &str, number: i32, ty: Type, label: Label| FieldDescriptorProto {
+            name: Some(name.to_owned()),
+            json_name: Some(name.to_owned()),
+            number: Some(number),
+            r#type: Some(ty as i32),
+            label: Some(label as i32),
+            ..Default::default()
+        };
+        let file = FileDescriptorProto {
+            name: Some("shop.proto".to_owned()),
+            package: Some("shop".to_owned()),
+            syntax: Some("proto3".to_owned()),
+            message_type: vec![DescriptorProto {
+                name: Some("Signup".to_owned()),
+                field: vec![
+                    field("name", 1, Type::String, Label::Optional),
+                    field("ssn", 2, Type::String, Label::Optional),
+                    field("age", 3, Type::Int64, Label::Optional),
+                    field("emails", 4, Type::String, Label::Repeated),
+                ],
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let set = FileDescriptorSet { file: vec![file] }.encode_to_vec();
+        Arc::new(PayloadSchema::decode(&set, "shop.Signup").expect("schema"))
+    }
+
+    /// The protobuf encoding of a `shop.Signup`, field by field in number order (every value
+    /// shorter than 128 bytes).
+    fn signup(name: &str, ssn: &str, age: u8, emails: &[&str]) -> Vec<u8> {
+        fn text(bytes: &mut Vec<u8>, number: u8, value: &str) {
+            bytes.push(number << 3 | 2);
+            bytes.push(value.len() as u8);
+            bytes.extend_from_slice(value.as_bytes());
+        }
+        let mut bytes = Vec::new();
+        if !name.is_empty() {
+            text(&mut bytes, 1, name);
+        }
+        if !ssn.is_empty() {
+            text(&mut bytes, 2, ssn);
+        }
+        if age > 0 {
+            bytes.extend_from_slice(&[3 << 3, age]);
+        }
+        for email in emails {
+            text(&mut bytes, 4, email);
+        }
+        bytes
+    }
+
+    #[test]
+    fn protobuf_payloads_are_redacted_with_the_event_schema() {
+        let schema = signup_schema();
+        let produced = signup("ada", "123-45", 37, &["a@x", "b@x"]);
+        let data = Bytes::from(
+            proto::Envelope {
+                event_id: "e-1".to_owned(),
+                event_name: "signup".to_owned(),
+                content_type: "application/x-protobuf".to_owned(),
+                payload: produced.clone(),
+                ..Default::default()
+            }
+            .encode_to_vec(),
+        );
+        #[track_caller]
+        fn payload_of(
+            data: &Bytes,
+            schema: Option<&Arc<PayloadSchema>>,
+            target: &RouteTarget,
+        ) -> Vec<u8> {
+            let gate = Gate::compile(target, schema, &mut Redactions::default()).expect("valid");
+            match RecordGate::new(data).decide(&slot(gate)) {
+                Decision::Deliver(bytes) if target.delivery_format == DeliveryFormat::Payload => {
+                    bytes.to_vec()
+                }
+                Decision::Deliver(bytes) => {
+                    proto::Envelope::decode(bytes.as_ref())
+                        .expect("envelope")
+                        .payload
+                }
+                Decision::Filtered => panic!("filtered"),
+            }
+        }
+        let redact = |paths: &[&str], mode: RedactMode, format: DeliveryFormat| {
+            target(None, paths, mode, format)
+        };
+        use DeliveryFormat::{Envelope, Payload};
+        use RedactMode::{Drop, Hash};
+        // Drop: the field is gone, the rest byte for byte as produced; absent and unknown paths
+        // change nothing; a repeated field goes whole; a non-string field can be dropped.
+        assert_eq!(
+            payload_of(
+                &data,
+                Some(&schema),
+                &redact(&["payload.ssn"], Drop, Envelope)
+            ),
+            signup("ada", "", 37, &["a@x", "b@x"])
+        );
+        assert_eq!(
+            payload_of(
+                &data,
+                Some(&schema),
+                &redact(
+                    &[
+                        "payload.emails",
+                        "payload.age",
+                        "payload.nope",
+                        "payload.name.deeper"
+                    ],
+                    Drop,
+                    Payload
+                )
+            ),
+            signup("ada", "123-45", 0, &[])
+        );
+        // Hash: strings (each element of a repeated one) become the grant's tokens, the same
+        // tokens a JSON payload's equal values get; a number cannot hold one and is dropped.
+        assert_eq!(
+            payload_of(
+                &data,
+                Some(&schema),
+                &redact(
+                    &["payload.ssn", "payload.emails", "payload.age"],
+                    Hash,
+                    Envelope
+                )
+            ),
+            signup("ada", &token("123-45"), 0, &[&token("a@x"), &token("b@x")])
+        );
+        // Without a schema, or when the payload is not the schema's message, the payload is
+        // withheld rather than delivered unredacted; the owner's slot (no gate) gets it whole.
+        assert_eq!(
+            payload_of(&data, None, &redact(&["payload.ssn"], Drop, Envelope)),
+            Vec::<u8>::new()
+        );
+        let garbage = Bytes::from(
+            proto::Envelope {
+                event_name: "signup".to_owned(),
+                content_type: "application/x-protobuf".to_owned(),
+                payload: vec![0xff, 0xff, 0xff],
+                ..Default::default()
+            }
+            .encode_to_vec(),
+        );
+        assert_eq!(
+            payload_of(
+                &garbage,
+                Some(&schema),
+                &redact(&["payload.ssn"], Drop, Envelope)
+            ),
+            Vec::<u8>::new()
+        );
+        assert_eq!(
+            RecordGate::new(&data).decide(&slot(None)),
+            Decision::Deliver(data.clone())
+        );
     }
 }

@@ -112,6 +112,15 @@ impl RouteIndex {
         }
         let mut hydrations: HashMap<&str, Arc<api::RouteHydration>> = HashMap::new();
         for route in &table.routes {
+            let schema = route.payload_schema.as_ref().and_then(|schema| {
+                decode_schema(schema)
+                    .inspect_err(|error| {
+                        // Its protobuf payloads are then withheld from redacting slots.
+                        tracing::error!(%error, event = %route.event, "An event's payload schema cannot be read.");
+                    })
+                    .ok()
+                    .map(Arc::new)
+            });
             let mut slots: Vec<Slot> = Vec::with_capacity(route.targets.len());
             for target in &route.targets {
                 let hydration = target.hydration.as_ref().map(|h| {
@@ -120,7 +129,7 @@ impl RouteIndex {
                         .or_insert_with(|| Arc::new(h.clone()))
                         .clone()
                 });
-                let gate = match Gate::compile(target, &mut redactions) {
+                let gate = match Gate::compile(target, schema.as_ref(), &mut redactions) {
                     Ok(gate) => gate.map(Arc::new),
                     Err(error) => {
                         tracing::error!(%error, event = %route.event, subscription = %target.subscription_id, "A route target cannot be served; nothing is delivered to it.");
@@ -229,6 +238,14 @@ impl RouteIndex {
 
 /// Which of two subscriptions of one stream delivers an event: one not waiting for a hydration
 /// (it takes every record), else the one whose access lasts longer.
+fn decode_schema(schema: &api::RouteSchema) -> Result<proto::PayloadSchema, String> {
+    use base64::Engine as _;
+    let set = base64::engine::general_purpose::STANDARD
+        .decode(&schema.descriptor_set)
+        .map_err(|e| format!("descriptor_set is not base64: {e}"))?;
+    proto::PayloadSchema::decode(&set, &schema.message).map_err(|e| e.to_string())
+}
+
 fn lasts_longer(a: &Slot, b: &Slot) -> bool {
     match (a.hydration.is_some(), b.hydration.is_some()) {
         (false, true) => return true,
@@ -321,6 +338,7 @@ mod tests {
             routes: vec![
                 Route {
                     event: "signup".to_owned(),
+                    payload_schema: None,
                     targets: vec![
                         target("s1", "fraud", Some(soon)),
                         target("s2", "growth", None),
@@ -328,23 +346,28 @@ mod tests {
                 },
                 Route {
                     event: "swipe".to_owned(),
+                    payload_schema: None,
                     targets: vec![target("s3", "fraud", Some(past))],
                 },
                 Route {
                     event: "my table".to_owned(),
+                    payload_schema: None,
                     targets: vec![target("s4", "weird", None)],
                 },
                 Route {
                     event: odd.to_owned(),
+                    payload_schema: None,
                     targets: vec![target("s5", "weird", None)],
                 },
                 Route {
                     event: "../x".to_owned(),
+                    payload_schema: None,
                     targets: vec![target("s6", "weird", Some(now))],
                 },
                 // Two subscriptions of one stream: delivered once, under the longer access.
                 Route {
                     event: "dup".to_owned(),
+                    payload_schema: None,
                     targets: vec![
                         target("s7", "fraud", Some(past)),
                         target("s8", "fraud", Some(soon)),
@@ -353,6 +376,7 @@ mod tests {
                 // Subscriptions of one stream, one expired, one for good: delivered once.
                 Route {
                     event: "order".to_owned(),
+                    payload_schema: None,
                     targets: vec![
                         target("s9", "growth", Some(soon)),
                         target("s10", "growth", None),

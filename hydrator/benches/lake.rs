@@ -58,6 +58,7 @@ fn main() {
         known_events: vec![EVENT.to_owned()],
         routes: vec![Route {
             event: EVENT.to_owned(),
+            payload_schema: None,
             targets: vec![RouteTarget {
                 subscription_id: "s1".to_owned(),
                 stream: "analytics".to_owned(),

@@ -79,6 +79,20 @@ pub async fn update_event(
     Ok(Json(cp.update_event(&ctx, &name, req).await?))
 }
 
+/// Stores the protobuf message the event's payload is (`fanner catalog push` sends it); the
+/// fields it marks `(fanner.v1.field).pii = true` are redacted for every grantee whose grant does
+/// not `include_pii` them.
+#[utoipa::path(put, path = "/v1/events/{name}/schema", tag = "events", params(("name" = String, Path)), request_body = SetEventSchema,
+    responses((status = 200, body = Event), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn set_event_schema(
+    State(cp): State<ControlPlane>,
+    ctx: Ctx,
+    Path(name): Path<String>,
+    Body(req): Body<SetEventSchema>,
+) -> Result<Json<Event>> {
+    Ok(Json(cp.set_event_schema(&ctx, &name, req).await?))
+}
+
 #[utoipa::path(delete, path = "/v1/events/{name}", tag = "events", params(("name" = String, Path)),
     responses((status = 200, body = Event), (status = 403, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn delete_event(

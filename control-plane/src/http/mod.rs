@@ -142,6 +142,7 @@ fn api_router() -> (Router<ControlPlane>, utoipa::openapi::OpenApi) {
             handlers::update_event,
             handlers::delete_event
         ))
+        .routes(routes!(handlers::set_event_schema))
         .routes(routes!(handlers::list_grants, handlers::create_grant))
         .routes(routes!(
             handlers::get_grant,

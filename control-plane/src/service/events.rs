@@ -1,4 +1,6 @@
-use api::{CreateEvent, Event, GrantStatus, Role, UpdateEvent, rules};
+use api::{CreateEvent, Event, EventSchema, GrantStatus, Role, SetEventSchema, UpdateEvent, rules};
+use base64::Engine as _;
+use sha2::{Digest, Sha256};
 
 use super::{Change, ControlPlane, bad_request, check_revision, snapshot};
 use crate::auth::Ctx;
@@ -58,6 +60,7 @@ impl ControlPlane {
                 revision: 1,
                 created_at: now,
                 updated_at: now,
+                schema: None,
             };
             catalog::insert(m.conn(), &event).await?;
             Ok(Change::new(None, snapshot(&event), event))
@@ -117,6 +120,61 @@ impl ControlPlane {
         m.finish(result).await
     }
 
+    /// Stores the protobuf message `name`'s payload is; its PII marks take effect in the next
+    /// route table. Storing the same descriptors again changes nothing and audits nothing.
+    pub async fn set_event_schema(
+        &self,
+        ctx: &Ctx,
+        name: &str,
+        req: SetEventSchema,
+    ) -> Result<Event, ApiError> {
+        let decoded = decode_schema(&req);
+        if let Ok((_, _, digest)) = &decoded
+            && let Ok(before) = self.get_event(name).await
+            && ctx.caller.may_modify(&before.owner)
+            && before
+                .schema
+                .as_ref()
+                .is_some_and(|s| s.digest == *digest && s.message == req.message)
+        {
+            return Ok(before);
+        }
+        let mut m = self.begin(ctx, "event.schema", "event", name).await?;
+        let now = m.now;
+        let result = async {
+            let before = catalog::get(m.conn(), name)
+                .await?
+                .ok_or_else(|| not_found(name))?;
+            if !ctx.caller.may_modify(&before.owner) {
+                return Err(ApiError::Forbidden(format!(
+                    "only {:?} (the event's owner) or an admin may set event {name:?}'s schema",
+                    before.owner
+                )));
+            }
+            let (schema, stored, digest) = decoded?;
+            let event_schema = EventSchema {
+                message: req.message.clone(),
+                pii_fields: schema.pii_fields(),
+                digest,
+                updated_at: now,
+            };
+            catalog::set_schema(
+                m.conn(),
+                name,
+                &event_schema,
+                &base64::engine::general_purpose::STANDARD.encode(&stored),
+            )
+            .await?;
+            let after = Event {
+                schema: Some(event_schema),
+                ..before.clone()
+            };
+            Ok(Change::new(snapshot(&before), snapshot(&after), after))
+        }
+        .await;
+        m.finish(result).await
+    }
+
     /// Deletes an event nobody reads any more: no active grant, no subscription.
     pub async fn delete_event(&self, ctx: &Ctx, name: &str) -> Result<Event, ApiError> {
         let mut m = self.begin(ctx, "event.delete", "event", name).await?;
@@ -164,4 +222,19 @@ impl ControlPlane {
 
 fn not_found(name: &str) -> ApiError {
     ApiError::NotFound(format!("event {name:?} does not exist"))
+}
+
+/// The schema `req` describes, the descriptor set to store (the message's own closure, so equal
+/// schemas store equal bytes) and its digest.
+fn decode_schema(
+    req: &SetEventSchema,
+) -> Result<(proto::PayloadSchema, Vec<u8>, String), ApiError> {
+    let descriptors = base64::engine::general_purpose::STANDARD
+        .decode(req.descriptor_set.as_bytes())
+        .map_err(|e| ApiError::BadRequest(format!("descriptor_set is not base64: {e}")))?;
+    let schema = proto::PayloadSchema::decode(&descriptors, &req.message)
+        .map_err(|e| ApiError::BadRequest(format!("descriptor_set: {e}")))?;
+    let stored = schema.descriptor_set();
+    let digest = hex::encode(Sha256::digest(&stored));
+    Ok((schema, stored, digest))
 }

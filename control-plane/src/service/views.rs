@@ -120,6 +120,7 @@ pub(super) async fn compile_route_table(
     let grants = grants::list(conn, None, now).await?;
     let hydrations = hydrations::handovers(conn).await?;
     let grant_keys = grants::keys(conn).await?;
+    let schemas = catalog::route_schemas(conn).await?;
     let routes = access::compile_routes(
         &Catalog {
             events: &events,
@@ -128,6 +129,7 @@ pub(super) async fn compile_route_table(
             grants: &grants,
             hydrations: &hydrations,
             grant_keys: &grant_keys,
+            schemas: &schemas,
         },
         now,
         backing_name,

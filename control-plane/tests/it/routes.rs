@@ -63,6 +63,7 @@ async fn route_table_follows_grants(db: Db) {
         table.routes,
         [Route {
             event: "user_signed_up".to_owned(),
+            payload_schema: None,
             targets: vec![RouteTarget {
                 subscription_id: subscription.id.clone(),
                 stream: "fraud-signals".to_owned(),

@@ -51,8 +51,9 @@ static SCHEMA: LazyLock<Schema> =
             Ty::set_of_strings(),
             "Fields the grantee never sees, in every stream whose access comes from this grant: \
              `user_id`, `device_id`, `trace_id`, `producer`, `attributes.<key>`, \
-             `payload.<key>[.<key>...]` (JSON payloads; fields inside arrays of objects too). A \
-             payload that is not JSON is withheld whole when a `payload.` field is redacted. \
+             `payload.<key>[.<key>...]` (fields inside arrays of objects too; protobuf payloads \
+             by the event's stored schema, by JSON names). A payload that is neither JSON nor \
+             its schema's message is withheld whole when a `payload.` field is redacted. \
              Changed in place.",
         )
         .default(Vec::<String>::new()),
@@ -67,9 +68,10 @@ static SCHEMA: LazyLock<Schema> =
         Attr::optional_computed(
             "include_pii",
             Ty::set_of_strings(),
-            "Fields the event's schema marks as PII that the grantee may see anyway (same paths \
-             as `redact`). Stored and shown in `fanner_access`; the schema's PII marks are not \
-             read yet, so it redacts nothing by itself. Changed in place.",
+            "Fields the event's schema marks as PII (`(fanner.v1.field).pii`, stored by `fanner \
+             catalog push`) that the grantee may see anyway, by the same paths as `redact` \
+             (JSON names, e.g. `payload.email`). Every other PII field is redacted for the \
+             grantee, with `redact_mode`. Changed in place.",
         )
         .default(Vec::<String>::new()),
         Attr::computed(
