@@ -377,4 +377,22 @@ mod tidy {
             }
         }
     }
+
+    /// A cold release build stays within its budget only without the C builds ring replaced:
+    /// a dependency that brings aws-lc back (a TLS or SDK default feature) fails here, by name.
+    #[test]
+    fn no_aws_lc_in_the_build() -> anyhow::Result<()> {
+        let lock = std::fs::read_to_string(workspace_root().join("Cargo.lock"))?;
+        let found: Vec<&str> = lock
+            .lines()
+            .filter_map(|line| line.strip_prefix("name = "))
+            .filter(|name| name.trim_matches('"').starts_with("aws-lc"))
+            .collect();
+        assert!(
+            found.is_empty(),
+            "Cargo.lock holds {found:?}: find the feature that pulls it in with \
+             `cargo tree -i aws-lc-rs -e features` and use its ring variant"
+        );
+        Ok(())
+    }
 }
