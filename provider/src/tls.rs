@@ -194,38 +194,61 @@ pub fn server_tls(client_cert_pem: &str) -> Result<ServerTls, TlsError> {
 
 #[cfg(test)]
 mod tests {
-    use p521::ecdsa::signature::Signer;
+    use p521::ecdsa::signature::RandomizedSigner;
+    use p521::elliptic_curve::rand_core::{CryptoRng, Error, RngCore};
 
     use super::*;
 
+    /// A nonce source for signing in a test (any nonce gives a valid signature).
+    struct Counter(u8);
+
+    impl RngCore for Counter {
+        fn next_u32(&mut self) -> u32 {
+            self.next_u64() as u32
+        }
+        fn next_u64(&mut self) -> u64 {
+            let mut bytes = [0; 8];
+            self.fill_bytes(&mut bytes);
+            u64::from_le_bytes(bytes)
+        }
+        fn fill_bytes(&mut self, dest: &mut [u8]) {
+            for byte in dest {
+                self.0 = self.0.wrapping_add(1);
+                *byte = self.0;
+            }
+        }
+        fn try_fill_bytes(&mut self, dest: &mut [u8]) -> Result<(), Error> {
+            self.fill_bytes(dest);
+            Ok(())
+        }
+    }
+
+    impl CryptoRng for Counter {}
+
     #[test]
     fn p521_signatures_verify_and_tampered_ones_do_not() {
-        let key = p521::ecdsa::SigningKey::from_slice(&[7; 66]).expect("a scalar below the order");
+        // Big-endian, 66 bytes: a leading zero keeps it below the group's order.
+        let mut secret = [7; 66];
+        secret[0] = 0;
+        let key = p521::ecdsa::SigningKey::from_slice(&secret).expect("a scalar below the order");
         let public = p521::ecdsa::VerifyingKey::from(&key)
             .to_encoded_point(false)
             .as_bytes()
             .to_vec();
         let message = b"TLS 1.3, client CertificateVerify";
-        let signature: p521::ecdsa::Signature = key.sign(message);
+        let signature: p521::ecdsa::Signature = key.sign_with_rng(&mut Counter(1), message);
         let der = signature.to_der().as_bytes().to_vec();
-        assert_eq!(
-            ECDSA_P521_SHA512.verify_signature(&public, message, &der),
-            Ok(())
-        );
-        assert_eq!(
-            ECDSA_P521_SHA512.verify_signature(&public, b"another message", &der),
-            Err(InvalidSignature)
-        );
+        let verify = |key: &[u8], message: &[u8], signature: &[u8]| {
+            ECDSA_P521_SHA512
+                .verify_signature(key, message, signature)
+                .is_ok()
+        };
+        assert!(verify(&public, message, &der));
+        assert!(!verify(&public, b"another message", &der));
         let mut tampered = der.clone();
         let last = tampered.len() - 1;
         tampered[last] ^= 1;
-        assert_eq!(
-            ECDSA_P521_SHA512.verify_signature(&public, message, &tampered),
-            Err(InvalidSignature)
-        );
-        assert_eq!(
-            ECDSA_P521_SHA512.verify_signature(&public[1..], message, &der),
-            Err(InvalidSignature)
-        );
+        assert!(!verify(&public, message, &tampered));
+        assert!(!verify(&public[1..], message, &der));
     }
 }
