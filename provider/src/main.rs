@@ -28,8 +28,8 @@ fn main() -> anyhow::Result<()> {
         .with_ansi(false)
         .with_env_filter(log_filter())
         .init();
-    // Both ring and aws-lc-rs are linked (the latter only for P-521): say which one serves TLS.
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    // The same provider as the API client's (which installs it too): ring serves all TLS.
+    api::install_crypto_provider();
     let env = match PluginEnv::from_env() {
         Ok(env) => env,
         Err(e) => {

@@ -47,7 +47,64 @@ pub struct Store {
     kind: DbKind,
 }
 
-static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+/// The schema's migrations, compiled in: what `sqlx::migrate!` embeds (the same versions,
+/// descriptions and SQL, so the same checksums), without building sqlx's macros and a second copy
+/// of its drivers and SQLite for the compiler. A test checks that every file is listed.
+const MIGRATIONS: [(i64, &str, &str); 6] = [
+    (1, "init", include_str!("../../migrations/0001_init.sql")),
+    (
+        2,
+        "sessions",
+        include_str!("../../migrations/0002_sessions.sql"),
+    ),
+    (
+        3,
+        "event expectations",
+        include_str!("../../migrations/0003_event_expectations.sql"),
+    ),
+    (
+        4,
+        "gatekeeping",
+        include_str!("../../migrations/0004_gatekeeping.sql"),
+    ),
+    (
+        5,
+        "history",
+        include_str!("../../migrations/0005_history.sql"),
+    ),
+    (
+        6,
+        "event schemas",
+        include_str!("../../migrations/0006_event_schemas.sql"),
+    ),
+];
+
+#[derive(Debug)]
+struct Embedded;
+
+impl<'s> sqlx::migrate::MigrationSource<'s> for Embedded {
+    fn resolve(
+        self,
+    ) -> futures::future::BoxFuture<
+        's,
+        Result<Vec<sqlx::migrate::Migration>, sqlx::error::BoxDynError>,
+    > {
+        Box::pin(async {
+            Ok(MIGRATIONS
+                .iter()
+                .map(|(version, description, sql)| {
+                    sqlx::migrate::Migration::new(
+                        *version,
+                        (*description).into(),
+                        sqlx::migrate::MigrationType::Simple,
+                        (*sql).into(),
+                        false,
+                    )
+                })
+                .collect())
+        })
+    }
+}
 
 impl Store {
     /// Opens (and migrates) the store at `url`: `sqlite://PATH` or `postgres://...`.
@@ -89,7 +146,10 @@ impl Store {
                     .await?
             }
         };
-        MIGRATOR.run(&pool).await?;
+        sqlx::migrate::Migrator::new(Embedded)
+            .await?
+            .run(&pool)
+            .await?;
         Ok(Store { pool, kind })
     }
 
@@ -129,4 +189,37 @@ pub(crate) fn from_millis_opt(ms: Option<i64>) -> Result<Option<DateTime<Utc>>, 
 
 pub(crate) fn to_u32(value: i64, what: &str) -> Result<u32, StoreError> {
     u32::try_from(value).map_err(|_| StoreError::Corrupt(format!("{what} {value} is out of range")))
+}
+
+#[cfg(test)]
+mod tests {
+    /// Every file in `migrations/` is listed, by the version and description `sqlx::migrate!`
+    /// would read from its name (`NNNN_words.sql`), with its content.
+    #[test]
+    fn every_migration_file_is_embedded() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations");
+        let mut files: Vec<(i64, String, String)> = std::fs::read_dir(&dir)
+            .expect("migrations/")
+            .map(|entry| {
+                let path = entry.expect("entry").path();
+                let name = path
+                    .file_stem()
+                    .and_then(|s| s.to_str())
+                    .expect("utf-8")
+                    .to_owned();
+                let (version, words) = name.split_once('_').expect("NNNN_words.sql");
+                (
+                    version.parse().expect("a version"),
+                    words.replace('_', " "),
+                    std::fs::read_to_string(&path).expect("readable"),
+                )
+            })
+            .collect();
+        files.sort();
+        let embedded: Vec<(i64, String, String)> = super::MIGRATIONS
+            .iter()
+            .map(|(v, d, sql)| (*v, (*d).to_owned(), (*sql).to_owned()))
+            .collect();
+        assert_eq!(embedded, files);
+    }
 }

@@ -102,7 +102,7 @@ async fn get_schema(
 
 #[tokio::test]
 async fn only_terraforms_client_certificate_is_accepted() -> anyhow::Result<()> {
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    api::install_crypto_provider();
     let (terraform_pem, terraform_cert, terraform_key) = client_identity()?;
     let (_, other_cert, other_key) = client_identity()?;
     let plugin = start(Some(&terraform_pem))?;
