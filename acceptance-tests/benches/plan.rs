@@ -6,6 +6,12 @@
 //! the control plane's `/metrics`), and the apply rate at `-parallelism=10`. Asserts nothing.
 //! `FANNER_PLAN_RESOURCES` changes the count, `FANNER_PLAN_RUNS` the runs per median.
 //!
+//! `FANNER_PLAN_GROW_TO=10000` then measures refresh plans at that size too. Applying 10,000
+//! resources takes Terraform half an hour here, so the state is grown instead: the missing
+//! subscriptions are created through the API and their state instances written from the applied
+//! ones (null_resource likewise), then one `terraform apply -refresh-only` makes every instance
+//! exactly what the provider reads.
+//!
 //! cargo build --release --bins && cargo bench -p acceptance-tests --bench plan
 
 use std::collections::BTreeMap;
@@ -319,6 +325,101 @@ async fn main() -> anyhow::Result<()> {
     bench
         .profile("refresh plan, one run", &fanner, &plan)
         .await?;
+
+    if let Ok(target) = std::env::var("FANNER_PLAN_GROW_TO") {
+        let target: usize = target
+            .parse()
+            .context("FANNER_PLAN_GROW_TO must be a count")?;
+        grow(&admin, &fanner, &null, resources, target).await?;
+        for dir in [&fanner, &null] {
+            bench.run(
+                dir,
+                &[
+                    "apply",
+                    "-refresh-only",
+                    "-auto-approve",
+                    "-input=false",
+                    "-no-color",
+                ],
+            )?;
+        }
+        println!(
+            "terraform plan, {target} resources (state grown from {resources} applied), median of {runs}:"
+        );
+        let (refresh_fanner, refresh_null) = bench.median_plans(&fanner, &null, true)?;
+        report("with refresh", refresh_fanner, refresh_null);
+        let (cached_fanner, cached_null) = bench.median_plans(&fanner, &null, false)?;
+        report("-refresh=false", cached_fanner, cached_null);
+        bench
+            .profile("refresh plan, one run", &fanner, &plan)
+            .await?;
+    }
+    Ok(())
+}
+
+/// Grows both workdirs from `from` to `to` instances: subscriptions created through the API,
+/// state instances copied from the first applied one with each object's own values, and the
+/// configuration's `count` raised to match.
+async fn grow(
+    admin: &api::Client,
+    fanner: &Path,
+    null: &Path,
+    from: usize,
+    to: usize,
+) -> anyhow::Result<()> {
+    use serde_json::{Value, json};
+    let mut created = Vec::with_capacity(to.saturating_sub(from));
+    for chunk in (from..to).collect::<Vec<_>>().chunks(32) {
+        let batch = chunk.iter().map(|i| async move {
+            admin
+                .create_subscription(&api::CreateSubscription {
+                    stream: format!("bench-{}", i % STREAMS),
+                    events: vec!["bench_event".to_owned()],
+                    ..Default::default()
+                })
+                .await
+        });
+        for subscription in futures::future::join_all(batch).await {
+            created.push(subscription?);
+        }
+    }
+    let grow_state = |dir: &Path, instance: &dyn Fn(usize, &mut Value)| -> anyhow::Result<()> {
+        let path = dir.join("terraform.tfstate");
+        let mut state: Value = serde_json::from_str(&std::fs::read_to_string(&path)?)?;
+        let instances = state["resources"][0]["instances"]
+            .as_array_mut()
+            .context("an applied state")?;
+        let template = instances.first().context("an applied instance")?.clone();
+        for i in from..to {
+            let mut copy = template.clone();
+            copy["index_key"] = json!(i);
+            instance(i, &mut copy);
+            instances.push(copy);
+        }
+        state["serial"] = json!(state["serial"].as_i64().unwrap_or(0) + 1);
+        std::fs::write(&path, serde_json::to_vec(&state)?)?;
+        let hcl = std::fs::read_to_string(dir.join("main.tf"))?;
+        std::fs::write(
+            dir.join("main.tf"),
+            hcl.replace(&format!("count = {from}\n"), &format!("count = {to}\n"))
+                .replace(&format!("count  = {from}\n"), &format!("count  = {to}\n")),
+        )?;
+        Ok(())
+    };
+    grow_state(fanner, &|i, copy| {
+        let subscription = &created[i - from];
+        let attributes = &mut copy["attributes"];
+        attributes["id"] = json!(subscription.id);
+        attributes["stream"] = json!(subscription.stream);
+        if copy["identity"].is_object() {
+            copy["identity"] = json!({ "id": subscription.id });
+        }
+    })?;
+    grow_state(null, &|i, copy| {
+        copy["attributes"]["id"] = json!(format!("{}", 7_000_000_000_000_000_000u64 + i as u64));
+        copy["attributes"]["triggers"] =
+            json!({ "stream": format!("bench-{}", i % STREAMS), "events": "bench_event" });
+    })?;
     Ok(())
 }
 

@@ -15,6 +15,7 @@
 //! does not decode as its schema's message) gets withheld (empty), since its fields cannot be
 //! found to remove them.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -24,7 +25,9 @@ use api::{DeliveryFormat, RedactMode, RouteTarget};
 use bytes::Bytes;
 use hmac::{Hmac, Mac};
 use proto::{Message, PayloadSchema};
+use serde::Deserialize;
 use serde_json::Value;
+use serde_json::value::RawValue;
 use sha2::Sha256;
 
 use crate::router::Slot;
@@ -258,16 +261,10 @@ impl<'r> RecordGate<'r> {
                 let json = if envelope.content_type.contains("protobuf") {
                     None
                 } else {
-                    parsed(&mut self.payload, envelope)
+                    redaction.apply_json(envelope.payload)
                 };
                 Some(match json {
-                    Some(json) => {
-                        let paths: Vec<&[String]> =
-                            redaction.payload.iter().map(Vec::as_slice).collect();
-                        let mut out = Vec::with_capacity(envelope.payload.len());
-                        redaction.write_json(json, &paths, &mut out);
-                        Bytes::from(out)
-                    }
+                    Some(json) => json,
                     None => redaction
                         .apply_protobuf(envelope.payload)
                         .unwrap_or_else(|| {
@@ -279,6 +276,16 @@ impl<'r> RecordGate<'r> {
         };
         let bytes = match gate.format {
             DeliveryFormat::Payload => payload.unwrap_or_else(|| data.slice_ref(envelope.payload)),
+            // Only the payload changes: the other fields are copied as they are.
+            DeliveryFormat::Envelope
+                if redaction.is_some_and(|r| r.envelope.is_empty() && r.attributes.is_empty()) =>
+            {
+                match payload.map(|p| proto::EnvelopeRef::replace_payload(data, &p)) {
+                    Some(Ok(rewritten)) => Bytes::from(rewritten),
+                    // Unreachable for a record that decoded; refused rather than passed on.
+                    _ => return Decision::Filtered,
+                }
+            }
             DeliveryFormat::Envelope => {
                 let mut owned = envelope.to_envelope();
                 if let Some(payload) = payload {
@@ -295,8 +302,56 @@ impl<'r> RecordGate<'r> {
     }
 }
 
+/// A JSON object's members in the producer's order, values unparsed.
+struct Members<'a>(Vec<(Cow<'a, str>, &'a RawValue)>);
+
+/// A JSON string, borrowed from the input unless it holds escapes.
+struct Text<'a>(Cow<'a, str>);
+
+impl<'de> Deserialize<'de> for Text<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = Text<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E>(self, text: &'de str) -> Result<Text<'de>, E> {
+                Ok(Text(Cow::Borrowed(text)))
+            }
+            fn visit_str<E>(self, text: &str) -> Result<Text<'de>, E> {
+                Ok(Text(Cow::Owned(text.to_owned())))
+            }
+        }
+        deserializer.deserialize_str(Visit)
+    }
+}
+
+impl<'de> Deserialize<'de> for Members<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = Members<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an object")
+            }
+            fn visit_map<M: serde::de::MapAccess<'de>>(
+                self,
+                mut map: M,
+            ) -> Result<Members<'de>, M::Error> {
+                let mut members = Vec::new();
+                while let Some((Text(key), value)) = map.next_entry::<Text<'de>, &'de RawValue>()? {
+                    members.push((key, value));
+                }
+                Ok(Members(members))
+            }
+        }
+        deserializer.deserialize_map(Visit)
+    }
+}
+
 /// Appends `value` as compact JSON; serializing a `Value` or a `String` into memory cannot fail.
-fn write_value(value: &impl serde::Serialize, out: &mut Vec<u8>) {
+fn write_value(value: &(impl serde::Serialize + ?Sized), out: &mut Vec<u8>) {
     let _ = serde_json::to_writer(out, value);
 }
 
@@ -314,7 +369,12 @@ impl Redaction {
     fn token(mac: &Hmac<Sha256>, value: &[u8]) -> String {
         let mut mac = mac.clone();
         mac.update(value);
-        hex::encode(mac.finalize().into_bytes())
+        // `hex::encode` builds its String a char at a time, which cost as much as the HMAC.
+        let mut text = [0u8; 64];
+        match hex::encode_to_slice(mac.finalize().into_bytes(), &mut text) {
+            Ok(()) => String::from_utf8_lossy(&text).into_owned(),
+            Err(_) => String::new(),
+        }
     }
 
     /// Drops (empties) or hashes a string; an empty string is absent and stays so.
@@ -370,30 +430,51 @@ impl Redaction {
             .map(Bytes::from)
     }
 
-    /// Writes `value` as compact JSON, exactly as serde_json would, with the fields at `paths`
-    /// (the keys below this level) removed or hashed, in every element of arrays met on the way.
-    /// The parsed payload is only read, so several redactions of one record share one parse,
-    /// and only the hashed leaves are copied.
-    fn write_json(&self, value: &Value, paths: &[&[String]], out: &mut Vec<u8>) {
-        match value {
-            _ if paths.is_empty() => write_value(value, out),
-            Value::Array(items) => {
+    /// The JSON payload with the fields at the grant's paths removed or hashed, or `None` when
+    /// it is not JSON. Only the objects and arrays on a path are parsed and rewritten (their
+    /// members in the producer's order, without whitespace); everything else is copied as
+    /// produced.
+    fn apply_json(&self, payload: &[u8]) -> Option<Bytes> {
+        let raw: &RawValue = serde_json::from_slice(payload).ok()?;
+        let paths: Vec<&[String]> = self.payload.iter().map(Vec::as_slice).collect();
+        let mut out = Vec::with_capacity(payload.len());
+        self.write_json(raw, &paths, &mut out).ok()?;
+        Some(Bytes::from(out))
+    }
+
+    /// Writes `value` with the fields at `paths` (the keys below this level) removed or hashed,
+    /// in every element of arrays met on the way.
+    fn write_json(
+        &self,
+        value: &RawValue,
+        paths: &[&[String]],
+        out: &mut Vec<u8>,
+    ) -> Result<(), serde_json::Error> {
+        let text = value.get();
+        match text.as_bytes().first() {
+            _ if paths.is_empty() => out.extend_from_slice(text.as_bytes()),
+            Some(b'[') => {
+                let items: Vec<&RawValue> = serde_json::from_str(text)?;
                 out.push(b'[');
-                for (n, item) in items.iter().enumerate() {
+                for (n, item) in items.into_iter().enumerate() {
                     if n > 0 {
                         out.push(b',');
                     }
-                    self.write_json(item, paths, out);
+                    self.write_json(item, paths, out)?;
                 }
                 out.push(b']');
             }
-            Value::Object(map) => {
+            Some(b'{') => {
+                let Members(members) = serde_json::from_str(text)?;
                 out.push(b'{');
                 let mut first = true;
-                for (key, field) in map {
+                for (key, field) in members {
                     let mut leaf = false;
                     let mut below: Vec<&[String]> = Vec::new();
-                    for path in paths.iter().filter(|path| path.first() == Some(key)) {
+                    for path in paths
+                        .iter()
+                        .filter(|path| path.first().map(String::as_str) == Some(&*key))
+                    {
                         match &path[1..] {
                             [] => leaf = true,
                             rest => below.push(rest),
@@ -406,40 +487,51 @@ impl Redaction {
                         out.push(b',');
                     }
                     first = false;
-                    write_value(key, out);
+                    write_value(&*key, out);
                     out.push(b':');
                     match &self.mac {
-                        Some(secret) if leaf => {
-                            let mut hashed = field.clone();
-                            self.hash_json(secret, &mut hashed);
-                            write_value(&hashed, out);
-                        }
-                        _ => self.write_json(field, &below, out),
+                        Some(secret) if leaf => self.hash_json(secret, field, out)?,
+                        _ => self.write_json(field, &below, out)?,
                     }
                 }
                 out.push(b'}');
             }
-            _ => write_value(value, out),
+            _ => out.extend_from_slice(text.as_bytes()),
         }
+        Ok(())
     }
 
-    /// A string hashes as its text (so it matches the token of the same envelope string), any
-    /// other value as its JSON; arrays element by element.
-    fn hash_json(&self, secret: &Hmac<Sha256>, value: &mut Value) {
-        match value {
-            Value::Array(items) => {
-                for item in items {
-                    self.hash_json(secret, item);
+    /// Writes the token of `value`: a string hashes as its text (so it matches the token of the
+    /// same envelope string), any other value as its compact JSON; arrays element by element.
+    fn hash_json(
+        &self,
+        secret: &Hmac<Sha256>,
+        value: &RawValue,
+        out: &mut Vec<u8>,
+    ) -> Result<(), serde_json::Error> {
+        let text = value.get();
+        match text.as_bytes().first() {
+            Some(b'[') => {
+                let items: Vec<&RawValue> = serde_json::from_str(text)?;
+                out.push(b'[');
+                for (n, item) in items.into_iter().enumerate() {
+                    if n > 0 {
+                        out.push(b',');
+                    }
+                    self.hash_json(secret, item, out)?;
                 }
+                out.push(b']');
             }
-            Value::String(text) => {
-                *value = Value::String(Redaction::token(secret, text.as_bytes()))
+            Some(b'"') => {
+                let Text(string) = serde_json::from_str(text)?;
+                write_value(&Redaction::token(secret, string.as_bytes()), out);
             }
-            other => {
-                let text = other.to_string();
-                *other = Value::String(Redaction::token(secret, text.as_bytes()));
+            _ => {
+                let compact = serde_json::from_str::<Value>(text)?.to_string();
+                write_value(&Redaction::token(secret, compact.as_bytes()), out);
             }
         }
+        Ok(())
     }
 }
 

@@ -470,4 +470,24 @@ message Signup {
             .expect_err("not a Signup");
         assert!(error.to_string().contains("shop.Signup"), "{error}");
     }
+
+    /// The catalog example compiles and marks what its comment says.
+    #[test]
+    fn the_catalog_example_marks_its_pii_fields() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let mut compiler =
+            protox::Compiler::new([root.join("../examples/catalog"), root.join("proto")])
+                .expect("compiler");
+        compiler.include_imports(true);
+        compiler.open_file("signup.proto").expect("compiles");
+        let schema = PayloadSchema::decode(
+            &compiler.encode_file_descriptor_set(),
+            "growth.v1.UserSignedUp",
+        )
+        .expect("schema");
+        assert_eq!(
+            schema.pii_fields(),
+            ["payload.email", "payload.ssn", "payload.address.street"]
+        );
+    }
 }

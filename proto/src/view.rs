@@ -127,6 +127,28 @@ impl<'a> EnvelopeRef<'a> {
         Ok(envelope)
     }
 
+    /// The envelope `buf` with its payload replaced: every payload field (11) left out, the
+    /// other fields copied byte for byte, and `payload` appended. Prost reads it as the same
+    /// envelope with that payload, and it costs a walk over the fields instead of a decode and
+    /// an encode.
+    pub fn replace_payload(buf: &[u8], payload: &[u8]) -> Result<Vec<u8>, ViewError> {
+        let mut out = Vec::with_capacity(buf.len() + payload.len());
+        let mut rest = buf;
+        while rest.has_remaining() {
+            let field = rest;
+            let (tag, wire_type) = decode_key(&mut rest)?;
+            if tag == 11 {
+                check_wire_type(WireType::LengthDelimited, wire_type)?;
+                length_delimited(tag, &mut rest)?;
+                continue;
+            }
+            skip(wire_type, tag, &mut rest, RECURSION_LIMIT)?;
+            out.extend_from_slice(&field[..field.len() - rest.len()]);
+        }
+        prost::encoding::bytes::encode(11, &payload.to_vec(), &mut out);
+        Ok(out)
+    }
+
     /// An owned copy.
     pub fn to_envelope(&self) -> Envelope {
         Envelope {
@@ -449,6 +471,37 @@ mod tests {
         }
         let view = EnvelopeRef::decode(&bytes).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(view.attributes, vec![("a", "2"), ("b", "3")]);
+    }
+
+    /// A replaced payload reads back as the same envelope with the new payload, whatever the
+    /// field order and however often the payload field repeats.
+    #[test]
+    fn a_replaced_payload_reads_as_the_same_envelope() {
+        let mut generator = Gen::new(11);
+        for case in 0..500 {
+            let envelope = generator.envelope();
+            let mut bytes = envelope.encode_to_vec();
+            if case % 3 == 0 {
+                // A second payload field before the rest: both must go.
+                let mut twice = Vec::new();
+                prost::encoding::bytes::encode(11, &b"OLD-PAYLOAD-7f3a".to_vec(), &mut twice);
+                twice.extend_from_slice(&bytes);
+                bytes = twice;
+            }
+            let replaced = EnvelopeRef::replace_payload(&bytes, b"new payload").expect("replaces");
+            let decoded = Envelope::decode(replaced.as_slice()).expect("decodes");
+            assert_eq!(
+                decoded,
+                Envelope {
+                    payload: b"new payload".to_vec(),
+                    ..envelope.clone()
+                }
+            );
+            assert!(
+                !replaced.windows(16).any(|w| w == b"OLD-PAYLOAD-7f3a"),
+                "an old payload field is left"
+            );
+        }
     }
 
     #[test]
