@@ -4,10 +4,11 @@
 //!
 //! [`Gate`] is compiled once per route-table target (the filter, the redaction, the format);
 //! [`RecordGate`] holds one record while it is judged for each of its slots, so the envelope
-//! is read, the payload parsed and each distinct rewrite made at most once per record, however
-//! many streams receive it. A slot without a gate gets the GES bytes themselves (a `Bytes`
-//! clone): the zero-copy path. Live delivery (the shard worker) and any other reader of GES
-//! records (history replay) call the same [`RecordGate::decide`] with a [`Slot`].
+//! is read, the payload parsed for filters and each distinct rewrite made at most once per
+//! record, however many streams receive it. A slot without a gate gets the GES bytes
+//! themselves (a `Bytes` clone): the zero-copy path. Live delivery (the shard worker) and any
+//! other reader of GES records (history replay) call the same [`RecordGate::decide`] with a
+//! [`Slot`].
 //!
 //! Payload fields are redacted in JSON payloads, and in protobuf payloads of events whose
 //! schema `fanner catalog push` stored (decoded with the descriptor, redacted by the same paths,
