@@ -2,8 +2,9 @@
 //! plan over 1,000 `null_resource`s of the Go null provider (v2.1.2) whose `triggers` carry the
 //! same expressions, on the newest Terraform in FANNER_TERRAFORM_BINS. Prints medians and the
 //! ratio; then, for one plan of each kind, the CPU seconds of Terraform with its providers and
-//! of the Fanner provider alone (both from `/usr/bin/time`) and the API calls the plan made (from
-//! the control plane's `/metrics`), and the apply rate at `-parallelism=10`. Asserts nothing.
+//! of the provider alone (Fanner's, and the null provider's for comparison: both from
+//! `/usr/bin/time`) and the API calls the plan made (from the control plane's `/metrics`), and
+//! the apply rate at `-parallelism=10`. Asserts nothing.
 //! `FANNER_PLAN_RESOURCES` changes the count, `FANNER_PLAN_RUNS` the runs per median.
 //!
 //! `FANNER_PLAN_GROW_TO=10000` then measures refresh plans at that size too. Applying 10,000
@@ -11,6 +12,10 @@
 //! subscriptions are created through the API and their state instances written from the applied
 //! ones (null_resource likewise), then one `terraform apply -refresh-only` makes every instance
 //! exactly what the provider reads.
+//!
+//! `FANNER_PLAN_PERF=<dir>` also records one refresh plan of each kind, at the largest size, with
+//! `perf record -g` (Terraform's code included: its binaries keep their symbols) into that
+//! folder, to read with `perf report -i <dir>/fanner.data --no-children`.
 //!
 //! cargo build --release --bins && cargo bench -p acceptance-tests --bench plan
 
@@ -34,9 +39,12 @@ struct Bench {
     terraform: PathBuf,
     cli_config: PathBuf,
     env: Vec<(String, String)>,
-    /// Where the provider wrapper appends each provider process's CPU seconds.
+    /// Where the provider wrappers append each provider process's CPU seconds.
     provider_cpu_log: PathBuf,
+    null_cpu_log: PathBuf,
     api: api::Client,
+    /// Where `perf record` writes, when asked for.
+    perf: Option<PathBuf>,
 }
 
 /// The summed `user system` lines `/usr/bin/time -f "%U %S"` wrote to `path`.
@@ -74,8 +82,29 @@ fn api_calls(metrics: &str) -> BTreeMap<String, f64> {
 
 impl Bench {
     fn run(&self, dir: &Path, args: &[&str]) -> anyhow::Result<Duration> {
+        self.run_under(None, dir, args)
+    }
+
+    /// `run`, under `perf record` into `perf` when given.
+    fn run_under(
+        &self,
+        perf: Option<&Path>,
+        dir: &Path,
+        args: &[&str],
+    ) -> anyhow::Result<Duration> {
+        let mut command = match perf {
+            Some(data) => {
+                let mut perf = Command::new("perf");
+                perf.args(["record", "-e", "cpu-clock", "-F", "499", "-g", "-q", "-o"])
+                    .arg(data)
+                    .arg("--")
+                    .arg(&self.terraform);
+                perf
+            }
+            None => Command::new(&self.terraform),
+        };
         let started = Instant::now();
-        let output = Command::new(&self.terraform)
+        let output = command
             .args(args)
             .current_dir(dir)
             .env("TF_CLI_CONFIG_FILE", &self.cli_config)
@@ -117,10 +146,16 @@ impl Bench {
 
     /// One `terraform` run under `/usr/bin/time`: prints its CPU seconds (with every provider
     /// it waited for), the Fanner provider's share, and the API calls it made.
-    async fn profile(&self, what: &str, dir: &Path, args: &[&str]) -> anyhow::Result<()> {
+    async fn profile(
+        &self,
+        what: &str,
+        dir: &Path,
+        provider_log: &Path,
+        args: &[&str],
+    ) -> anyhow::Result<()> {
         let total_log = dir.join("terraform.cpu");
         let _ = std::fs::remove_file(&total_log);
-        let _ = std::fs::remove_file(&self.provider_cpu_log);
+        let _ = std::fs::remove_file(provider_log);
         let before = api_calls(&self.api.metrics().await?);
         let started = Instant::now();
         let output = Command::new(TIME)
@@ -144,10 +179,7 @@ impl Bench {
             String::from_utf8_lossy(&output.stderr)
         );
         let after = api_calls(&self.api.metrics().await?);
-        let (total, provider) = (
-            cpu_seconds(&total_log)?,
-            cpu_seconds(&self.provider_cpu_log)?,
-        );
+        let (total, provider) = (cpu_seconds(&total_log)?, cpu_seconds(provider_log)?);
         let calls: Vec<String> = after
             .iter()
             .filter_map(|(route, n)| {
@@ -220,31 +252,39 @@ async fn main() -> anyhow::Result<()> {
 
     let scratch = tempfile::tempdir()?;
     let mirror = scratch.path().join("mirror");
-    // A wrapper in the mirror runs the provider under /usr/bin/time, which appends each provider
-    // process's CPU seconds to a log.
-    let provider_cpu_log = scratch.path().join("provider.cpu");
-    let wrapper = scratch.path().join("terraform-provider-fanner");
-    std::fs::write(
-        &wrapper,
-        format!(
-            "#!/bin/sh\nexec {TIME} -a -o '{}' -f '%U %S' '{}' \"$@\"\n",
-            provider_cpu_log.display(),
-            bin_dir()?.join("terraform-provider-fanner").display()
-        ),
-    )?;
-    std::fs::set_permissions(
-        &wrapper,
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )?;
     ensure!(
         Path::new(TIME).exists(),
         "{TIME} is missing (Debian package `time`)"
     );
+    // Wrappers in the mirror run each provider under /usr/bin/time, which appends each provider
+    // process's CPU seconds to a log of its own.
+    let timed = |name: &str, binary: &Path| -> anyhow::Result<(PathBuf, PathBuf)> {
+        let log = scratch.path().join(format!("{name}.cpu"));
+        let wrapper = scratch.path().join(name);
+        std::fs::write(
+            &wrapper,
+            format!(
+                "#!/bin/sh\nexec {TIME} -a -o '{}' -f '%U %S' '{}' \"$@\"\n",
+                log.display(),
+                binary.display()
+            ),
+        )?;
+        std::fs::set_permissions(
+            &wrapper,
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )?;
+        Ok((wrapper, log))
+    };
+    let (wrapper, provider_cpu_log) = timed(
+        "terraform-provider-fanner",
+        &bin_dir()?.join("terraform-provider-fanner"),
+    )?;
     install_mirror(&mirror, &wrapper)?;
+    let (null_wrapper, null_cpu_log) = timed("terraform-provider-null", &null_provider)?;
     let null_dir = mirror.join("registry.terraform.io/hashicorp/null/2.1.2/linux_amd64");
     std::fs::create_dir_all(&null_dir)?;
     std::fs::copy(
-        &null_provider,
+        &null_wrapper,
         null_dir.join("terraform-provider-null_v2.1.2"),
     )?;
     let cli_config = scratch.path().join("cli.tfrc");
@@ -264,7 +304,9 @@ async fn main() -> anyhow::Result<()> {
             ("FANNER_TOKEN".to_owned(), server.admin_token.clone()),
         ],
         provider_cpu_log,
+        null_cpu_log,
         api: admin.clone(),
+        perf: std::env::var_os("FANNER_PLAN_PERF").map(PathBuf::from),
     };
 
     let fanner = workdir(
@@ -298,7 +340,14 @@ async fn main() -> anyhow::Result<()> {
     let (fresh_fanner, fresh_bare) = bench.median_plans(&fanner, &bare, true)?;
     report("fresh, bare null_resource", fresh_fanner, fresh_bare);
     let plan = ["plan", "-input=false", "-no-color", "-lock=false"];
-    bench.profile("fresh plan, one run", &fanner, &plan).await?;
+    bench
+        .profile(
+            "fresh plan, one run",
+            &fanner,
+            &bench.provider_cpu_log,
+            &plan,
+        )
+        .await?;
 
     for dir in [&fanner, &null] {
         let took = bench.run(
@@ -323,7 +372,15 @@ async fn main() -> anyhow::Result<()> {
     let (cached_fanner, cached_null) = bench.median_plans(&fanner, &null, false)?;
     report("after apply, -refresh=false", cached_fanner, cached_null);
     bench
-        .profile("refresh plan, one run", &fanner, &plan)
+        .profile(
+            "refresh plan, one run",
+            &fanner,
+            &bench.provider_cpu_log,
+            &plan,
+        )
+        .await?;
+    bench
+        .profile("null_resource, the same", &null, &bench.null_cpu_log, &plan)
         .await?;
 
     if let Ok(target) = std::env::var("FANNER_PLAN_GROW_TO") {
@@ -351,8 +408,28 @@ async fn main() -> anyhow::Result<()> {
         let (cached_fanner, cached_null) = bench.median_plans(&fanner, &null, false)?;
         report("-refresh=false", cached_fanner, cached_null);
         bench
-            .profile("refresh plan, one run", &fanner, &plan)
+            .profile(
+                "refresh plan, one run",
+                &fanner,
+                &bench.provider_cpu_log,
+                &plan,
+            )
             .await?;
+        bench
+            .profile("null_resource, the same", &null, &bench.null_cpu_log, &plan)
+            .await?;
+    }
+    if let Some(folder) = &bench.perf {
+        std::fs::create_dir_all(folder)?;
+        for (name, dir) in [("fanner", &fanner), ("null", &null)] {
+            let data = folder.join(format!("{name}.data"));
+            let took = bench.run_under(Some(&data), dir, &plan)?;
+            println!(
+                "  perf record of a refresh plan, {name}: {:.2} s, in {}",
+                took.as_secs_f64(),
+                data.display()
+            );
+        }
     }
     Ok(())
 }

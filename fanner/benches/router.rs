@@ -6,7 +6,8 @@
 //!
 //! Rates are per CPU second of the benchmark's thread, so they hold on a busy machine.
 //!
-//! `cargo bench -p fanner --bench router` (set `FANNER_BENCH_SECONDS` to run longer).
+//! `cargo bench -p fanner --bench router` (set `FANNER_BENCH_SECONDS` to run longer; `-- filter`
+//! runs only the gate cases whose label holds `filter`).
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
@@ -254,6 +255,11 @@ fn main() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(2);
     let duration = Duration::from_secs(seconds);
+    // `cargo bench --bench router -- <words>`: only the gate cases whose label holds them.
+    if let Some(only) = std::env::args().skip(1).find(|a| !a.starts_with("--")) {
+        gated(duration, &only);
+        return;
+    }
     let mut rng = rand::rngs::StdRng::seed_from_u64(7);
     let table = table(&mut rng, None, |_, _| {});
     let index = RouteIndex::compile(&table);
@@ -328,7 +334,7 @@ fn main() {
         rate / 1e6
     );
 
-    gated(duration);
+    gated(duration, "");
 }
 
 /// Route, then judge every delivery at the gate, as the engine does: deliveries per record.
@@ -355,7 +361,7 @@ fn routes_somewhere(record: &Bytes, index: &RouteIndex, now: chrono::DateTime<Ut
     })
 }
 
-fn gated(duration: Duration) {
+fn gated(duration: Duration, only: &str) {
     // Ten conditions over JSON payload fields.
     let filter = serde_json::json!({"payload": {
         "country": ["US", "CA", "GB", "DE", "FR"],
@@ -400,7 +406,7 @@ fn gated(duration: Duration) {
             Payload::Protobuf,
         ),
     ];
-    for (label, dress, payload) in cases {
+    for (label, dress, payload) in cases.into_iter().filter(|(label, ..)| label.contains(only)) {
         let mut rng = rand::rngs::StdRng::seed_from_u64(7);
         let schema = matches!(payload, Payload::Protobuf).then(signup_schema);
         let table = table(&mut rng, schema.as_ref(), dress);

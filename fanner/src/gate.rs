@@ -20,7 +20,7 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use api::rules::filter::{Filter, FilterError, Subject};
+use api::rules::filter::{Filter, FilterError, PayloadReads, Subject};
 use api::rules::redact::{EnvelopeFieldName, FieldPath};
 use api::{DeliveryFormat, RedactMode, RouteTarget};
 use bytes::Bytes;
@@ -48,11 +48,15 @@ pub enum GateError {
 
 /// What a slot does to the events it receives. Absent (`Slot::gate` is `None`) when it does
 /// nothing: no filter, no redaction, the envelope format.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct Gate {
     /// Alternatives: the event is delivered when any of them matches (one per subscription of
     /// the stream that names the event); empty = every event.
     filters: Vec<Filter>,
+    /// The payload keys that the filters of every gate on this gate's route read
+    /// ([`share_payload_reads`]), so one partial parse per record serves them all; `None` when
+    /// none of this gate's filters reads the payload.
+    reads: Option<Arc<PayloadReads>>,
     redaction: Option<Arc<Redaction>>,
     format: DeliveryFormat,
 }
@@ -102,6 +106,7 @@ impl Gate {
             return Ok(None);
         }
         Ok(Some(Gate {
+            reads: own_reads(&filters),
             filters,
             redaction,
             format: target.delivery_format,
@@ -116,6 +121,7 @@ impl Gate {
             return match kept {
                 Some(gate) if !gate.filters.is_empty() => Some(Arc::new(Gate {
                     filters: Vec::new(),
+                    reads: None,
                     redaction: gate.redaction.clone(),
                     format: gate.format,
                 })),
@@ -128,19 +134,36 @@ impl Gate {
             kept.filters.iter().chain(&other.filters).cloned().collect()
         };
         Some(Arc::new(Gate {
+            reads: own_reads(&filters),
             filters,
             redaction: kept.redaction.clone(),
             format: kept.format,
         }))
     }
 
-    fn reads_payload(&self) -> bool {
-        self.filters.iter().any(Filter::reads_payload)
-    }
-
     /// What the slot's stream receives: envelopes, or payloads alone.
     pub fn format(&self) -> DeliveryFormat {
         self.format
+    }
+}
+
+fn own_reads(filters: &[Filter]) -> Option<Arc<PayloadReads>> {
+    let reads = PayloadReads::of(filters);
+    (!reads.is_empty()).then(|| Arc::new(reads))
+}
+
+/// Gives every gate of one route's slots that reads the payload the union of what they all
+/// read: a record is then parsed once for all of them ([`RecordGate`] keeps one parse).
+pub fn share_payload_reads(slots: &mut [Slot]) {
+    let gates = || slots.iter().filter_map(|slot| slot.gate.as_deref());
+    if gates().filter(|gate| gate.reads.is_some()).count() < 2 {
+        return;
+    }
+    let union = Arc::new(PayloadReads::of(gates().flat_map(|gate| &gate.filters)));
+    for gate in slots.iter_mut().filter_map(|slot| slot.gate.as_mut()) {
+        if gate.reads.is_some() {
+            Arc::make_mut(gate).reads = Some(union.clone());
+        }
     }
 }
 
@@ -207,8 +230,8 @@ pub struct RecordGate<'r> {
     data: &'r Bytes,
     /// `None` until needed; `Some(None)` when the record is not an envelope.
     envelope: Option<Option<proto::EnvelopeRef<'r>>>,
-    /// `None` until needed; `Some(None)` when the payload is not JSON.
-    payload: Option<Option<Value>>,
+    /// The payload as far as the filters so far read it (`None`: not JSON), with what they read.
+    payload: Option<(Arc<PayloadReads>, Option<Value>)>,
     /// Rewrites made so far, by redaction id and format.
     outputs: Vec<((Option<usize>, DeliveryFormat), Bytes)>,
     /// Deliveries whose payload was withheld because it could not be redacted field by field.
@@ -240,10 +263,9 @@ impl<'r> RecordGate<'r> {
             return Decision::Filtered;
         };
         if !gate.filters.is_empty() {
-            let payload = if gate.reads_payload() {
-                parsed(&mut self.payload, envelope)
-            } else {
-                None
+            let payload = match &gate.reads {
+                Some(reads) => parsed(&mut self.payload, reads, envelope),
+                None => None,
             };
             let subject = Subject { envelope, payload };
             if !gate.filters.iter().any(|filter| filter.matches(&subject)) {
@@ -356,14 +378,20 @@ fn write_value(value: &(impl serde::Serialize + ?Sized), out: &mut Vec<u8>) {
     let _ = serde_json::to_writer(out, value);
 }
 
-/// The payload as JSON, parsed on first use.
+/// The payload as JSON, as far as `reads` reads it: parsed on first use, and again only for a
+/// gate that reads other keys (one whose route did not share its reads).
 fn parsed<'c>(
-    cache: &'c mut Option<Option<Value>>,
+    cache: &'c mut Option<(Arc<PayloadReads>, Option<Value>)>,
+    reads: &Arc<PayloadReads>,
     envelope: &proto::EnvelopeRef<'_>,
 ) -> Option<&'c Value> {
-    cache
-        .get_or_insert_with(|| serde_json::from_slice(envelope.payload).ok())
+    if !cache
         .as_ref()
+        .is_some_and(|(cached, _)| Arc::ptr_eq(cached, reads))
+    {
+        *cache = Some((reads.clone(), reads.parse(envelope.payload)));
+    }
+    cache.as_ref().and_then(|(_, value)| value.as_ref())
 }
 
 impl Redaction {
@@ -759,6 +787,43 @@ mod tests {
             RecordGate::new(&data).decide(&slot(redacted)),
             Decision::Deliver(Bytes::from_static(br#"{"country":"US"}"#))
         );
+    }
+
+    #[test]
+    fn filters_reading_different_keys_judge_one_record_alike_shared_or_not() {
+        use DeliveryFormat::Envelope;
+        use RedactMode::Drop;
+        let patterns = [
+            json!({"payload": {"country": ["US"]}}),
+            json!({"payload": {"card": {"brand": [{"prefix": "vi"}]}}}),
+            json!({"payload": {"items": {"sku": ["x1"]}, "country": [{"exists": true}]}}),
+            json!({"payload": {"age": [{"numeric": [">", 90]}]}}),
+            json!({"user_id": ["u-42"]}),
+        ];
+        let data = record(
+            br#"{"country":"US","card":{"brand":"visa","number":"4111"},"items":[{"sku":"x1"}],"age":30}"#,
+        );
+        let expected = [true, true, true, false, true];
+        let slots = || -> Vec<Slot> {
+            patterns
+                .iter()
+                .map(|pattern| {
+                    let target = target(Some(pattern.clone()), &[], Drop, Envelope);
+                    slot(Gate::compile(&target, None, &mut Redactions::default()).expect("valid"))
+                })
+                .collect()
+        };
+        let mut shared = slots();
+        share_payload_reads(&mut shared);
+        for slots in [slots(), shared] {
+            // One record gate for all of them, as the engine judges a record's slots.
+            let mut gate = RecordGate::new(&data);
+            let delivered: Vec<bool> = slots
+                .iter()
+                .map(|slot| matches!(gate.decide(slot), Decision::Deliver(_)))
+                .collect();
+            assert_eq!(delivered, expected);
+        }
     }
 
     #[test]

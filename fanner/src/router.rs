@@ -9,7 +9,7 @@ use std::sync::Arc;
 use api::{Handover, RouteTable};
 use chrono::{DateTime, Utc};
 
-use crate::gate::{Gate, Redactions};
+use crate::gate::{Gate, Redactions, share_payload_reads};
 
 /// A consumer stream that appears in a route table.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -176,6 +176,7 @@ impl RouteIndex {
                     None => slots.push(slot),
                 }
             }
+            share_payload_reads(&mut slots);
             index
                 .events
                 .insert(route.event.as_bytes().into(), slots.into_boxed_slice());

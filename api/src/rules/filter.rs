@@ -24,9 +24,12 @@
 //! one) and [`MAX_FILTER_DEPTH`] levels of nesting, so every filter costs the engine a bounded
 //! amount of work per event; both are checked when the filter is written and at plan time.
 
+use std::borrow::Cow;
+use std::collections::BTreeMap;
 use std::fmt;
 
-use serde_json::{Map, Value};
+use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde_json::{Map, Number, Value};
 
 /// The most leaf conditions (alternatives, over all fields) one filter may hold.
 pub const MAX_FILTER_CONDITIONS: usize = 300;
@@ -238,15 +241,150 @@ impl Filter {
         self.conditions
     }
 
-    /// Whether matching reads the payload, so callers parse it only when needed.
-    pub fn reads_payload(&self) -> bool {
-        self.fields
-            .iter()
-            .any(|field| matches!(field.source, Source::Payload(_)))
-    }
-
     pub fn matches(&self, subject: &Subject<'_, '_>) -> bool {
         self.fields.iter().all(|field| field.matches(subject))
+    }
+
+    fn payload_paths(&self) -> impl Iterator<Item = &[String]> {
+        self.fields.iter().filter_map(|field| match &field.source {
+            Source::Payload(path) => Some(path.as_slice()),
+            _ => None,
+        })
+    }
+}
+
+/// The payload keys some filters read, as a tree. [`PayloadReads::parse`] builds only those
+/// members of a payload (the rest is checked and skipped, never allocated), and each of the
+/// filters matches that partial value exactly as it would the whole payload: every path it
+/// follows is kept, arrays included.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct PayloadReads {
+    children: BTreeMap<String, PayloadReads>,
+    /// A path ends here: the value is kept whole.
+    whole: bool,
+}
+
+impl PayloadReads {
+    /// The union of what `filters` read.
+    pub fn of<'f>(filters: impl IntoIterator<Item = &'f Filter>) -> PayloadReads {
+        let mut reads = PayloadReads::default();
+        for path in filters.into_iter().flat_map(Filter::payload_paths) {
+            let end = path.iter().fold(&mut reads, |node, key| {
+                node.children.entry(key.clone()).or_default()
+            });
+            end.whole = true;
+        }
+        reads
+    }
+
+    /// Whether no filter reads the payload.
+    pub fn is_empty(&self) -> bool {
+        !self.whole && self.children.is_empty()
+    }
+
+    /// The payload's read members, or `None` when the payload is not JSON (exactly when
+    /// parsing it whole would fail, lone surrogate escapes and out-of-range numbers in skipped
+    /// members aside).
+    pub fn parse(&self, payload: &[u8]) -> Option<Value> {
+        // Skipped strings are not checked for UTF-8 by the parser; the whole text is, first.
+        let text = std::str::from_utf8(payload).ok()?;
+        let mut deserializer = serde_json::Deserializer::from_str(text);
+        let value = Pruned(self).deserialize(&mut deserializer).ok()?;
+        deserializer.end().ok()?;
+        Some(value)
+    }
+}
+
+/// Deserializes a JSON value keeping only what a [`PayloadReads`] node reads.
+struct Pruned<'r>(&'r PayloadReads);
+
+impl<'de> DeserializeSeed<'de> for Pruned<'_> {
+    type Value = Value;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Value, D::Error> {
+        if self.0.whole {
+            serde::Deserialize::deserialize(deserializer)
+        } else {
+            deserializer.deserialize_any(self)
+        }
+    }
+}
+
+impl<'de> Visitor<'de> for Pruned<'_> {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_bool<E>(self, value: bool) -> Result<Value, E> {
+        Ok(Value::Bool(value))
+    }
+
+    fn visit_i64<E>(self, value: i64) -> Result<Value, E> {
+        Ok(Value::Number(value.into()))
+    }
+
+    fn visit_u64<E>(self, value: u64) -> Result<Value, E> {
+        Ok(Value::Number(value.into()))
+    }
+
+    fn visit_f64<E>(self, value: f64) -> Result<Value, E> {
+        Ok(Number::from_f64(value).map_or(Value::Null, Value::Number))
+    }
+
+    fn visit_str<E>(self, value: &str) -> Result<Value, E> {
+        Ok(Value::String(value.to_owned()))
+    }
+
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        // Filters search arrays on the way element by element, so each keeps the same reads.
+        let mut items = Vec::new();
+        while let Some(item) = seq.next_element_seed(Pruned(self.0))? {
+            items.push(item);
+        }
+        Ok(Value::Array(items))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut members = Map::new();
+        while let Some(Key(key)) = map.next_key()? {
+            match self.0.children.get(key.as_ref()) {
+                Some(child) => {
+                    members.insert(key.into_owned(), map.next_value_seed(Pruned(child))?);
+                }
+                None => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(Value::Object(members))
+    }
+}
+
+/// An object key, borrowed from the text unless it holds escapes.
+struct Key<'de>(Cow<'de, str>);
+
+impl<'de> serde::Deserialize<'de> for Key<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> Visitor<'de> for Visit {
+            type Value = Key<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an object key")
+            }
+            fn visit_borrowed_str<E>(self, key: &'de str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Borrowed(key)))
+            }
+            fn visit_str<E>(self, key: &str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Owned(key.to_owned())))
+            }
+        }
+        deserializer.deserialize_str(Visit)
     }
 }
 
@@ -266,9 +404,21 @@ impl Field {
                 let Some(payload) = subject.payload else {
                     return false;
                 };
-                let mut found = Vec::new();
-                collect(payload, path, &mut found);
-                self.any_of.iter().any(|c| c.matches_values(&found))
+                // One walk, no allocation: whether the path holds anything (for `exists`) and
+                // whether any value it holds meets a value condition.
+                let mut present = false;
+                let mut met = false;
+                visit(payload, path, &mut |value| {
+                    present = true;
+                    met = met
+                        || self.any_of.iter().any(|condition| {
+                            !matches!(condition, Condition::Exists(_))
+                                && condition.matches_value(value)
+                        });
+                });
+                met || self.any_of.iter().any(
+                    |condition| matches!(condition, Condition::Exists(want) if *want == present),
+                )
             }
         }
     }
@@ -287,47 +437,31 @@ fn string_matches(any_of: &[Condition], value: Option<&str>) -> bool {
     })
 }
 
-/// The values at `path` below `value`, descending into arrays of objects on the way and
-/// flattening an array at the end.
-fn collect<'v>(value: &'v Value, path: &[String], found: &mut Vec<&'v Value>) {
+/// Calls `found` with each value at `path` below `value`, descending into arrays of objects on
+/// the way and flattening an array at the end.
+fn visit<'v>(value: &'v Value, path: &[String], found: &mut impl FnMut(&'v Value)) {
     match (value, path.split_first()) {
         (Value::Array(items), _) => {
             for item in items {
-                collect(item, path, found);
+                visit(item, path, found);
             }
         }
-        (value, None) => found.push(value),
-        (Value::Object(map), Some((key, rest))) => {
-            if let Some(next) = map.get(key) {
-                if rest.is_empty() && !next.is_array() {
-                    found.push(next);
-                } else if rest.is_empty() {
-                    // An empty array is present, but holds nothing to compare.
-                    if let Value::Array(items) = next {
-                        if items.is_empty() {
-                            found.push(next);
-                        }
-                        for item in items {
-                            found.push(item);
-                        }
-                    }
-                } else {
-                    collect(next, rest, found);
-                }
+        (value, None) => found(value),
+        (Value::Object(map), Some((key, rest))) => match map.get(key) {
+            // An empty array is present, but holds nothing to compare.
+            Some(empty @ Value::Array(items)) if rest.is_empty() && items.is_empty() => {
+                found(empty)
             }
-        }
+            Some(Value::Array(items)) if rest.is_empty() => items.iter().for_each(&mut *found),
+            Some(next) if rest.is_empty() => found(next),
+            Some(next) => visit(next, rest, found),
+            None => {}
+        },
         _ => {}
     }
 }
 
 impl Condition {
-    fn matches_values(&self, found: &[&Value]) -> bool {
-        match self {
-            Condition::Exists(want) => *want != found.is_empty(),
-            _ => found.iter().any(|value| self.matches_value(value)),
-        }
-    }
-
     fn matches_value(&self, value: &Value) -> bool {
         match self {
             Condition::Exists(_) => true,
@@ -594,17 +728,48 @@ mod tests {
     #[track_caller]
     fn check(pattern: Value, payload: &str, expected: bool) {
         let filter = Filter::compile(&pattern).expect("valid pattern");
-        let parsed = serde_json::from_str::<Value>(payload).ok();
         let envelope = envelope(payload.as_bytes());
-        let subject = Subject {
-            envelope: &envelope,
-            payload: parsed.as_ref(),
-        };
+        // The engine parses only what the filter reads; both must judge alike.
+        let whole = serde_json::from_str::<Value>(payload).ok();
+        let partial = PayloadReads::of([&filter]).parse(payload.as_bytes());
+        for (parsed, how) in [(whole, "whole"), (partial, "partial")] {
+            let subject = Subject {
+                envelope: &envelope,
+                payload: parsed.as_ref(),
+            };
+            assert_eq!(
+                filter.matches(&subject),
+                expected,
+                "{pattern} on {payload:.60} ({how} parse)"
+            );
+        }
+    }
+
+    #[test]
+    fn a_partial_parse_keeps_only_the_read_keys_and_refuses_what_is_not_json() {
+        let filters = [
+            json!({"payload": {"card": {"country": ["US"]}, "tags": ["a"]}}),
+            json!({"payload": {"items": {"sku": [{"prefix": "x"}]}}, "user_id": ["u-1"]}),
+        ]
+        .map(|pattern| Filter::compile(&pattern).expect("valid pattern"));
+        let reads = PayloadReads::of(&filters);
+        let payload = br#"{"card":{"country":"US","number":"4111"},"tags":["a",{"b":1}],
+            "items":[{"sku":"x1","qty":2},"loose"],"notes":"\u00e9t\u00e9"}"#;
         assert_eq!(
-            filter.matches(&subject),
-            expected,
-            "{pattern} on {payload:.60}"
+            reads.parse(payload),
+            Some(json!({"card": {"country": "US"}, "tags": ["a", {"b": 1}],
+                "items": [{"sku": "x1"}, "loose"]})),
         );
+        assert!(PayloadReads::of(&filters[..0]).is_empty());
+        // Skipped members are still checked: bad UTF-8, bad syntax or trailing text is no JSON.
+        for bad in [
+            &b"{\"notes\":\"\xff\",\"tags\":[\"a\"]}"[..],
+            b"{\"notes\":tru,\"tags\":[\"a\"]}",
+            b"{\"tags\":[\"a\"]} x",
+            b"{\"tags\":[\"a\"]",
+        ] {
+            assert_eq!(reads.parse(bad), None, "{}", String::from_utf8_lossy(bad));
+        }
     }
 
     #[test]
