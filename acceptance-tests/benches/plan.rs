@@ -33,6 +33,7 @@ const DEFAULT_RUNS: usize = 7;
 const NULL_PROVIDER: &str = "terraform {\n  required_providers {\n    null = {\n      source  = \"hashicorp/null\"\n      version = \"2.1.2\"\n    }\n  }\n}\n\n";
 
 const TIME: &str = "/usr/bin/time";
+const PLAN: [&str; 4] = ["plan", "-input=false", "-no-color", "-lock=false"];
 
 struct Bench {
     runs: usize,
@@ -130,7 +131,7 @@ impl Bench {
         b: &Path,
         refresh: bool,
     ) -> anyhow::Result<(Duration, Duration)> {
-        let mut args = vec!["plan", "-input=false", "-no-color", "-lock=false"];
+        let mut args = PLAN.to_vec();
         if !refresh {
             args.push("-refresh=false");
         }
@@ -142,6 +143,24 @@ impl Bench {
         times_a.sort();
         times_b.sort();
         Ok((times_a[self.runs / 2], times_b[self.runs / 2]))
+    }
+
+    /// Plans of applied states: medians with and without refresh, then one refresh plan of
+    /// each kind profiled.
+    async fn applied_plans(&self, fanner: &Path, null: &Path) -> anyhow::Result<()> {
+        let (refresh_fanner, refresh_null) = self.median_plans(fanner, null, true)?;
+        report("with refresh", refresh_fanner, refresh_null);
+        let (cached_fanner, cached_null) = self.median_plans(fanner, null, false)?;
+        report("-refresh=false", cached_fanner, cached_null);
+        self.profile(
+            "refresh plan, one run",
+            fanner,
+            &self.provider_cpu_log,
+            &PLAN,
+        )
+        .await?;
+        self.profile("null_resource, the same", null, &self.null_cpu_log, &PLAN)
+            .await
     }
 
     /// One `terraform` run under `/usr/bin/time`: prints its CPU seconds (with every provider
@@ -339,13 +358,12 @@ async fn main() -> anyhow::Result<()> {
     report("fresh (nothing applied)", fresh_fanner, fresh_null);
     let (fresh_fanner, fresh_bare) = bench.median_plans(&fanner, &bare, true)?;
     report("fresh, bare null_resource", fresh_fanner, fresh_bare);
-    let plan = ["plan", "-input=false", "-no-color", "-lock=false"];
     bench
         .profile(
             "fresh plan, one run",
             &fanner,
             &bench.provider_cpu_log,
-            &plan,
+            &PLAN,
         )
         .await?;
 
@@ -367,21 +385,8 @@ async fn main() -> anyhow::Result<()> {
             resources as f64 / took.as_secs_f64()
         );
     }
-    let (refresh_fanner, refresh_null) = bench.median_plans(&fanner, &null, true)?;
-    report("after apply, with refresh", refresh_fanner, refresh_null);
-    let (cached_fanner, cached_null) = bench.median_plans(&fanner, &null, false)?;
-    report("after apply, -refresh=false", cached_fanner, cached_null);
-    bench
-        .profile(
-            "refresh plan, one run",
-            &fanner,
-            &bench.provider_cpu_log,
-            &plan,
-        )
-        .await?;
-    bench
-        .profile("null_resource, the same", &null, &bench.null_cpu_log, &plan)
-        .await?;
+    println!("terraform plan after apply, {resources} resources, median of {runs}:");
+    bench.applied_plans(&fanner, &null).await?;
 
     if let Ok(target) = std::env::var("FANNER_PLAN_GROW_TO") {
         let target: usize = target
@@ -403,27 +408,13 @@ async fn main() -> anyhow::Result<()> {
         println!(
             "terraform plan, {target} resources (state grown from {resources} applied), median of {runs}:"
         );
-        let (refresh_fanner, refresh_null) = bench.median_plans(&fanner, &null, true)?;
-        report("with refresh", refresh_fanner, refresh_null);
-        let (cached_fanner, cached_null) = bench.median_plans(&fanner, &null, false)?;
-        report("-refresh=false", cached_fanner, cached_null);
-        bench
-            .profile(
-                "refresh plan, one run",
-                &fanner,
-                &bench.provider_cpu_log,
-                &plan,
-            )
-            .await?;
-        bench
-            .profile("null_resource, the same", &null, &bench.null_cpu_log, &plan)
-            .await?;
+        bench.applied_plans(&fanner, &null).await?;
     }
     if let Some(folder) = &bench.perf {
         std::fs::create_dir_all(folder)?;
         for (name, dir) in [("fanner", &fanner), ("null", &null)] {
             let data = folder.join(format!("{name}.data"));
-            let took = bench.run_under(Some(&data), dir, &plan)?;
+            let took = bench.run_under(Some(&data), dir, &PLAN)?;
             println!(
                 "  perf record of a refresh plan, {name}: {:.2} s, in {}",
                 took.as_secs_f64(),

@@ -374,6 +374,24 @@ impl<'de> Deserialize<'de> for Members<'de> {
 }
 
 /// Appends `value` as compact JSON; serializing a `Value` or a `String` into memory cannot fail.
+/// Writes the JSON array `text`, each item by `item`.
+fn write_array<'a>(
+    text: &'a str,
+    out: &mut Vec<u8>,
+    mut item: impl FnMut(&'a RawValue, &mut Vec<u8>) -> Result<(), serde_json::Error>,
+) -> Result<(), serde_json::Error> {
+    let items: Vec<&RawValue> = serde_json::from_str(text)?;
+    out.push(b'[');
+    for (n, value) in items.into_iter().enumerate() {
+        if n > 0 {
+            out.push(b',');
+        }
+        item(value, out)?;
+    }
+    out.push(b']');
+    Ok(())
+}
+
 fn write_value(value: &(impl serde::Serialize + ?Sized), out: &mut Vec<u8>) {
     let _ = serde_json::to_writer(out, value);
 }
@@ -482,17 +500,7 @@ impl Redaction {
         let text = value.get();
         match text.as_bytes().first() {
             _ if paths.is_empty() => out.extend_from_slice(text.as_bytes()),
-            Some(b'[') => {
-                let items: Vec<&RawValue> = serde_json::from_str(text)?;
-                out.push(b'[');
-                for (n, item) in items.into_iter().enumerate() {
-                    if n > 0 {
-                        out.push(b',');
-                    }
-                    self.write_json(item, paths, out)?;
-                }
-                out.push(b']');
-            }
+            Some(b'[') => write_array(text, out, |item, out| self.write_json(item, paths, out))?,
             Some(b'{') => {
                 let Members(members) = serde_json::from_str(text)?;
                 out.push(b'{');
@@ -541,15 +549,7 @@ impl Redaction {
         let text = value.get();
         match text.as_bytes().first() {
             Some(b'[') => {
-                let items: Vec<&RawValue> = serde_json::from_str(text)?;
-                out.push(b'[');
-                for (n, item) in items.into_iter().enumerate() {
-                    if n > 0 {
-                        out.push(b',');
-                    }
-                    self.hash_json(secret, item, out)?;
-                }
-                out.push(b']');
+                write_array(text, out, |item, out| self.hash_json(secret, item, out))?;
             }
             Some(b'"') => {
                 let Text(string) = serde_json::from_str(text)?;

@@ -1,6 +1,7 @@
 use api::{CreateEvent, Event, EventSchema, GrantStatus, Role, SetEventSchema, UpdateEvent, rules};
 use base64::Engine as _;
 use sha2::{Digest, Sha256};
+use sqlx::AnyConnection;
 
 use super::{Change, ControlPlane, bad_request, check_revision, snapshot};
 use crate::auth::Ctx;
@@ -78,13 +79,8 @@ impl ControlPlane {
         let mut m = self.begin(ctx, "event.update", "event", name).await?;
         let now = m.now;
         let result = async {
-            let before = catalog::get(m.conn(), name).await?.ok_or_else(|| not_found(name))?;
-            if !ctx.caller.may_modify(&before.owner) {
-                return Err(ApiError::Forbidden(format!(
-                    "only {:?} (the event's owner) or an admin may change event {name:?}",
-                    before.owner
-                )));
-            }
+            let before =
+                event_to_modify(m.conn(), ctx, name, &format!("change event {name:?}")).await?;
             bad_request(rules::check_description(&req.description))?;
             check_revision("event", name, req.revision, before.revision)?;
             if req.classification.requires_expiry() && !before.classification.requires_expiry() {
@@ -142,15 +138,9 @@ impl ControlPlane {
         let mut m = self.begin(ctx, "event.schema", "event", name).await?;
         let now = m.now;
         let result = async {
-            let before = catalog::get(m.conn(), name)
-                .await?
-                .ok_or_else(|| not_found(name))?;
-            if !ctx.caller.may_modify(&before.owner) {
-                return Err(ApiError::Forbidden(format!(
-                    "only {:?} (the event's owner) or an admin may set event {name:?}'s schema",
-                    before.owner
-                )));
-            }
+            let before =
+                event_to_modify(m.conn(), ctx, name, &format!("set event {name:?}'s schema"))
+                    .await?;
             let (schema, stored, digest) = decoded?;
             let event_schema = EventSchema {
                 message: req.message.clone(),
@@ -180,15 +170,8 @@ impl ControlPlane {
         let mut m = self.begin(ctx, "event.delete", "event", name).await?;
         let now = m.now;
         let result = async {
-            let before = catalog::get(m.conn(), name)
-                .await?
-                .ok_or_else(|| not_found(name))?;
-            if !ctx.caller.may_modify(&before.owner) {
-                return Err(ApiError::Forbidden(format!(
-                    "only {:?} (the event's owner) or an admin may delete event {name:?}",
-                    before.owner
-                )));
-            }
+            let before =
+                event_to_modify(m.conn(), ctx, name, &format!("delete event {name:?}")).await?;
             let active: Vec<String> = grants::list(m.conn(), Some(name), now)
                 .await?
                 .into_iter()
@@ -218,6 +201,26 @@ impl ControlPlane {
         .await;
         m.finish(result).await
     }
+}
+
+/// Event `name`, read in the caller's transaction, when the caller may do `what` to it: the
+/// event's owner or an admin.
+pub(super) async fn event_to_modify(
+    conn: &mut AnyConnection,
+    ctx: &Ctx,
+    name: &str,
+    what: &str,
+) -> Result<Event, ApiError> {
+    let event = catalog::get(conn, name)
+        .await?
+        .ok_or_else(|| not_found(name))?;
+    if !ctx.caller.may_modify(&event.owner) {
+        return Err(ApiError::Forbidden(format!(
+            "only {:?} (the event's owner) or an admin may {what}",
+            event.owner
+        )));
+    }
+    Ok(event)
 }
 
 fn not_found(name: &str) -> ApiError {

@@ -164,15 +164,13 @@ impl ControlPlane {
             .await?;
         let now = m.now;
         let result = async {
-            let found = catalog::get(m.conn(), event)
-                .await?
-                .ok_or_else(|| ApiError::NotFound(format!("event {event:?} does not exist")))?;
-            if !ctx.caller.may_modify(&found.owner) {
-                return Err(ApiError::Forbidden(format!(
-                    "only {:?} (the event's owner) or an admin may set how long event {event:?} may stay silent",
-                    found.owner
-                )));
-            }
+            super::events::event_to_modify(
+                m.conn(),
+                ctx,
+                event,
+                &format!("set how long event {event:?} may stay silent"),
+            )
+            .await?;
             if let Some(seconds) = req.max_silence_seconds
                 && !(1..=MAX_SET_SILENCE_SECONDS).contains(&seconds)
             {
