@@ -152,26 +152,16 @@ impl Bench {
         report("with refresh", refresh_fanner, refresh_null);
         let (cached_fanner, cached_null) = self.median_plans(fanner, null, false)?;
         report("-refresh=false", cached_fanner, cached_null);
-        self.profile(
-            "refresh plan, one run",
-            fanner,
-            &self.provider_cpu_log,
-            &PLAN,
-        )
-        .await?;
-        self.profile("null_resource, the same", null, &self.null_cpu_log, &PLAN)
+        self.profile("refresh plan, one run", fanner, &self.provider_cpu_log)
+            .await?;
+        self.profile("null_resource, the same", null, &self.null_cpu_log)
             .await
     }
 
-    /// One `terraform` run under `/usr/bin/time`: prints its CPU seconds (with every provider
-    /// it waited for), the Fanner provider's share, and the API calls it made.
-    async fn profile(
-        &self,
-        what: &str,
-        dir: &Path,
-        provider_log: &Path,
-        args: &[&str],
-    ) -> anyhow::Result<()> {
+    /// One `terraform plan` under `/usr/bin/time`: prints its CPU seconds (with every provider
+    /// it waited for), the share of the provider logging to `provider_log`, and the API calls
+    /// it made.
+    async fn profile(&self, what: &str, dir: &Path, provider_log: &Path) -> anyhow::Result<()> {
         let total_log = dir.join("terraform.cpu");
         let _ = std::fs::remove_file(&total_log);
         let _ = std::fs::remove_file(provider_log);
@@ -183,7 +173,7 @@ impl Bench {
             .arg("-o")
             .arg(&total_log)
             .arg(&self.terraform)
-            .args(args)
+            .args(PLAN)
             .current_dir(dir)
             .env("TF_CLI_CONFIG_FILE", &self.cli_config)
             .env("CHECKPOINT_DISABLE", "1")
@@ -194,7 +184,7 @@ impl Bench {
         ensure!(
             output.status.success(),
             "terraform {} failed:\n{}",
-            args.join(" "),
+            PLAN.join(" "),
             String::from_utf8_lossy(&output.stderr)
         );
         let after = api_calls(&self.api.metrics().await?);
@@ -359,12 +349,7 @@ async fn main() -> anyhow::Result<()> {
     let (fresh_fanner, fresh_bare) = bench.median_plans(&fanner, &bare, true)?;
     report("fresh, bare null_resource", fresh_fanner, fresh_bare);
     bench
-        .profile(
-            "fresh plan, one run",
-            &fanner,
-            &bench.provider_cpu_log,
-            &PLAN,
-        )
+        .profile("fresh plan, one run", &fanner, &bench.provider_cpu_log)
         .await?;
 
     for dir in [&fanner, &null] {

@@ -20,7 +20,7 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use api::rules::filter::{Filter, FilterError, PayloadReads, Subject};
+use api::rules::filter::{Filter, FilterError, PayloadReads, Subject, Text};
 use api::rules::redact::{EnvelopeFieldName, FieldPath};
 use api::{DeliveryFormat, RedactMode, RouteTarget};
 use bytes::Bytes;
@@ -328,28 +328,6 @@ impl<'r> RecordGate<'r> {
 /// A JSON object's members in the producer's order, values unparsed.
 struct Members<'a>(Vec<(Cow<'a, str>, &'a RawValue)>);
 
-/// A JSON string, borrowed from the input unless it holds escapes.
-struct Text<'a>(Cow<'a, str>);
-
-impl<'de> Deserialize<'de> for Text<'de> {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct Visit;
-        impl<'de> serde::de::Visitor<'de> for Visit {
-            type Value = Text<'de>;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("a string")
-            }
-            fn visit_borrowed_str<E>(self, text: &'de str) -> Result<Text<'de>, E> {
-                Ok(Text(Cow::Borrowed(text)))
-            }
-            fn visit_str<E>(self, text: &str) -> Result<Text<'de>, E> {
-                Ok(Text(Cow::Owned(text.to_owned())))
-            }
-        }
-        deserializer.deserialize_str(Visit)
-    }
-}
-
 impl<'de> Deserialize<'de> for Members<'de> {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         struct Visit;
@@ -373,7 +351,6 @@ impl<'de> Deserialize<'de> for Members<'de> {
     }
 }
 
-/// Appends `value` as compact JSON; serializing a `Value` or a `String` into memory cannot fail.
 /// Writes the JSON array `text`, each item by `item`.
 fn write_array<'a>(
     text: &'a str,
@@ -392,6 +369,7 @@ fn write_array<'a>(
     Ok(())
 }
 
+/// Appends `value` as compact JSON; serializing a `Value` or a `String` into memory cannot fail.
 fn write_value(value: &(impl serde::Serialize + ?Sized), out: &mut Vec<u8>) {
     let _ = serde_json::to_writer(out, value);
 }
