@@ -5,23 +5,12 @@
 //! objects are always NDJSON: they keep the raw record so it can be repaired and replayed.
 
 use std::io::Write;
-use std::sync::{Arc, LazyLock};
 
-use arrow_array::builder::{
-    BinaryBuilder, MapBuilder, StringBuilder, StringDictionaryBuilder, TimestampMicrosecondBuilder,
-};
-use arrow_array::types::Int32Type;
-use arrow_array::{ArrayRef, RecordBatch};
-use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use bytes::Bytes;
 use chrono::{DateTime, Datelike, TimeZone, Timelike, Utc};
 use flate2::write::GzEncoder;
-use parquet::arrow::ArrowWriter;
-use parquet::basic::Compression as ParquetCodec;
-use parquet::file::properties::{EnabledStatistics, WriterProperties};
-use parquet::schema::types::ColumnPath;
 use proto::EnvelopeRef;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -117,8 +106,6 @@ pub enum EncodeError {
     Io(#[from] std::io::Error),
     #[error("writing Parquet failed: {0}")]
     Parquet(#[from] parquet::errors::ParquetError),
-    #[error("building Arrow arrays failed: {0}")]
-    Arrow(#[from] arrow_schema::ArrowError),
     #[error("a record placed in the lake is no longer an envelope: {0}")]
     NotAnEnvelope(#[from] proto::ViewError),
 }
@@ -302,7 +289,7 @@ pub fn encode_envelopes(
             })?;
             Ok(gz.finish()?)
         }
-        ObjectFormat::Parquet => encode_parquet(encoding.parquet_compression, envelopes),
+        ObjectFormat::Parquet => crate::columnar::write(encoding.parquet_compression, envelopes),
     }
 }
 
@@ -430,124 +417,6 @@ pub fn encode_errors(encoding: &Encoding, records: &[ErrorRecord]) -> Result<Vec
     }
 }
 
-/// The Parquet schema: one column per envelope field, the payload as bytes.
-pub fn parquet_schema() -> SchemaRef {
-    static SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
-        let time = DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()));
-        let text = |name: &str| Field::new(name, DataType::Utf8, false);
-        let entries = Field::new(
-            "entries",
-            DataType::Struct(
-                vec![
-                    Field::new("key", DataType::Utf8, false),
-                    Field::new("value", DataType::Utf8, true),
-                ]
-                .into(),
-            ),
-            false,
-        );
-        Arc::new(Schema::new(vec![
-            text("event_id"),
-            Field::new(
-                "event_name",
-                DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8)),
-                false,
-            ),
-            Field::new("event_time", time.clone(), true),
-            Field::new("ingest_time", time, true),
-            text("producer"),
-            text("trace_id"),
-            text("user_id"),
-            text("device_id"),
-            Field::new("attributes", DataType::Map(Arc::new(entries), false), false),
-            text("content_type"),
-            Field::new("payload", DataType::Binary, false),
-        ]))
-    });
-    SCHEMA.clone()
-}
-
-fn micros(t: &Option<proto::Timestamp>) -> Option<i64> {
-    let t = t.as_ref()?;
-    t.seconds
-        .checked_mul(1_000_000)?
-        .checked_add(i64::from(t.nanos / 1_000))
-}
-
-fn encode_parquet(
-    compression: ParquetCompression,
-    envelopes: &[Bytes],
-) -> Result<Vec<u8>, EncodeError> {
-    let envelopes = envelopes
-        .iter()
-        .map(|data| EnvelopeRef::decode(data))
-        .collect::<Result<Vec<_>, _>>()?;
-    let n = envelopes.len();
-    let mut event_id = StringBuilder::with_capacity(n, n * 36);
-    let mut event_name = StringDictionaryBuilder::<Int32Type>::new();
-    let mut event_time = TimestampMicrosecondBuilder::with_capacity(n).with_timezone("UTC");
-    let mut ingest_time = TimestampMicrosecondBuilder::with_capacity(n).with_timezone("UTC");
-    let mut producer = StringBuilder::new();
-    let mut trace_id = StringBuilder::new();
-    let mut user_id = StringBuilder::new();
-    let mut device_id = StringBuilder::new();
-    let mut attributes = MapBuilder::new(None, StringBuilder::new(), StringBuilder::new());
-    let mut content_type = StringBuilder::new();
-    let payload_bytes = envelopes.iter().map(|e| e.payload.len()).sum();
-    let mut payload = BinaryBuilder::with_capacity(n, payload_bytes);
-    for e in &envelopes {
-        event_id.append_value(e.event_id);
-        event_name.append_value(e.event_name);
-        event_time.append_option(micros(&e.event_time));
-        ingest_time.append_option(micros(&e.ingest_time));
-        producer.append_value(e.producer);
-        trace_id.append_value(e.trace_id);
-        user_id.append_value(e.user_id);
-        device_id.append_value(e.device_id);
-        for (k, v) in &e.attributes {
-            attributes.keys().append_value(k);
-            attributes.values().append_value(v);
-        }
-        attributes.append(true)?;
-        content_type.append_value(e.content_type);
-        payload.append_value(e.payload);
-    }
-    let schema = parquet_schema();
-    let columns: Vec<ArrayRef> = vec![
-        Arc::new(event_id.finish()),
-        Arc::new(event_name.finish()),
-        Arc::new(event_time.finish()),
-        Arc::new(ingest_time.finish()),
-        Arc::new(producer.finish()),
-        Arc::new(trace_id.finish()),
-        Arc::new(user_id.finish()),
-        Arc::new(device_id.finish()),
-        Arc::new(attributes.finish()),
-        Arc::new(content_type.finish()),
-        Arc::new(payload.finish()),
-    ];
-    let batch = RecordBatch::try_new(schema.clone(), columns)?;
-    let codec = match compression {
-        ParquetCompression::None => ParquetCodec::UNCOMPRESSED,
-        ParquetCompression::Snappy => ParquetCodec::SNAPPY,
-    };
-    // Unique per event: a dictionary is built and then abandoned, and min/max of payloads
-    // help no reader.
-    let unique = |name: &str| ColumnPath::from(name);
-    let props = WriterProperties::builder()
-        .set_compression(codec)
-        .set_column_dictionary_enabled(unique("event_id"), false)
-        .set_column_dictionary_enabled(unique("trace_id"), false)
-        .set_column_dictionary_enabled(unique("payload"), false)
-        .set_column_statistics_enabled(unique("payload"), EnabledStatistics::None)
-        .build();
-    let mut out = Vec::with_capacity(payload_bytes / 2);
-    let mut writer = ArrowWriter::try_new(&mut out, schema, Some(props))?;
-    writer.write(&batch)?;
-    writer.close()?;
-    Ok(out)
-}
-
 #[cfg(test)]
 mod tests {
     use proto::Message;
@@ -603,24 +472,6 @@ mod tests {
             let b = encode_envelopes(&encoding, &envelopes, 1000).unwrap_or_else(|e| panic!("{e}"));
             assert_eq!(a, b, "{format:?} encodes the same batch to the same bytes");
         }
-        let encoding = Encoding {
-            format: ObjectFormat::Parquet,
-            ..Encoding::default()
-        };
-        let bytes = encode_envelopes(&encoding, &envelopes, 1000).unwrap_or_else(|e| panic!("{e}"));
-        let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
-            Bytes::from(bytes),
-        )
-        .and_then(|b| b.build())
-        .unwrap_or_else(|e| panic!("{e}"));
-        let rows: usize = reader
-            .map(|batch| {
-                batch
-                    .map(|b| b.num_rows())
-                    .unwrap_or_else(|e| panic!("{e}"))
-            })
-            .sum();
-        assert_eq!(rows, 50);
     }
 
     #[test]

@@ -10,9 +10,6 @@ use std::cmp::Ordering;
 use std::collections::BTreeMap;
 use std::io::Read;
 
-use arrow_array::cast::AsArray;
-use arrow_array::types::{Int32Type, TimestampMicrosecondType};
-use arrow_array::{Array, RecordBatch};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use bytes::Bytes;
@@ -173,7 +170,7 @@ pub fn decode(format: ObjectFormat, body: &[u8]) -> Result<Vec<Bytes>, String> {
                 .map_err(|e| format!("gzip: {e}"))?;
             decode_lines(&text)
         }
-        ObjectFormat::Parquet => decode_parquet(body),
+        ObjectFormat::Parquet => crate::columnar::read(body),
     }
 }
 
@@ -238,107 +235,6 @@ fn decode_lines(text: &[u8]) -> Result<Vec<Bytes>, String> {
         ));
     }
     Ok(out)
-}
-
-fn decode_parquet(body: &[u8]) -> Result<Vec<Bytes>, String> {
-    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
-        Bytes::copy_from_slice(body),
-    )
-    .and_then(|builder| builder.build())
-    .map_err(|e| e.to_string())?;
-    let mut out = Vec::new();
-    for batch in reader {
-        let batch = batch.map_err(|e| e.to_string())?;
-        decode_batch(&batch, &mut out)?;
-    }
-    Ok(out)
-}
-
-fn decode_batch(batch: &RecordBatch, out: &mut Vec<Bytes>) -> Result<(), String> {
-    let column = |name: &str| {
-        batch
-            .column_by_name(name)
-            .ok_or_else(|| format!("no column {name:?}"))
-    };
-    let text = |name: &str| -> Result<_, String> {
-        column(name)?
-            .as_string_opt::<i32>()
-            .ok_or_else(|| format!("column {name:?} is not text"))
-    };
-    let time = |name: &str| -> Result<_, String> {
-        column(name)?
-            .as_primitive_opt::<TimestampMicrosecondType>()
-            .ok_or_else(|| format!("column {name:?} is not a timestamp"))
-    };
-    let (event_id, producer, trace_id, user_id, device_id, content_type) = (
-        text("event_id")?,
-        text("producer")?,
-        text("trace_id")?,
-        text("user_id")?,
-        text("device_id")?,
-        text("content_type")?,
-    );
-    let names = column("event_name")?
-        .as_dictionary_opt::<Int32Type>()
-        .ok_or("column \"event_name\" is not a dictionary")?;
-    let name_values = names
-        .values()
-        .as_string_opt::<i32>()
-        .ok_or("column \"event_name\" does not hold text")?;
-    let (event_time, ingest_time) = (time("event_time")?, time("ingest_time")?);
-    let attributes = column("attributes")?
-        .as_map_opt()
-        .ok_or("column \"attributes\" is not a map")?;
-    let keys = attributes
-        .keys()
-        .as_string_opt::<i32>()
-        .ok_or("attribute keys are not text")?;
-    let values = attributes
-        .values()
-        .as_string_opt::<i32>()
-        .ok_or("attribute values are not text")?;
-    let payload = column("payload")?
-        .as_binary_opt::<i32>()
-        .ok_or("column \"payload\" is not binary")?;
-    let micros = |array: &arrow_array::PrimitiveArray<TimestampMicrosecondType>, row: usize| {
-        (!array.is_null(row)).then(|| {
-            let value = array.value(row);
-            proto::Timestamp {
-                seconds: value.div_euclid(1_000_000),
-                nanos: i32::try_from(value.rem_euclid(1_000_000) * 1000).unwrap_or(0),
-            }
-        })
-    };
-    let offsets = attributes.value_offsets();
-    for row in 0..batch.num_rows() {
-        let name_index = usize::try_from(names.keys().value(row)).map_err(|e| e.to_string())?;
-        let mut map = BTreeMap::new();
-        let (start, end) = (
-            usize::try_from(offsets[row]).map_err(|e| e.to_string())?,
-            usize::try_from(offsets[row + 1]).map_err(|e| e.to_string())?,
-        );
-        for entry in start..end {
-            map.insert(keys.value(entry).to_owned(), values.value(entry).to_owned());
-        }
-        out.push(Bytes::from(
-            proto::Envelope {
-                event_id: event_id.value(row).to_owned(),
-                event_name: name_values.value(name_index).to_owned(),
-                event_time: micros(event_time, row),
-                ingest_time: micros(ingest_time, row),
-                producer: producer.value(row).to_owned(),
-                trace_id: trace_id.value(row).to_owned(),
-                user_id: user_id.value(row).to_owned(),
-                device_id: device_id.value(row).to_owned(),
-                attributes: map,
-                content_type: content_type.value(row).to_owned(),
-                payload: payload.value(row).to_vec(),
-                history_id: String::new(),
-            }
-            .encode_to_vec(),
-        ));
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -6,7 +6,8 @@
 //!
 //! * [`partition`] is the pure core: envelope → `<event name>/yyyy-MM-dd:hh` by **event time**
 //!   (UTC), or `_errors/<reason>` for records the lake cannot place.
-//! * [`encode`] turns a batch into NDJSON (gzip) or Parquet bytes.
+//! * [`encode`] turns a batch into NDJSON (gzip) or Parquet bytes; `columnar` holds the Parquet
+//!   layout, written and read back without Arrow.
 //! * `state` keeps one shard's buffers and its checkpoint; its module docs state the invariant
 //!   that makes every event land in exactly one object across crashes and restarts.
 //! * `worker` runs one leased shard; [`Persister`] is the job the [`shard_runtime::Scheduler`]
@@ -44,6 +45,7 @@ use shard_runtime::{Assignment, Coordinator, Exit, Job, Progress, Scheduler};
 use streams::StreamBackend;
 use tokio::sync::Notify;
 
+mod columnar;
 pub mod config;
 pub mod encode;
 pub mod lake;

@@ -11,12 +11,14 @@ use persister::{Config, LocalFsSink, ObjectFormat, ObjectSink, Persister};
 
 use crate::support::{Lab, Running, encoded, envelope, eventually};
 
-/// Prints one JSON object per row of every Parquet file named on the command line.
+/// Prints, for every Parquet file named on the command line, the Arrow type of each column as
+/// pyarrow reads it, then one JSON object per row.
 const READER: &str = r#"
 import base64, json, sys
 import pyarrow.parquet as pq
 for path in sys.argv[1:]:
     table = pq.read_table(path)
+    print(json.dumps({"types": {f.name: str(f.type) for f in table.schema}}))
     for row in table.to_pylist():
         row["event_time"] = row["event_time"].isoformat() if row["event_time"] else None
         row["ingest_time"] = row["ingest_time"].isoformat() if row["ingest_time"] else None
@@ -88,9 +90,29 @@ async fn parquet_objects_are_readable_by_pyarrow() -> Result<()> {
         "pyarrow failed: {}",
         String::from_utf8_lossy(&output.stderr)
     );
-    let mut seen = 0;
+    // What Arrow readers saw of the lake's objects before they were written without Arrow:
+    // the event name a dictionary, times in UTC, attributes a map.
+    let types = serde_json::json!({
+        "event_id": "string",
+        "event_name": "dictionary<values=string, indices=int32, ordered=0>",
+        "event_time": "timestamp[us, tz=UTC]",
+        "ingest_time": "timestamp[us, tz=UTC]",
+        "producer": "string",
+        "trace_id": "string",
+        "user_id": "string",
+        "device_id": "string",
+        "attributes": "map<string, string ('attributes')>",
+        "content_type": "string",
+        "payload": "binary",
+    });
+    let (mut seen, mut schemas) = (0, 0);
     for line in String::from_utf8(output.stdout)?.lines() {
         let row: serde_json::Value = serde_json::from_str(line)?;
+        if let Some(found) = row.get("types") {
+            ensure!(*found == types, "pyarrow read the columns as {found}");
+            schemas += 1;
+            continue;
+        }
         let id = row["event_id"].as_str().context("event_id")?;
         let env = expected
             .get(id)
@@ -124,6 +146,11 @@ async fn parquet_objects_are_readable_by_pyarrow() -> Result<()> {
         seen == expected.len(),
         "pyarrow read {seen} rows of {}",
         expected.len()
+    );
+    ensure!(
+        schemas == files.len(),
+        "{schemas} schemas for {} files",
+        files.len()
     );
     Ok(())
 }
